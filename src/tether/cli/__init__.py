@@ -1,0 +1,36 @@
+"""The ``tether`` command: one Typer sub-app per command group, errors in one readable line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from tether.cli import demo as demo_cmd
+from tether.cli import runs as runs_cmd
+from tether.errors import TetherError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tether",
+    help="tether — the control plane for LLM agents: traced, budgeted, bounded, evaluated runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(runs_cmd.app, name="runs")
+app.command("demo")(demo_cmd.demo)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning tether's own errors into one red line and exit code 2."""
+    try:
+        app()
+    except TetherError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,412 @@
+"""The agent loop.
+
+One run: ask the model, run the tools it asks for, feed the results back, until
+the model answers without tools or a limit ends the run. Every run ends with
+exactly one ``StopReason``; every model call and tool call is a span under the
+run's ``invoke_agent`` span.
+
+The loop never lets a tool failure or malformed model output escape: an unknown
+tool, arguments that fail the schema, or arguments that are not JSON are
+answered with a structured error the model can read, and counted as
+hallucinated tool calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
+
+from tether.errors import ModelError
+from tether.gateway.cost import PRICE_DATA_VERSION, price_usage
+from tether.messages import (
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StopReason,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
+from tether.models import resolve_model
+from tether.models.base import Model
+from tether.runtime.limits import Limits
+from tether.runtime.tools import Tool, ToolArgumentsError, ToolContext, render_output
+from tether.trace import semconv as sc
+
+__all__ = ["Agent", "RunResult", "RunState"]
+
+
+@dataclass
+class RunState:
+    """What a run has done so far; passed to done-conditions."""
+
+    run_id: str
+    agent: str
+    task: str
+    messages: list[Message] = field(default_factory=list)
+    turns: int = 0
+    tool_calls: int = 0
+    hallucinated_tool_calls: int = 0
+    tool_errors: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: Decimal = Decimal(0)
+    cost_known: bool = True
+    last_call: tuple[str, bytes] | None = None
+    repeats: int = 0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one run."""
+
+    run_id: str
+    trace_id: str
+    agent: str
+    stop_reason: StopReason
+    output: str
+    turns: int
+    tool_calls: int
+    hallucinated_tool_calls: int
+    usage: Usage
+    cost_usd: Decimal | None
+    duration_s: float
+    messages: tuple[Message, ...]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.stop_reason in (StopReason.COMPLETED, StopReason.DONE_CONDITION)
+
+
+class _Stop(Exception):  # noqa: N818 - control flow inside the loop, never escapes it
+    def __init__(self, reason: StopReason, error: str | None = None) -> None:
+        self.reason = reason
+        self.error = error
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"…[{len(text) - limit} more chars]"
+
+
+def _error_payload(kind: str, message: str, **extra: Any) -> str:
+    return orjson.dumps({"error": kind, "message": message, **extra}).decode()
+
+
+class Agent:
+    """An LLM agent: a model, instructions, tools and limits.
+
+    Args:
+        name: the agent's name (``gen_ai.agent.name`` on its spans).
+        model: a ``Model`` or a reference such as ``"sim:claude-sonnet-4-5"``
+            or ``"anthropic:claude-sonnet-4-5"``.
+        instructions: the system prompt.
+        tools: ``Tool`` objects (from ``@tool``).
+        limits: run limits; defaults are on.
+        done_condition: ends the run with ``done_condition`` as soon as it
+            returns True (checked after every turn).
+        max_tokens: output tokens per model call.
+        temperature: sampling temperature, or None for the provider default.
+        stream: call the model with streaming (a cut stream is an error, never success).
+        tracer: OpenTelemetry tracer; the global one by default (a no-op until
+            ``tether.trace.configure`` is called).
+        payload_chars: cap on tool input/output and task text kept on spans.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: Model | str,
+        *,
+        instructions: str = "",
+        tools: Iterable[Tool] = (),
+        limits: Limits | None = None,
+        done_condition: Callable[[RunState], bool] | None = None,
+        max_tokens: int = 4096,
+        temperature: float | None = None,
+        stream: bool = False,
+        tracer: Tracer | None = None,
+        payload_chars: int = sc.MAX_PAYLOAD_CHARS,
+    ) -> None:
+        self.name = name
+        self.model = resolve_model(model) if isinstance(model, str) else model
+        self.instructions = instructions
+        self.tools: dict[str, Tool] = {}
+        for t in tools:
+            if not isinstance(t, Tool):
+                raise TypeError(f"{t!r} is not a Tool: decorate the function with @tool")
+            if t.name in self.tools:
+                raise ValueError(f"two tools are named {t.name!r}: tool names must be unique per agent")
+            self.tools[t.name] = t
+        self.limits = limits or Limits()
+        self.done_condition = done_condition
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.stream = stream
+        self._tracer = tracer
+        self.payload_chars = payload_chars
+        self._specs = tuple(t.spec for t in self.tools.values())
+
+    @property
+    def tracer(self) -> Tracer:
+        return self._tracer or otel_trace.get_tracer("tether")
+
+    def run_sync(self, task: str, *, run_id: str | None = None) -> RunResult:
+        """``run`` for code that has no event loop."""
+        return asyncio.run(self.run(task, run_id=run_id))
+
+    async def run(self, task: str, *, run_id: str | None = None) -> RunResult:
+        """Run the agent on ``task`` until it answers or a limit stops it."""
+        state = RunState(run_id=run_id or uuid.uuid4().hex[:16], agent=self.name, task=task)
+        state.messages.append(Message.user(task))
+        started = time.perf_counter()
+        tracer = self.tracer
+        with tracer.start_as_current_span(
+            sc.span_name(sc.OP_INVOKE_AGENT, self.name),
+            kind=otel_trace.SpanKind.INTERNAL,
+            attributes={
+                sc.GEN_AI_OPERATION_NAME: sc.OP_INVOKE_AGENT,
+                sc.GEN_AI_AGENT_NAME: self.name,
+                sc.GEN_AI_AGENT_ID: self.name,
+                sc.GEN_AI_CONVERSATION_ID: state.run_id,
+                sc.TETHER_RUN_ID: state.run_id,
+                sc.GEN_AI_PROVIDER_NAME: self.model.provider,
+                sc.GEN_AI_REQUEST_MODEL: self.model.model_name,
+                sc.TETHER_SIMULATED: self.model.simulated,
+                sc.TETHER_TASK: _cap(task, self.payload_chars),
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            output = ""
+            error: str | None = None
+            try:
+                async with asyncio.timeout(self.limits.timeout_s):
+                    output = await self._loop(state, tracer)
+                reason = StopReason.COMPLETED
+            except _Stop as stop:
+                reason, error = stop.reason, stop.error
+            except TimeoutError:
+                reason, error = StopReason.TIMEOUT, f"run exceeded its {self.limits.timeout_s:g} s wall-clock limit"
+            except asyncio.CancelledError:
+                self._finish(span, state, StopReason.KILLED, "", "run was cancelled", started)
+                raise
+            if reason in (StopReason.COMPLETED, StopReason.DONE_CONDITION) and not output:
+                output = state.messages[-1].text if state.messages[-1].role == "assistant" else ""
+            self._finish(span, state, reason, output, error, started)
+            trace_id = format(span.get_span_context().trace_id, "032x")
+        return RunResult(
+            run_id=state.run_id,
+            trace_id=trace_id,
+            agent=self.name,
+            stop_reason=reason,
+            output=output,
+            turns=state.turns,
+            tool_calls=state.tool_calls,
+            hallucinated_tool_calls=state.hallucinated_tool_calls,
+            usage=state.usage,
+            cost_usd=state.cost_usd if state.cost_known else None,
+            duration_s=time.perf_counter() - started,
+            messages=tuple(state.messages),
+            error=error,
+        )
+
+    def _finish(
+        self, span: Span, state: RunState, reason: StopReason, output: str, error: str | None, started: float
+    ) -> None:
+        span.set_attributes(
+            {
+                sc.TETHER_STOP_REASON: reason.value,
+                sc.TETHER_TURNS: state.turns,
+                sc.TETHER_TOOL_CALLS: state.tool_calls,
+                sc.TETHER_HALLUCINATED_TOOL_CALLS: state.hallucinated_tool_calls,
+                sc.GEN_AI_USAGE_INPUT_TOKENS: state.usage.input_tokens,
+                sc.GEN_AI_USAGE_OUTPUT_TOKENS: state.usage.output_tokens,
+                sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: state.usage.cache_read_tokens,
+                sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: state.usage.cache_write_tokens,
+                sc.TETHER_COST_USD: float(state.cost_usd),
+                sc.TETHER_COST_KNOWN: state.cost_known,
+                sc.TETHER_PRICE_VERSION: PRICE_DATA_VERSION,
+                sc.TETHER_OUTPUT: _cap(output, self.payload_chars),
+            }
+        )
+        if reason in (StopReason.ERROR, StopReason.TIMEOUT, StopReason.KILLED):
+            span.set_status(Status(StatusCode.ERROR, error or reason.value))
+            if error:
+                span.set_attribute(sc.TETHER_ERROR_MESSAGE, _cap(error, self.payload_chars))
+        else:
+            span.set_status(Status(StatusCode.OK))
+
+    async def _loop(self, state: RunState, tracer: Tracer) -> str:
+        limits = self.limits
+        while True:
+            if state.turns >= limits.max_turns:
+                raise _Stop(StopReason.MAX_TURNS, f"reached max_turns={limits.max_turns}")
+            state.turns += 1
+            request = ModelRequest(
+                model=self.model.model_name,
+                messages=tuple(state.messages),
+                system=self.instructions or None,
+                tools=self._specs,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                metadata={"run_id": state.run_id, "agent": self.name},
+            )
+            response = await self._chat(request, state, tracer)
+            state.messages.append(response.to_message())
+            calls = response.tool_calls
+            if not calls:
+                return response.text
+
+            remaining = limits.max_tool_calls - state.tool_calls
+            allowed, refused = calls[:remaining], calls[remaining:]
+            results = await asyncio.gather(*(self._execute(call, state, tracer) for call in allowed))
+            results.extend(
+                ToolResult(
+                    call_id=c.id,
+                    name=c.name,
+                    output=_error_payload("limit", f"not run: the run's tool-call limit ({limits.max_tool_calls})"),
+                    is_error=True,
+                )
+                for c in refused
+            )
+            state.messages.append(Message(role="user", content=tuple(r.to_block() for r in results)))
+            if refused:
+                raise _Stop(StopReason.MAX_TOOL_CALLS, f"reached max_tool_calls={limits.max_tool_calls}")
+            self._check_loop(state, allowed)
+            if self.done_condition is not None and self.done_condition(state):
+                raise _Stop(StopReason.DONE_CONDITION)
+
+    def _check_loop(self, state: RunState, calls: Sequence[ToolCall]) -> None:
+        for call in calls:
+            key = (call.name, orjson.dumps(call.arguments, option=orjson.OPT_SORT_KEYS))
+            if key == state.last_call:
+                state.repeats += 1
+            else:
+                state.last_call, state.repeats = key, 1
+            if state.repeats >= self.limits.max_repeated_tool_calls:
+                raise _Stop(
+                    StopReason.LOOP_DETECTED,
+                    f"{call.name} called {state.repeats} times in a row with the same arguments",
+                )
+
+    async def _chat(self, request: ModelRequest, state: RunState, tracer: Tracer) -> ModelResponse:
+        model = self.model
+        with tracer.start_as_current_span(
+            sc.span_name(sc.OP_CHAT, model.model_name),
+            kind=otel_trace.SpanKind.CLIENT,
+            attributes={
+                sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT,
+                sc.GEN_AI_PROVIDER_NAME: model.provider,
+                sc.GEN_AI_REQUEST_MODEL: model.model_name,
+                sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
+                sc.TETHER_RUN_ID: state.run_id,
+                sc.TETHER_TURN: state.turns,
+                sc.TETHER_SIMULATED: model.simulated,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                response = await (self._stream(request) if self.stream else model.complete(request))
+            except ModelError as exc:
+                span.set_attribute(sc.ERROR_TYPE, type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise _Stop(StopReason.ERROR, f"model call failed: {exc}") from None
+            cost = price_usage(model.price_ref, response.usage)
+            state.usage = state.usage + response.usage
+            if cost.usd is None:
+                state.cost_known = False
+            else:
+                state.cost_usd += cost.usd
+            span.set_attributes(
+                {
+                    sc.GEN_AI_RESPONSE_MODEL: response.model,
+                    sc.GEN_AI_RESPONSE_ID: response.id,
+                    sc.GEN_AI_RESPONSE_FINISH_REASONS: (response.raw_finish_reason or response.finish_reason.value,),
+                    sc.GEN_AI_USAGE_INPUT_TOKENS: response.usage.input_tokens,
+                    sc.GEN_AI_USAGE_OUTPUT_TOKENS: response.usage.output_tokens,
+                    sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: response.usage.cache_read_tokens,
+                    sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: response.usage.cache_write_tokens,
+                    sc.TETHER_COST_USD: float(cost.usd) if cost.usd is not None else 0.0,
+                    sc.TETHER_COST_KNOWN: cost.known,
+                    sc.TETHER_PRICE_VERSION: cost.price_version,
+                }
+            )
+            return response
+
+    async def _stream(self, request: ModelRequest) -> ModelResponse:
+        async for event in self.model.stream(request):
+            if isinstance(event, ResponseDone):
+                return event.response
+        # A stream that ends without its final event is an interruption, never a success.
+        from tether.errors import StreamInterrupted
+
+        raise StreamInterrupted("stream ended without a final response", provider=self.model.provider)
+
+    async def _execute(self, call: ToolCall, state: RunState, tracer: Tracer) -> ToolResult:
+        state.tool_calls += 1
+        cap = self.payload_chars
+        with tracer.start_as_current_span(
+            sc.span_name(sc.OP_EXECUTE_TOOL, call.name),
+            kind=otel_trace.SpanKind.INTERNAL,
+            attributes={
+                sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+                sc.GEN_AI_TOOL_NAME: call.name,
+                sc.GEN_AI_TOOL_CALL_ID: call.id,
+                sc.GEN_AI_TOOL_CALL_ARGUMENTS: _cap(
+                    call.raw_arguments
+                    if call.raw_arguments is not None
+                    else orjson.dumps(call.arguments, option=orjson.OPT_SORT_KEYS).decode(),
+                    cap,
+                ),
+                sc.TETHER_RUN_ID: state.run_id,
+                sc.TETHER_TURN: state.turns,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            result, hallucinated = await self._invoke(call, state)
+            span.set_attribute(sc.GEN_AI_TOOL_CALL_RESULT, _cap(result.output, cap))
+            if result.is_error:
+                span.set_attribute(sc.TETHER_TOOL_ERROR, True)
+                span.set_status(Status(StatusCode.ERROR, _cap(result.output, 256)))
+            if hallucinated:
+                state.hallucinated_tool_calls += 1
+                span.set_attribute(sc.TETHER_TOOL_HALLUCINATED, True)
+            return result
+
+    async def _invoke(self, call: ToolCall, state: RunState) -> tuple[ToolResult, bool]:
+        """Run one call; the flag says whether the call was hallucinated (unknown tool, bad arguments)."""
+
+        def error(kind: str, message: str, **extra: Any) -> ToolResult:
+            return ToolResult(
+                call_id=call.id, name=call.name, output=_error_payload(kind, message, **extra), is_error=True
+            )
+
+        tool = self.tools.get(call.name)
+        if tool is None:
+            message = f"there is no tool named {call.name!r}"
+            return error("unknown_tool", message, available_tools=sorted(self.tools)), True
+        if call.raw_arguments is not None:
+            message = "arguments are not a JSON object; send the arguments again as valid JSON"
+            return error("invalid_arguments", message, received=_cap(call.raw_arguments, 512)), True
+        context = ToolContext(run_id=state.run_id, agent=self.name, turn=state.turns, call_id=call.id)
+        try:
+            value = await tool.invoke(call.arguments, context)
+        except ToolArgumentsError as exc:
+            return error("invalid_arguments", str(exc), problems=exc.problems, schema=tool.spec.input_schema), True
+        except Exception as exc:
+            # A failing tool is the model's information, not the run's end: it can retry or change course.
+            state.tool_errors += 1
+            return error("tool_failed", f"{type(exc).__name__}: {exc}"), False
+        return ToolResult(call_id=call.id, name=call.name, output=render_output(value)), False

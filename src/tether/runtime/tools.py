@@ -1,0 +1,192 @@
+"""Tools from typed Python functions.
+
+``@tool`` turns a function into a ``Tool``: its name, the first paragraph of
+its docstring as the description, and a JSON schema of its parameters built by
+pydantic from the type hints (parameter descriptions come from the docstring's
+``Args:`` section). Sync and async functions both work; a sync function runs in
+a worker thread so a slow tool cannot stall other runs on the event loop.
+
+A parameter annotated ``ToolContext`` is filled in by the runtime and is not
+shown to the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints, overload
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from tether.errors import ToolDefinitionError
+from tether.messages import ToolSpec
+
+__all__ = ["Tool", "ToolArgumentsError", "ToolContext", "tool"]
+
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What the runtime tells a tool about the call it is serving.
+
+    ``idempotency_key`` is deterministic for (run, turn, call id), so a tool
+    with side effects can de-duplicate a repeated call.
+    """
+
+    run_id: str
+    agent: str
+    turn: int
+    call_id: str
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.run_id}:{self.turn}:{self.call_id}"
+
+
+class ToolArgumentsError(ValueError):
+    """Arguments from the model that do not fit the tool's schema."""
+
+    def __init__(self, tool: str, problems: list[str]) -> None:
+        self.tool = tool
+        self.problems = problems
+        super().__init__(f"arguments for {tool} do not match its schema: " + "; ".join(problems))
+
+
+def _doc_parts(doc: str | None) -> tuple[str, dict[str, str]]:
+    """First paragraph of a Google-style docstring, and its ``Args:`` descriptions."""
+    if not doc:
+        return "", {}
+    text = inspect.cleandoc(doc)
+    description = text.split("\n\n", 1)[0].replace("\n", " ").strip()
+    args: dict[str, str] = {}
+    match = re.search(r"^Args:\s*\n((?:[ \t]+.*\n?)+)", text, re.MULTILINE)
+    if match:
+        current: str | None = None
+        for line in match.group(1).splitlines():
+            entry = re.match(r"^\s+(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
+            if entry and (current is None or len(line) - len(line.lstrip()) <= 4):
+                current = entry.group(1)
+                args[current] = entry.group(2).strip()
+            elif current is not None and line.strip():
+                args[current] += " " + line.strip()
+    return description, args
+
+
+class Tool:
+    """A function the model may call, with the schema it is validated against."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.func = func
+        self.name = name or func.__name__
+        if not _TOOL_NAME.match(self.name):
+            raise ToolDefinitionError(
+                f"tool name {self.name!r} is not allowed: use 1-64 letters, digits, '_' or '-'"
+            )
+        doc_description, arg_docs = _doc_parts(func.__doc__)
+        self.description = description if description is not None else doc_description
+        self.is_async = inspect.iscoroutinefunction(func)
+        try:
+            hints = get_type_hints(func)
+        except Exception as exc:  # unresolvable forward references, typos in annotations
+            raise ToolDefinitionError(f"tool {self.name}: cannot read its type hints ({exc})") from None
+        fields: dict[str, Any] = {}
+        self._context_param: str | None = None
+        for param in inspect.signature(func).parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ToolDefinitionError(f"tool {self.name}: *args/**kwargs cannot be described to a model")
+            annotation = hints.get(param.name)
+            if annotation is ToolContext:
+                self._context_param = param.name
+                continue
+            if annotation is None:
+                raise ToolDefinitionError(
+                    f"tool {self.name}: parameter {param.name!r} has no type hint; annotate it (e.g. `{param.name}: str`)"
+                )
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (annotation, Field(default, description=arg_docs.get(param.name)))
+        self._args_model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+            f"{self.name}_args", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        schema = self._args_model.model_json_schema()
+        schema.pop("title", None)
+        for prop in schema.get("properties", {}).values():
+            prop.pop("title", None)
+        self.spec = ToolSpec(name=self.name, description=self.description, input_schema=schema)
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Check the model's arguments against the schema.
+
+        Raises:
+            ToolArgumentsError: listing every problem, phrased for the model.
+        """
+        try:
+            parsed = self._args_model.model_validate(arguments)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}" for err in exc.errors()
+            ]
+            raise ToolArgumentsError(self.name, problems) from None
+        return {name: getattr(parsed, name) for name in type(parsed).model_fields}
+
+    async def invoke(self, arguments: dict[str, Any], context: ToolContext) -> Any:
+        """Validate the arguments and run the function; returns what it returned."""
+        kwargs = self.validate(arguments)
+        if self._context_param is not None:
+            kwargs[self._context_param] = context
+        if self.is_async:
+            return await self.func(**kwargs)
+        return await asyncio.to_thread(self.func, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+
+def render_output(value: Any) -> str:
+    """What the model sees of a tool's return value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return str(value)
+
+
+@overload
+def tool(func: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(*, name: str | None = None, description: str | None = None) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make a function a tool: ``@tool`` or ``@tool(name=..., description=...)``."""
+    if func is not None:
+        return Tool(func)
+
+    def wrap(f: Callable[..., Any]) -> Tool:
+        return Tool(f, name=name, description=description)
+
+    return wrap
+
+
+ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]

@@ -1,0 +1,74 @@
+"""The store's tables as they are after the latest migration (SQLAlchemy Core).
+
+Queries are written against these objects. The database itself is created and
+changed only by ``tether.store.migrations``; a test checks that a migrated
+database matches these definitions, so when a migration changes a table,
+change it here too.
+
+``spans`` is append-only: its primary key is ``(trace_id, span_id)`` and spans
+are inserted with insert-or-ignore, so an OTLP re-send changes nothing. The
+primary key's index also serves lookups by ``trace_id`` (its leading column),
+so there is no separate ``trace_id`` index to slow down every insert.
+
+Attributes and events are kept as JSON *text* on both SQLite and PostgreSQL,
+not JSONB: the text is written once and read back whole, never queried into
+(the fields queries filter on are copied into their own columns at write time);
+text keeps the exact bytes tether wrote, costs PostgreSQL no parsing on the
+ingest path, and accepts ``\\u0000`` in tool output, which JSONB rejects.
+
+Denormalised columns hold the *span's own* attribute values: on a root
+``invoke_agent`` span the token counts and cost are the run's totals, on a
+``chat`` span those of one model call, so never sum them across a run.
+``cost_usd`` is NULL when the span's ``tether.cost_known`` is False.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Double, Index, Integer, MetaData, String, Table, Text
+
+__all__ = ["RUN_ID_TYPE", "metadata", "schema_migrations", "spans"]
+
+metadata = MetaData()
+
+# Run ids are matched by prefix with a range scan on the run_id index; that is
+# only correct in byte order, which SQLite's default BINARY collation already
+# is and PostgreSQL's "C" collation gives whatever the database's locale.
+RUN_ID_TYPE = Text().with_variant(Text(collation="C"), "postgresql")
+
+spans = Table(
+    "spans",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("parent_span_id", String(16)),
+    Column("run_id", RUN_ID_TYPE),
+    Column("name", Text, nullable=False),
+    Column("operation", Text),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("duration_ns", BigInteger, nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("status_message", Text),
+    Column("attributes", Text, nullable=False),
+    Column("events", Text, nullable=False),
+    Column("agent_name", Text),
+    Column("request_model", Text),
+    Column("tool_name", Text),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("cache_read_tokens", BigInteger),
+    Column("cache_write_tokens", BigInteger),
+    Column("cost_usd", Double),
+    Column("stop_reason", Text),
+    Column("simulated", Boolean),
+    Index("ix_spans_run_id", "run_id"),
+    Index("ix_spans_operation_start_ns", "operation", "start_ns"),
+)
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
