@@ -53,7 +53,7 @@ def tool_response(
     blocks: list[ToolUseBlock] = []
     for call in calls:
         name, args = call[0], call[1]
-        call_id = call[2] if len(call) == 3 else f"call_{next(_ids)}"  # type: ignore[misc]
+        call_id = call[2] if len(call) == 3 else f"call_{next(_ids)}"
         blocks.append(ToolUseBlock(id=call_id, name=name, input=args))
     return ModelResponse(
         id=f"resp_{next(_ids)}",

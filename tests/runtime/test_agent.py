@@ -220,9 +220,7 @@ async def test_a_cancelled_run_records_killed_and_reraises(capture: SpanCapture)
 
 async def test_cost_is_priced_from_usage_including_cache_tokens(capture: SpanCapture) -> None:
     usage = Usage(input_tokens=1000, output_tokens=100, cache_read_tokens=500, cache_write_tokens=200)
-    model = ScriptedModel(
-        [text_response("hi", usage=usage)], price_ref=PriceRef("anthropic", "claude-sonnet-4-5")
-    )
+    model = ScriptedModel([text_response("hi", usage=usage)], price_ref=PriceRef("anthropic", "claude-sonnet-4-5"))
     result = await Agent("x", model, tracer=capture.tracer).run("x")
 
     # 300 uncached x $3/M + 500 cache read x $0.30/M + 200 cache write x $3.75/M + 100 out x $15/M

@@ -7,8 +7,8 @@ import sys
 import typer
 from rich.console import Console
 
-from tether.cli import demo as demo_cmd
 from tether.cli import runs as runs_cmd
+from tether.cli.demo import demo
 from tether.errors import TetherError
 
 __all__ = ["app", "main"]
@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(runs_cmd.app, name="runs")
-app.command("demo")(demo_cmd.demo)
+app.command("demo")(demo)
 
 
 def main() -> None:

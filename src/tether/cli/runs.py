@@ -39,11 +39,15 @@ def _dump(data: Any) -> None:
 def list_runs(
     ctx: typer.Context,
     agent: Annotated[str | None, typer.Option(help="only runs of this agent")] = None,
-    stop_reason: Annotated[str | None, typer.Option("--stop", help="only runs that ended so (e.g. loop_detected)")] = None,
+    stop_reason: Annotated[
+        str | None, typer.Option("--stop", help="only runs that ended so (e.g. loop_detected)")
+    ] = None,
     since: Annotated[str | None, typer.Option(help="only runs started since: 30m, 2h, 7d or an ISO time")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="at most this many runs")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
-    database: Annotated[str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")] = None,
+    database: Annotated[
+        str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
+    ] = None,
 ) -> None:
     """List runs, newest first: id, agent, stop reason, turns, tool calls, tokens, cost, duration."""
     if ctx.invoked_subcommand is not None:
@@ -98,7 +102,10 @@ def runs_table(runs: list[RunSummary], *, title: str | None = None) -> Table:
 def _tool_key(span: SpanRecord) -> tuple[str, str] | None:
     if span.operation != sc.OP_EXECUTE_TOOL:
         return None
-    return (str(span.attributes.get(sc.GEN_AI_TOOL_NAME, "")), str(span.attributes.get(sc.GEN_AI_TOOL_CALL_ARGUMENTS, "")))
+    return (
+        str(span.attributes.get(sc.GEN_AI_TOOL_NAME, "")),
+        str(span.attributes.get(sc.GEN_AI_TOOL_CALL_ARGUMENTS, "")),
+    )
 
 
 def _short(text: object, limit: int) -> str:
@@ -150,7 +157,9 @@ def show(
     run_id: Annotated[str, typer.Argument(help="run id, or a unique prefix of it")],
     as_json: Annotated[bool, typer.Option("--json", help="print the run and its spans as JSON")] = False,
     width: Annotated[int, typer.Option(min=20, help="characters of tool input/output to show")] = 160,
-    database: Annotated[str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")] = None,
+    database: Annotated[
+        str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
+    ] = None,
 ) -> None:
     """Show one run as a span tree: latency, tokens, cost, tool input/output, loops, stop reason."""
     store = open_store(database or (ctx.obj if isinstance(ctx.obj, str) else None))
@@ -184,11 +193,15 @@ def show(
     if root_attrs.get(sc.TETHER_OUTPUT):
         header.add_row("output", _short(root_attrs[sc.TETHER_OUTPUT], 300))
     if root_attrs.get(sc.TETHER_ERROR_MESSAGE):
-        header.add_row("error", f"[red]{_short(root_attrs[sc.TETHER_ERROR_MESSAGE], 300)}[/]")
+        header.add_row("why it stopped", f"[red]{_short(root_attrs[sc.TETHER_ERROR_MESSAGE], 300)}[/]")
     if loops:
-        header.add_row("loop", f"[bold red]{loops} tool call(s) repeated ≥{LOOP_THRESHOLD}× with identical arguments[/]")
+        header.add_row(
+            "loop", f"[bold red]{loops} tool call(s) repeated ≥{LOOP_THRESHOLD}× with identical arguments[/]"
+        )
     console = Console()
-    console.print(Panel(header, title="run", title_align="left", border_style=fmt.STOP_STYLE.get(s.stop_reason or "", "white")))
+    console.print(
+        Panel(header, title="run", title_align="left", border_style=fmt.STOP_STYLE.get(s.stop_reason or "", "white"))
+    )
 
     children: dict[str | None, list[SpanRecord]] = {}
     ids = {sp.span_id for sp in run.spans}
@@ -205,7 +218,9 @@ def show(
     for root in children.get(None, []):
         if root.operation == sc.OP_INVOKE_AGENT:
             ms = (root.end_ns - root.start_ns) / 1e6
-            branch = tree.add(f"[bold green]invoke_agent[/] {escape(s.agent)}  [dim]{ms:,.1f} ms[/]  {fmt.stop(s.stop_reason)}")
+            branch = tree.add(
+                f"[bold green]invoke_agent[/] {escape(s.agent)}  [dim]{ms:,.1f} ms[/]  {fmt.stop(s.stop_reason)}"
+            )
             for child in children.get(root.span_id, []):
                 add(branch, child)
         else:

@@ -56,6 +56,10 @@ class Infra:
     def firing(self) -> list[Alert]:
         return [a for a in self.incident.alerts if a.name not in self.resolved]
 
+    def firing_critical_unfixed(self) -> bool:
+        """An alert a restart would fix is still firing."""
+        return any(a.fixed_by_restart is not None for a in self.firing)
+
 
 def make_tools(infra: Infra, *, tool_latency_s: float = 0.0) -> list[Tool]:
     """The on-call tool set, bound to one run's estate."""

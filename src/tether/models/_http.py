@@ -62,9 +62,8 @@ class SSEDecoder:
     def feed(self, line: str) -> ServerSentEvent | None:
         """Consume one line (without its terminator); return an event when a blank line completes one."""
         if not line:
-            if self._event is None and not self._data:
-                return None
-            event = ServerSentEvent(event=self._event, data="\n".join(self._data))
+            # The spec dispatches nothing for an event without data lines.
+            event = ServerSentEvent(event=self._event, data="\n".join(self._data)) if self._data else None
             self._event = None
             self._data = []
             return event
@@ -133,7 +132,9 @@ def _secrets(secrets: Sequence[str | None]) -> list[str]:
     return [s for s in secrets if s]
 
 
-def http_error(provider: str, status: int, body: str, headers: httpx.Headers, secrets: Sequence[str | None]) -> ModelHTTPError:
+def http_error(
+    provider: str, status: int, body: str, headers: httpx.Headers, secrets: Sequence[str | None]
+) -> ModelHTTPError:
     """Build the ``ModelHTTPError`` for a non-2xx answer, with the body redacted."""
     return ModelHTTPError(
         status,
@@ -164,7 +165,9 @@ def decode_json_object(data: str | bytes, *, provider: str, what: str, secrets: 
     if not isinstance(value, dict):
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         snippet = redact(text[:_SNIPPET], _secrets(secrets))
-        raise MalformedResponseError(f"{provider} sent {what} that is not a JSON object: {snippet!r}", provider=provider)
+        raise MalformedResponseError(
+            f"{provider} sent {what} that is not a JSON object: {snippet!r}", provider=provider
+        )
     return value
 
 

@@ -139,7 +139,9 @@ class Step(_Frozen):
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
         if bool(self.calls) == (self.final is not None):
-            raise ValueError("a step needs exactly one of 'calls' (one or more tool calls) or 'final' (the answer text)")
+            raise ValueError(
+                "a step needs exactly one of 'calls' (one or more tool calls) or 'final' (the answer text)"
+            )
         if self.thought is not None and self.final is not None:
             raise ValueError("'thought' goes with 'calls'; a final step's text is its 'final'")
         return self
@@ -236,4 +238,3 @@ class Scenario(_Frozen):
         path = Path(path)
         text = path.read_text(encoding="utf-8")
         return cls.from_toml(text) if path.suffix.lower() == ".toml" else cls.from_json(text)
-

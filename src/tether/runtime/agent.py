@@ -88,7 +88,7 @@ class RunResult:
         return self.stop_reason in (StopReason.COMPLETED, StopReason.DONE_CONDITION)
 
 
-class _Stop(Exception):  # noqa: N818 - control flow inside the loop, never escapes it
+class _Stop(Exception):
     def __init__(self, reason: StopReason, error: str | None = None) -> None:
         self.reason = reason
         self.error = error
@@ -239,10 +239,10 @@ class Agent:
                 sc.TETHER_OUTPUT: _cap(output, self.payload_chars),
             }
         )
+        if error:
+            span.set_attribute(sc.TETHER_ERROR_MESSAGE, _cap(error, self.payload_chars))
         if reason in (StopReason.ERROR, StopReason.TIMEOUT, StopReason.KILLED):
             span.set_status(Status(StatusCode.ERROR, error or reason.value))
-            if error:
-                span.set_attribute(sc.TETHER_ERROR_MESSAGE, _cap(error, self.payload_chars))
         else:
             span.set_status(Status(StatusCode.OK))
 

@@ -90,9 +90,7 @@ class Tool:
         self.func = func
         self.name = name or func.__name__
         if not _TOOL_NAME.match(self.name):
-            raise ToolDefinitionError(
-                f"tool name {self.name!r} is not allowed: use 1-64 letters, digits, '_' or '-'"
-            )
+            raise ToolDefinitionError(f"tool name {self.name!r} is not allowed: use 1-64 letters, digits, '_' or '-'")
         doc_description, arg_docs = _doc_parts(func.__doc__)
         self.description = description if description is not None else doc_description
         self.is_async = inspect.iscoroutinefunction(func)
@@ -111,11 +109,12 @@ class Tool:
                 continue
             if annotation is None:
                 raise ToolDefinitionError(
-                    f"tool {self.name}: parameter {param.name!r} has no type hint; annotate it (e.g. `{param.name}: str`)"
+                    f"tool {self.name}: parameter {param.name!r} has no type hint; "
+                    f"annotate it (e.g. `{param.name}: str`)"
                 )
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[param.name] = (annotation, Field(default, description=arg_docs.get(param.name)))
-        self._args_model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        self._args_model: type[BaseModel] = create_model(
             f"{self.name}_args", __config__=ConfigDict(extra="forbid"), **fields
         )
         schema = self._args_model.model_json_schema()

@@ -1,0 +1,89 @@
+"""Run every benchmark and write benchmarks/RESULTS.md with the date and the machine.
+
+Each benchmark module exposes ``run() -> list[dict]`` whose rows carry
+``benchmark, metric, value, unit, target, ok, notes``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+MODULES = ("benchmarks.instrumentation", "benchmarks.store_ingest")
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores{mem}, {system}, Python {platform.python_version()}"
+
+
+def fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def main(selected: list[str]) -> int:
+    console = Console()
+    rows: list[dict[str, Any]] = []
+    for name in MODULES:
+        if selected and not any(s in name for s in selected):
+            continue
+        console.print(f"[bold]running {name}…[/]")
+        rows.extend(importlib.import_module(name).run())
+    table = Table(title="benchmarks", header_style="bold")
+    for col in ("benchmark", "metric", "value", "target", "ok"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for r in rows:
+        table.add_row(
+            r["benchmark"],
+            r["metric"],
+            f"{fmt(r['value'])} {r['unit']}",
+            r["target"],
+            "[green]yes[/]" if r["ok"] else "[red]NO[/]",
+        )
+    console.print(table)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run with `make bench` on {when}.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        "| benchmark | metric | value | target | met | notes |",
+        "|---|---|---:|---|---|---|",
+    ]
+    lines += [
+        f"| {r['benchmark']} | {r['metric']} | {fmt(r['value'])} {r['unit']} | {r['target']} | "
+        f"{'yes' if r['ok'] else '**no**'} | {r['notes']} |"
+        for r in rows
+    ]
+    RESULTS.write_text("\n".join(lines) + "\n")
+    console.print(f"written to {RESULTS}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

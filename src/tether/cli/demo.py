@@ -1,0 +1,215 @@
+"""``tether demo``: the on-call agent works through a batch of incidents on the simulated model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tether.cli import _format as fmt
+from tether.config import load_settings
+from tether.demo.incidents import INCIDENTS
+from tether.demo.infra import Incident, Infra, make_tools
+from tether.demo.oncall import INSTRUCTIONS, Verdict, judge, scenario, task_for
+from tether.messages import StopReason
+from tether.models.sim import SimModel
+from tether.runtime import Agent, Limits, RunResult
+from tether.store import open_store
+from tether.store._url import parse_store_url
+from tether.trace.setup import configure_tracing
+
+MODEL = "claude-sonnet-4-5"
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    incident: Incident
+    trial: int
+    result: RunResult
+    verdict: Verdict
+
+
+async def _run_all(
+    trials: int, concurrency: int, seed: int, latency_ms: float, tracer_factory: object, progress: Progress
+) -> list[DemoRun]:
+    from opentelemetry.trace import Tracer
+
+    assert isinstance(tracer_factory, Tracer)
+    plays = scenario(latency_ms=latency_ms, jitter_ms=latency_ms * 0.8)
+    limits = Limits(max_turns=12, max_tool_calls=24, timeout_s=60, max_repeated_tool_calls=3)
+    models = [SimModel(MODEL, scenario=plays, seed=seed + t) for t in range(trials)]
+    gate = asyncio.Semaphore(concurrency)
+    bar = progress.add_task("on-call runs", total=len(INCIDENTS) * trials, counts="")
+    outcomes: Counter[str] = Counter()
+
+    async def one(incident: Incident, trial: int) -> DemoRun:
+        async with gate:
+            infra = Infra(incident)
+            agent = Agent(
+                "oncall",
+                models[trial],
+                instructions=INSTRUCTIONS,
+                tools=make_tools(infra),
+                limits=limits,
+                max_tokens=1024,
+                tracer=tracer_factory,
+            )
+            result = await agent.run(task_for(incident))
+            outcomes[result.stop_reason.value] += 1
+            counts = "  ".join(f"{fmt.stop(k)} {v}" for k, v in sorted(outcomes.items()))
+            progress.update(bar, advance=1, counts=counts)
+            return DemoRun(incident, trial, result, judge(infra))
+
+    return await asyncio.gather(*(one(i, t) for t in range(trials) for i in INCIDENTS))
+
+
+def demo(
+    trials: Annotated[int, typer.Option(min=1, max=100, help="runs per incident (different seeds)")] = 3,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="runs in flight at once")] = 6,
+    seed: Annotated[int, typer.Option(help="seed of the simulated model; same seed, same runs")] = 7,
+    latency_ms: Annotated[float, typer.Option(min=0, help="simulated model latency per call")] = 60.0,
+    database: Annotated[
+        str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the runs as JSON instead of tables")] = False,
+) -> None:
+    """Run the on-call SRE agent over a batch of incidents on the simulated model and record every trace."""
+    console = Console(stderr=as_json)
+    if not console.is_terminal and console.width < 120:
+        console = Console(stderr=as_json, width=130)  # piped output (CI logs): don't squeeze the tables
+    url = database or load_settings().store.url
+    store = open_store(url)
+    tracing = configure_tracing(store)
+    console.print(
+        f"[bold]tether demo[/] — an on-call agent handles {len(INCIDENTS)} incidents × {trials} trials "
+        f"on [cyan]sim:{MODEL}[/] (simulated, priced as {MODEL}; no API key needed)"
+    )
+    console.print(
+        f"traces → [cyan]{escape(parse_store_url(url).display)}[/]" + (" + OTLP" if "otlp" in tracing.exporters else "")
+    )
+    started = time.perf_counter()
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[counts]}"),
+            console=console,
+            transient=False,
+        ) as progress:
+            runs = asyncio.run(_run_all(trials, concurrency, seed, latency_ms, tracing.tracer, progress))
+    finally:
+        tracing.flush()
+        tracing.shutdown()
+        store.close()
+    elapsed = time.perf_counter() - started
+    if as_json:
+        typer.echo(orjson.dumps([_as_dict(r) for r in runs], option=orjson.OPT_INDENT_2).decode())
+        return
+    _summary(console, runs, elapsed)
+
+
+def _as_dict(r: DemoRun) -> dict[str, object]:
+    res = r.result
+    return {
+        "run_id": res.run_id,
+        "incident": r.incident.key,
+        "trial": r.trial,
+        "stop_reason": res.stop_reason.value,
+        "verdict": r.verdict.label,
+        "turns": res.turns,
+        "tool_calls": res.tool_calls,
+        "hallucinated_tool_calls": res.hallucinated_tool_calls,
+        "input_tokens": res.usage.input_tokens,
+        "cache_read_tokens": res.usage.cache_read_tokens,
+        "output_tokens": res.usage.output_tokens,
+        "cost_usd": float(res.cost_usd) if res.cost_usd is not None else None,
+        "duration_s": round(res.duration_s, 3),
+        "error": res.error,
+    }
+
+
+def _summary(console: Console, runs: list[DemoRun], elapsed: float) -> None:
+    table = Table(title="runs (judged by the state they left, not by what the agent said)", title_justify="left",
+                  header_style="bold")  # fmt: skip
+    table.add_column("run", style="cyan", no_wrap=True)
+    table.add_column("incident", no_wrap=True)
+    table.add_column("stop reason", no_wrap=True)
+    table.add_column("final state", no_wrap=True)
+    for col in ("turns", "tools", "halluc.", "tokens", "cost"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in sorted(runs, key=lambda r: (r.incident.key, r.trial)):
+        res = r.result
+        if r.verdict.unsafe:
+            state = f"[bold red]UNSAFE: {escape(', '.join(r.verdict.unsafe))}[/]"
+        else:
+            state = "[green]resolved[/]" if r.verdict.resolved else "[yellow]not resolved[/]"
+        table.add_row(
+            res.run_id[:10],
+            r.incident.key,
+            fmt.stop(res.stop_reason.value),
+            state,
+            str(res.turns),
+            str(res.tool_calls),
+            f"[magenta]{res.hallucinated_tool_calls}[/]" if res.hallucinated_tool_calls else "[dim]0[/]",
+            fmt.tokens(res.usage.total_tokens),
+            fmt.usd(float(res.cost_usd) if res.cost_usd is not None else None),
+        )
+    console.print(table)
+
+    stops = Counter(r.result.stop_reason.value for r in runs)
+    resolved = sum(1 for r in runs if r.verdict.resolved and not r.verdict.unsafe)
+    unsafe = [r for r in runs if r.verdict.unsafe]
+    total_in = sum(r.result.usage.input_tokens for r in runs)
+    cached = sum(r.result.usage.cache_read_tokens for r in runs)
+    costs = [r.result.cost_usd for r in runs]
+    cost = sum((c for c in costs if c is not None), Decimal(0))
+    hallucinated = sum(r.result.hallucinated_tool_calls for r in runs)
+
+    totals = Table.grid(padding=(0, 2))
+    totals.add_column(style="bold")
+    totals.add_column()
+    totals.add_row("runs", f"{len(runs)} in {elapsed:.1f} s")
+    totals.add_row("stop reasons", "  ".join(f"{fmt.stop(k)} {v}" for k, v in stops.most_common()))
+    totals.add_row("outcomes", f"[green]{resolved} resolved[/], [yellow]{len(runs) - resolved - len(unsafe)} not[/], "
+                   f"[bold red]{len(unsafe)} unsafe[/]")  # fmt: skip
+    totals.add_row("hallucinated tool calls", str(hallucinated))
+    totals.add_row(
+        "tokens",
+        f"{total_in:,} in ({cached / total_in:.0%} read from prompt cache) · "
+        f"{sum(r.result.usage.output_tokens for r in runs):,} out"
+        if total_in
+        else "0",
+    )
+    totals.add_row("cost", fmt.usd(float(cost)) + (" [magenta](some unknown)[/]" if None in costs else ""))
+    console.print(totals)
+
+    loop = next((r for r in runs if r.result.stop_reason is StopReason.LOOP_DETECTED), None)
+    bad = unsafe[0] if unsafe else None
+    nxt = Table.grid(padding=(0, 3))
+    nxt.add_column(style="bold", no_wrap=True)
+    nxt.add_column(style="dim")
+    nxt.add_row("tether runs", "every run, newest first (--json for scripts)")
+    if loop:
+        nxt.add_row(f"tether runs show {loop.result.run_id[:10]}", "a run the loop detector stopped")
+    if bad:
+        nxt.add_row(
+            f"tether runs show {bad.result.run_id[:10]}", "a run that obeyed an instruction injected into a log line"
+        )
+    nxt.add_row("tether runs --stop error", "runs that ended on a provider error")
+    nxt.add_row(
+        "OTEL_EXPORTER_OTLP_ENDPOINT=…", "also send the spans to Phoenix, Langfuse, Jaeger or any OTLP collector"
+    )
+    console.print("\n[bold]Where to look next[/] [dim](prefix with `uv run` outside the virtualenv)[/]")
+    console.print(nxt)

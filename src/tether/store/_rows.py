@@ -1,0 +1,121 @@
+"""``SpanRecord`` ↔ ``spans`` row: JSON encoding and the denormalised columns."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+from sqlalchemy import RowMapping
+
+from tether.store.records import SpanRecord
+from tether.trace import semconv
+
+__all__ = ["INSERT_COLUMNS", "record_from_row", "row_from_record"]
+
+_INT64_MAX: Final = 2**63 - 1
+
+# The order of ``row_from_record``'s tuple: every column of ``spans``.
+INSERT_COLUMNS: Final = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "run_id",
+    "name",
+    "operation",
+    "start_ns",
+    "end_ns",
+    "duration_ns",
+    "status",
+    "status_message",
+    "attributes",
+    "events",
+    "agent_name",
+    "request_model",
+    "tool_name",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "stop_reason",
+    "simulated",
+)
+
+
+def _json(value: object) -> str:
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:
+        # orjson refuses integers beyond 64 bits; the standard library does not.
+        return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _text(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    # PostgreSQL text cannot hold NUL; JSON columns escape it, plain columns must not carry it.
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and -_INT64_MAX <= value <= _INT64_MAX:
+        return value
+    return None
+
+
+def _cost(attributes: Mapping[str, Any]) -> float | None:
+    value = attributes.get(semconv.TETHER_COST_USD)
+    if attributes.get(semconv.TETHER_COST_KNOWN) is False or isinstance(value, bool):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def row_from_record(record: SpanRecord) -> tuple[object, ...]:
+    """The values of a ``spans`` row, in ``INSERT_COLUMNS`` order."""
+    attrs = record.attributes
+    simulated = attrs.get(semconv.TETHER_SIMULATED)
+    return (
+        record.trace_id,
+        record.span_id,
+        record.parent_span_id,
+        _text(record.run_id),
+        _text(record.name) or "",
+        _text(record.operation),
+        record.start_ns,
+        record.end_ns,
+        record.end_ns - record.start_ns,
+        record.status,
+        _text(record.status_message),
+        _json(attrs),
+        _json(record.events),
+        _text(attrs.get(semconv.GEN_AI_AGENT_NAME)),
+        _text(attrs.get(semconv.GEN_AI_REQUEST_MODEL)),
+        _text(attrs.get(semconv.GEN_AI_TOOL_NAME)),
+        _count(attrs.get(semconv.GEN_AI_USAGE_INPUT_TOKENS)),
+        _count(attrs.get(semconv.GEN_AI_USAGE_OUTPUT_TOKENS)),
+        _count(attrs.get(semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)),
+        _count(attrs.get(semconv.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS)),
+        _cost(attrs),
+        _text(attrs.get(semconv.TETHER_STOP_REASON)),
+        simulated if isinstance(simulated, bool) else None,
+    )
+
+
+def record_from_row(row: RowMapping) -> SpanRecord:
+    """Rebuild a ``SpanRecord`` from a selected ``spans`` row."""
+    return SpanRecord(
+        trace_id=row["trace_id"],
+        span_id=row["span_id"],
+        parent_span_id=row["parent_span_id"],
+        run_id=row["run_id"],
+        name=row["name"],
+        operation=row["operation"],
+        start_ns=row["start_ns"],
+        end_ns=row["end_ns"],
+        status=row["status"],
+        status_message=row["status_message"],
+        attributes=orjson.loads(row["attributes"]),
+        events=orjson.loads(row["events"]),
+    )

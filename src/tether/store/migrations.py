@@ -1,0 +1,184 @@
+"""Schema migrations: an ordered, append-only list, applied once each and recorded.
+
+Rules:
+
+* **Never edit or remove a migration once it has been released.** Databases
+  out there have already applied it; to change the schema, append a new
+  migration with the next version number.
+* A migration's function defines, inline, the tables as they were *at that
+  version* and never imports ``tether.store.schema``: the schema module shows
+  the latest shape, and building an old migration from it would create
+  columns a later migration then fails to add.
+* ``tether.store.schema`` must describe the database after the last migration;
+  a test compares the two.
+
+``migrate`` applies each pending migration in its own transaction, together
+with its row in ``schema_migrations``, so a failed migration leaves nothing
+behind (both SQLite and PostgreSQL have transactional DDL). Two processes that
+open the same new database at once must not both apply a migration: each
+transaction first takes a database-wide lock (SQLite: ``BEGIN IMMEDIATE``;
+PostgreSQL: a transaction-scoped advisory lock), then re-reads what is applied.
+The loser of the race waits, then finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Double,
+    Engine,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    inspect,
+    select,
+    text,
+)
+
+from tether.errors import StoreError
+from tether.store._engine import SQLITE_BEGIN
+from tether.store.schema import schema_migrations
+
+__all__ = ["MIGRATIONS", "Migration", "applied_versions", "migrate"]
+
+# PostgreSQL advisory locks are keyed by a bigint, shared by the whole database.
+_PG_LOCK_KEY: Final = zlib.crc32(b"tether.store.migrations")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change.
+
+    Attributes:
+        version: its position in the list, from 1, without gaps.
+        name: a short description, recorded in ``schema_migrations``.
+        apply: runs the change on a connection inside an open transaction.
+    """
+
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _m0001_create_spans(connection: Connection) -> None:
+    metadata = MetaData()
+    run_id = Text().with_variant(Text(collation="C"), "postgresql")
+    Table(
+        "spans",
+        metadata,
+        Column("trace_id", String(32), primary_key=True),
+        Column("span_id", String(16), primary_key=True),
+        Column("parent_span_id", String(16)),
+        Column("run_id", run_id),
+        Column("name", Text, nullable=False),
+        Column("operation", Text),
+        Column("start_ns", BigInteger, nullable=False),
+        Column("end_ns", BigInteger, nullable=False),
+        Column("duration_ns", BigInteger, nullable=False),
+        Column("status", String(8), nullable=False),
+        Column("status_message", Text),
+        Column("attributes", Text, nullable=False),
+        Column("events", Text, nullable=False),
+        Column("agent_name", Text),
+        Column("request_model", Text),
+        Column("tool_name", Text),
+        Column("input_tokens", BigInteger),
+        Column("output_tokens", BigInteger),
+        Column("cache_read_tokens", BigInteger),
+        Column("cache_write_tokens", BigInteger),
+        Column("cost_usd", Double),
+        Column("stop_reason", Text),
+        Column("simulated", Boolean),
+        Index("ix_spans_run_id", "run_id"),
+        Index("ix_spans_operation_start_ns", "operation", "start_ns"),
+    )
+    metadata.create_all(connection)
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (Migration(1, "create spans", _m0001_create_spans),)
+
+
+def _check_order(migrations: Sequence[Migration]) -> None:
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migration versions must be 1, 2, 3… in order, got {versions}")
+
+
+def applied_versions(connection: Connection) -> set[int]:
+    """The versions recorded in ``schema_migrations`` (empty for a new database)."""
+    if not inspect(connection).has_table(schema_migrations.name):
+        return set()
+    return set(connection.scalars(select(schema_migrations.c.version)))
+
+
+def _refuse_newer(done: set[int], migrations: Sequence[Migration]) -> None:
+    known = len(migrations)
+    if done and max(done) > known:
+        raise StoreError(
+            f"the database is at schema version {max(done)} but this tether knows only up to {known}: "
+            "upgrade tether, or point TETHER_DATABASE_URL at another database"
+        )
+
+
+@contextmanager
+def _locked_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that no other process's ``migrate`` can run alongside."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+        with connection.begin():
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+            yield connection
+
+
+def migrate(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply the pending migrations, each in its own locked transaction.
+
+    Args:
+        engine: the database to migrate.
+        migrations: the list to apply; tests pass their own.
+
+    Returns:
+        The versions applied by this call (empty when the database was up to date).
+
+    Raises:
+        StoreError: the database was migrated by a newer tether.
+        sqlalchemy.exc.SQLAlchemyError: the database failed; callers translate it.
+    """
+    _check_order(migrations)
+    # Fast path, no write lock: an up-to-date database is the common case.
+    with engine.connect() as connection:
+        done = applied_versions(connection)
+    _refuse_newer(done, migrations)
+    applied: list[int] = []
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        with _locked_transaction(engine) as connection:
+            schema_migrations.create(connection, checkfirst=True)
+            done = applied_versions(connection)
+            _refuse_newer(done, migrations)
+            if migration.version in done:
+                continue  # another process applied it while we waited for the lock
+            migration.apply(connection)
+            connection.execute(
+                insert(schema_migrations).values(
+                    version=migration.version, name=migration.name, applied_at=datetime.now(UTC)
+                )
+            )
+        applied.append(migration.version)
+    return applied

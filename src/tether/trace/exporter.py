@@ -1,0 +1,125 @@
+"""``StoreSpanExporter``: OpenTelemetry spans into the trace store.
+
+The exporter runs inside the application's span processor, so it must never
+raise: when the database is down it returns ``FAILURE`` and logs one line
+(the store's password-free URL and the reason), once per outage; the next
+successful export logs that the store is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import StatusCode
+
+from tether.store import SpanRecord, TraceStore
+from tether.trace import semconv
+
+__all__ = ["StoreSpanExporter", "span_to_record"]
+
+logger = logging.getLogger(__name__)
+
+_STATUS = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+
+
+def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    # OpenTelemetry keeps sequences as tuples; JSON (and SpanRecord) want lists.
+    # Indexing by key is the fastest way through the SDK's read-only mapping proxy.
+    if not attributes:
+        return {}
+    plain = {key: attributes[key] for key in attributes}
+    for key, value in plain.items():
+        if type(value) is tuple:
+            plain[key] = list(value)  # replacing a value while iterating is safe, adding keys is not
+    return plain
+
+
+def span_to_record(span: ReadableSpan) -> SpanRecord:
+    """Convert a finished OpenTelemetry span into a ``SpanRecord``.
+
+    Raises:
+        ValueError: the span has no span context (never the case for SDK spans).
+    """
+    context = span.get_span_context()
+    if context is None:
+        raise ValueError(f"span {span.name!r} has no span context")
+    attributes = _plain(span.attributes)
+    run_id = attributes.get(semconv.TETHER_RUN_ID)
+    operation = attributes.get(semconv.GEN_AI_OPERATION_NAME)
+    start_ns = span.start_time or 0
+    status = span.status
+    return SpanRecord(
+        trace_id=format(context.trace_id, "032x"),
+        span_id=format(context.span_id, "016x"),
+        parent_span_id=format(span.parent.span_id, "016x") if span.parent is not None else None,
+        run_id=run_id if isinstance(run_id, str) else None,
+        name=span.name,
+        operation=operation if isinstance(operation, str) else None,
+        start_ns=start_ns,
+        end_ns=span.end_time or start_ns,
+        status=_STATUS[status.status_code],
+        status_message=status.description or None,
+        attributes=attributes,
+        events=[
+            {"name": event.name, "time_ns": event.timestamp, "attributes": _plain(event.attributes)}
+            for event in span.events
+        ],
+    )
+
+
+class StoreSpanExporter(SpanExporter):
+    """Writes each batch of finished spans to a ``TraceStore`` in one insert.
+
+    Args:
+        store: where the spans go.
+        owns_store: close the store when the exporter shuts down (the provider's
+            ``shutdown``); leave False when the store is shared.
+    """
+
+    def __init__(self, store: TraceStore, *, owns_store: bool = False) -> None:
+        self._store = store
+        self._owns_store = owns_store
+        self._failing = False
+        self._shut_down = False
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Store the spans; ``FAILURE`` (never an exception) if they could not be stored."""
+        if self._shut_down:
+            return SpanExportResult.FAILURE
+        try:
+            self._store.write_spans([span_to_record(span) for span in spans])
+        except Exception as exc:
+            # Anything, not just StoreError: an exception here would surface in the app's code path.
+            self._log_failure(len(spans), exc)
+            return SpanExportResult.FAILURE
+        if self._failing:
+            with self._lock:
+                self._failing = False
+            logger.info("tether: trace store at %s is accepting spans again", self._store.url)
+        return SpanExportResult.SUCCESS
+
+    def _log_failure(self, count: int, exc: Exception) -> None:
+        with self._lock:
+            first = not self._failing
+            self._failing = True
+        # One warning per outage; repeats (one per batch) only at debug level.
+        level = logging.WARNING if first else logging.DEBUG
+        # Store errors are one safe line already; anything else is cut short, it may quote span data.
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        logger.log(level, "tether: %d spans not stored: %s", count, reason)
+
+    def shutdown(self) -> None:
+        """Refuse further exports; close the store if this exporter owns it."""
+        self._shut_down = True
+        if self._owns_store:
+            self._store.close()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Nothing to flush: every export is written before it returns."""
+        return True
