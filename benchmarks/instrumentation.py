@@ -1,22 +1,41 @@
 """Instrumentation overhead: time per traced span versus the same loop untraced.
 
-The same agent (a zero-latency in-memory model, one async tool, 5 tool turns
-plus a final answer: 11 spans per run) runs N times with OpenTelemetry's no-op
-tracer, then N times traced through a real ``TracerProvider`` with the store
-exporter on a ``BatchSpanProcessor`` writing to SQLite (the default set-up).
-The difference per span is tether's instrumentation cost: span creation,
-attributes, the batch queue. Runs alternate in rounds to cancel drift; the best
-round of each is compared (less noise from the other core).
+The same agent (an in-memory model, one async tool, 5 tool turns plus a final
+answer: 12 spans per run) runs with OpenTelemetry's no-op tracer and traced
+through ``configure_tracing`` into a SQLite store, two ways:
+
+- the default set-up (spans only to the store): tether's recorder, which
+  implements the OpenTelemetry API and writes rows through ``RowWriter``;
+- with an exporter configured (as when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set):
+  the OpenTelemetry SDK's ``TracerProvider`` with ``StoreSpanProcessor`` and a
+  ``BatchSpanProcessor`` (its exporter a no-op, so no network is touched).
+
+Rounds alternate, and the figure is the median of the per-round differences,
+which cancels drift on a shared machine.
+
+The model answers instantly, so nothing overlaps with a model wait: the
+figure is *all* the CPU tracing costs per span (span creation and attributes
+on the loop, plus the row conversion and the SQLite insert of the store
+processor, which compete for the GIL). With a real model, the insert happens
+while the loop waits on the network.
+
+A variant with a 1 ms model latency was tried and dropped: waking from each
+sleep with cold caches inflated *every* per-span cost about 2x, the SDK's
+alone included, so it measured the machine's idle states more than tether.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import NoOpTracer
 
 from tether.messages import ModelRequest, ModelResponse
@@ -26,9 +45,8 @@ from tether.testing import FunctionModel, text_response, tool_response
 from tether.trace.setup import configure_tracing
 
 TURNS = 5
-RUNS_PER_ROUND = 400
-ROUNDS = 5
-SPANS_PER_RUN = 1 + (TURNS + 1) + TURNS
+SPANS_PER_RUN = 1 + (TURNS + 1) + TURNS  # invoke_agent, one chat per turn, one execute_tool per tool turn
+TARGET_US = 50.0
 
 
 @tool
@@ -37,67 +55,85 @@ async def lookup(key: str) -> str:
     return f"value of {key}: " + "x" * 200
 
 
-def _script(request: ModelRequest) -> ModelResponse:
+def _answer(request: ModelRequest) -> ModelResponse:
     turn = sum(1 for m in request.messages if m.role == "assistant")
     if turn < TURNS:
         return tool_response(("lookup", {"key": f"k{turn}"}))
     return text_response("done")
 
 
-async def _round(agent: Agent) -> float:
+def _model(latency_s: float) -> FunctionModel:
+    async def answer(request: ModelRequest) -> ModelResponse:
+        await asyncio.sleep(latency_s)
+        return _answer(request)
+
+    return FunctionModel(answer if latency_s else _answer)
+
+
+async def _round(agent: Agent, runs: int) -> float:
     started = time.perf_counter()
-    for _ in range(RUNS_PER_ROUND):
+    for _ in range(runs):
         await agent.run("look up five keys")
     return time.perf_counter() - started
 
 
-async def _measure(db: Path) -> tuple[float, float, int]:
+class _NullExporter(SpanExporter):
+    """Stands in for the OTLP exporter: same SDK path, no network."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+async def _measure(db: Path, latency_s: float, runs: int, rounds: int, sdk: bool) -> tuple[float, float, int]:
+    """Median per-span difference (µs), median untraced step time (µs), spans stored."""
     store = open_store(f"sqlite:///{db}")
-    tracing = configure_tracing(store)
-    plain = Agent("bench", FunctionModel(_script), tools=[lookup], tracer=NoOpTracer())
-    traced = Agent("bench", FunctionModel(_script), tools=[lookup], tracer=tracing.tracer)
-    await _round(plain)  # warm-up
-    await _round(traced)
-    best_plain, best_traced = float("inf"), float("inf")
-    for _ in range(ROUNDS):
-        best_plain = min(best_plain, await _round(plain))
-        best_traced = min(best_traced, await _round(traced))
+    tracing = configure_tracing(store, extra_exporters=[_NullExporter()] if sdk else None)
+    plain = Agent("bench", _model(latency_s), tools=[lookup], tracer=NoOpTracer())
+    traced = Agent("bench", _model(latency_s), tools=[lookup], tracer=tracing.tracer)
+    await _round(plain, runs)  # warm-up
+    await _round(traced, runs)
+    diffs: list[float] = []
+    plains: list[float] = []
+    for _ in range(rounds):
+        p = await _round(plain, runs)
+        t = await _round(traced, runs)
+        plains.append(p)
+        diffs.append((t - p) / (runs * SPANS_PER_RUN) * 1e6)
     tracing.flush()
-    written = sum(len(store.get_run(r.run_id).spans) for r in store.list_runs(limit=3))
+    stored = sum(len(store.get_run(r.run_id).spans) for r in store.list_runs(limit=3))
     tracing.shutdown()
     store.close()
-    return best_plain, best_traced, written
+    step_us = statistics.median(plains) / (runs * (TURNS + 1)) * 1e6
+    return statistics.median(diffs), step_us, stored
 
 
 def run() -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        plain, traced, sample_spans = asyncio.run(_measure(Path(tmp) / "bench.db"))
-    spans = RUNS_PER_ROUND * SPANS_PER_RUN
-    added_us = (traced - plain) / spans * 1e6
-    step_plain_us = plain / (RUNS_PER_ROUND * (TURNS + 1)) * 1e6
-    step_traced_us = traced / (RUNS_PER_ROUND * (TURNS + 1)) * 1e6
-    assert sample_spans == 3 * SPANS_PER_RUN, f"expected {3 * SPANS_PER_RUN} spans in 3 stored runs, got {sample_spans}"
-    return [
-        {
-            "benchmark": "instrumentation",
-            "metric": "added time per span",
-            "value": added_us,
-            "unit": "µs",
-            "target": "<= 50 µs",
-            "ok": added_us <= 50,
-            "notes": f"{SPANS_PER_RUN} spans/run, best of {ROUNDS} rounds x {RUNS_PER_ROUND} runs; "
-            "BatchSpanProcessor -> SQLite store",
-        },
-        {
-            "benchmark": "instrumentation",
-            "metric": "time per step (model call + tool), untraced / traced",
-            "value": step_traced_us,
-            "unit": "µs",
-            "target": "(info)",
-            "ok": True,
-            "notes": f"untraced {step_plain_us:,.0f} µs per step",
-        },
-    ]
+    rows: list[dict[str, Any]] = []
+    # Many short paired rounds: this 2-core VM has bursts of interference lasting a
+    # fraction of a second, and the median of many short pairs ignores them.
+    for regime, sdk in (("default (store only)", False), ("OTLP export on (SDK path)", True)):
+        latency_s, runs, rounds = 0.0, 100, 61
+        with tempfile.TemporaryDirectory() as tmp:
+            added, step_us, stored = asyncio.run(_measure(Path(tmp) / "bench.db", latency_s, runs, rounds, sdk))
+        assert stored == 3 * SPANS_PER_RUN, f"expected {3 * SPANS_PER_RUN} spans in 3 stored runs, got {stored}"
+        rows.append(
+            {
+                "benchmark": "instrumentation",
+                "metric": f"added time per span, {regime}",
+                "value": added,
+                "unit": "µs",
+                "target": f"<= {TARGET_US:g} µs" if not sdk else "(info)",
+                "ok": added <= TARGET_US or sdk,
+                "notes": f"zero-latency model; untraced step {step_us:,.0f} µs; "
+                f"{SPANS_PER_RUN} spans/run; median of {rounds} paired rounds x {runs} runs; "
+                + (
+                    "OpenTelemetry SDK TracerProvider: StoreSpanProcessor + BatchSpanProcessor(no-op exporter)"
+                    if sdk
+                    else "tether's recorder -> RowWriter -> SQLite"
+                ),
+            }
+        )
+    return rows
 
 
 if __name__ == "__main__":

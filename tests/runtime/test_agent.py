@@ -228,7 +228,8 @@ async def test_cost_is_priced_from_usage_including_cache_tokens(capture: SpanCap
     (chat,) = capture.by_operation(sc.OP_CHAT)
     assert chat.attributes is not None
     assert chat.attributes[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 500
-    assert chat.attributes[sc.TETHER_COST_KNOWN] is True
+    assert chat.attributes[sc.TETHER_COST_USD] == pytest.approx(0.0033)
+    assert sc.TETHER_COST_KNOWN not in chat.attributes  # only an unknown price is flagged
 
 
 async def test_an_unknown_price_is_unknown_not_zero(capture: SpanCapture) -> None:

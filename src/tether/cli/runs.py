@@ -125,7 +125,7 @@ def _label(span: SpanRecord, repeats: Counter[tuple[str, str]], width: int) -> s
         cache += f" [dim]cache write {fmt.tokens(cw)}[/]" if cw else ""
         finish = a.get(sc.GEN_AI_RESPONSE_FINISH_REASONS)
         finish_txt = f" → {','.join(finish) if isinstance(finish, list) else finish}" if finish else ""
-        cost = fmt.usd(float(a[sc.TETHER_COST_USD])) if a.get(sc.TETHER_COST_KNOWN, False) else fmt.usd(None)
+        cost = fmt.usd(float(a[sc.TETHER_COST_USD])) if sc.TETHER_COST_USD in a else fmt.usd(None)
         err = f" [red]{_short(span.status_message or '', 120)}[/]" if span.status == "error" else ""
         return (
             f"[bold blue]chat[/] {escape(str(a.get(sc.GEN_AI_REQUEST_MODEL, '')))}{status}  {took}  "

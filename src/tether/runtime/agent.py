@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 from opentelemetry import trace as otel_trace
-from opentelemetry.trace import Span, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from tether.errors import ModelError
 from tether.gateway.cost import PRICE_DATA_VERSION, price_usage
@@ -301,48 +302,52 @@ class Agent:
 
     async def _chat(self, request: ModelRequest, state: RunState, tracer: Tracer) -> ModelResponse:
         model = self.model
-        with tracer.start_as_current_span(
-            sc.span_name(sc.OP_CHAT, model.model_name),
-            kind=otel_trace.SpanKind.CLIENT,
-            attributes={
-                sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT,
-                sc.GEN_AI_PROVIDER_NAME: model.provider,
-                sc.GEN_AI_REQUEST_MODEL: model.model_name,
-                sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
-                sc.TETHER_RUN_ID: state.run_id,
-                sc.TETHER_TURN: state.turns,
-                sc.TETHER_SIMULATED: model.simulated,
-            },
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        attributes: dict[str, AttributeValue] = {
+            sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT,
+            sc.GEN_AI_PROVIDER_NAME: model.provider,
+            sc.GEN_AI_REQUEST_MODEL: model.model_name,
+            sc.GEN_AI_REQUEST_MAX_TOKENS: request.max_tokens,
+            sc.TETHER_RUN_ID: state.run_id,
+            sc.TETHER_TURN: state.turns,
+        }
+        if model.simulated:
+            attributes[sc.TETHER_SIMULATED] = True
+        # Not made the current span: nothing runs inside it that could nest under it, and
+        # skipping the context switch is a measurable share of the per-span cost.
+        span = tracer.start_span(
+            sc.span_name(sc.OP_CHAT, model.model_name), kind=SpanKind.CLIENT, attributes=attributes
+        )
+        try:
             try:
                 response = await (self._stream(request) if self.stream else model.complete(request))
             except ModelError as exc:
                 span.set_attribute(sc.ERROR_TYPE, type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 raise _Stop(StopReason.ERROR, f"model call failed: {exc}") from None
-            cost = price_usage(model.price_ref, response.usage)
-            state.usage = state.usage + response.usage
+            usage = response.usage
+            cost = price_usage(model.price_ref, usage)
+            state.usage = state.usage + usage
+            result: dict[str, AttributeValue] = {
+                sc.GEN_AI_RESPONSE_MODEL: response.model,
+                sc.GEN_AI_RESPONSE_ID: response.id,
+                sc.GEN_AI_RESPONSE_FINISH_REASONS: (response.raw_finish_reason or response.finish_reason.value,),
+                sc.GEN_AI_USAGE_INPUT_TOKENS: usage.input_tokens,
+                sc.GEN_AI_USAGE_OUTPUT_TOKENS: usage.output_tokens,
+                sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: usage.cache_read_tokens,
+                sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: usage.cache_write_tokens,
+            }
+            # An unknown price is recorded as unknown, never as $0; the price-data
+            # version is on the run's root span (one version per process).
             if cost.usd is None:
                 state.cost_known = False
+                result[sc.TETHER_COST_KNOWN] = False
             else:
                 state.cost_usd += cost.usd
-            span.set_attributes(
-                {
-                    sc.GEN_AI_RESPONSE_MODEL: response.model,
-                    sc.GEN_AI_RESPONSE_ID: response.id,
-                    sc.GEN_AI_RESPONSE_FINISH_REASONS: (response.raw_finish_reason or response.finish_reason.value,),
-                    sc.GEN_AI_USAGE_INPUT_TOKENS: response.usage.input_tokens,
-                    sc.GEN_AI_USAGE_OUTPUT_TOKENS: response.usage.output_tokens,
-                    sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: response.usage.cache_read_tokens,
-                    sc.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: response.usage.cache_write_tokens,
-                    sc.TETHER_COST_USD: float(cost.usd) if cost.usd is not None else 0.0,
-                    sc.TETHER_COST_KNOWN: cost.known,
-                    sc.TETHER_PRICE_VERSION: cost.price_version,
-                }
-            )
+                result[sc.TETHER_COST_USD] = float(cost.usd)
+            span.set_attributes(result)
             return response
+        finally:
+            span.end()
 
     async def _stream(self, request: ModelRequest) -> ModelResponse:
         async for event in self.model.stream(request):

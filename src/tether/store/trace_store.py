@@ -60,10 +60,21 @@ class TraceStore:
             StoreUnavailable: the database cannot be reached.
             StoreError: the database refused the write.
         """
+        self.write_rows([row_from_record(r) for r in records])
+
+    def write_rows(self, rows: Sequence[tuple[object, ...]]) -> None:
+        """Insert prepared rows (from ``span_row``) in one batch; existing spans are left unchanged.
+
+        The fast path of the span processor, which turns each span into a row as
+        it ends so that no span objects are kept waiting for the next batch.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+            StoreError: the database refused the write.
+        """
         self._check_open()
-        if not records:
+        if not rows:
             return
-        rows = [row_from_record(r) for r in records]
         with translate_errors(self._where, "writing spans"), self._engine.connect() as connection:
             # IMMEDIATE: take SQLite's write lock up front, waiting up to the busy timeout.
             connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
