@@ -11,8 +11,8 @@ Environment variables:
 ``TETHER_DATABASE_URL``    store URL: ``sqlite:///path.db`` or
                            ``postgresql+psycopg://user@host:5432/db``
                            (default ``sqlite:///.tether/tether.db``)
-``TETHER_TRACE_PAYLOAD_CHARS``  cap on tool input/output text kept on spans (default 4096)
-``TETHER_TRACING``         ``0`` disables tracing entirely (default ``1``)
+``TETHER_TRACE_PAYLOAD_CHARS``  cap on tool input/output text kept on spans by the CLI's
+                           agents (default 4096; in code, ``Agent(payload_chars=...)``)
 =========================  ===========================================================
 
 The standard ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, protocol)
@@ -45,7 +45,6 @@ class StoreSettings(BaseModel):
 class TraceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
     payload_chars: int = Field(default=4096, ge=0)
 
 
@@ -61,7 +60,6 @@ class Settings(BaseModel):
 _ENV: dict[str, tuple[str, str]] = {
     "TETHER_DATABASE_URL": ("store", "url"),
     "TETHER_TRACE_PAYLOAD_CHARS": ("trace", "payload_chars"),
-    "TETHER_TRACING": ("trace", "enabled"),
 }
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import orjson
 import typer
+from opentelemetry.trace import Tracer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,11 +41,14 @@ class DemoRun:
 
 
 async def _run_all(
-    trials: int, concurrency: int, seed: int, latency_ms: float, tracer_factory: object, progress: Progress
+    trials: int,
+    concurrency: int,
+    seed: int,
+    latency_ms: float,
+    tracer: Tracer,
+    progress: Progress,
+    payload_chars: int,
 ) -> list[DemoRun]:
-    from opentelemetry.trace import Tracer
-
-    assert isinstance(tracer_factory, Tracer)
     plays = scenario(latency_ms=latency_ms, jitter_ms=latency_ms * 0.8)
     limits = Limits(max_turns=12, max_tool_calls=24, timeout_s=60, max_repeated_tool_calls=3)
     models = [SimModel(MODEL, scenario=plays, seed=seed + t) for t in range(trials)]
@@ -62,7 +66,8 @@ async def _run_all(
                 tools=make_tools(infra),
                 limits=limits,
                 max_tokens=1024,
-                tracer=tracer_factory,
+                tracer=tracer,
+                payload_chars=payload_chars,
             )
             result = await agent.run(task_for(incident))
             outcomes[result.stop_reason.value] += 1
@@ -87,7 +92,8 @@ def demo(
     console = Console(stderr=as_json)
     if not console.is_terminal and console.width < 120:
         console = Console(stderr=as_json, width=130)  # piped output (CI logs): don't squeeze the tables
-    url = database or load_settings().store.url
+    settings = load_settings()
+    url = database or settings.store.url
     store = open_store(url)
     tracing = configure_tracing(store)
     console.print(
@@ -108,7 +114,9 @@ def demo(
             console=console,
             transient=False,
         ) as progress:
-            runs = asyncio.run(_run_all(trials, concurrency, seed, latency_ms, tracing.tracer, progress))
+            runs = asyncio.run(
+                _run_all(trials, concurrency, seed, latency_ms, tracing.tracer, progress, settings.trace.payload_chars)
+            )
     finally:
         tracing.flush()
         tracing.shutdown()
