@@ -94,7 +94,7 @@ class StoreSpanExporter(SpanExporter):
         if self._shut_down:
             return SpanExportResult.FAILURE
         try:
-            self._store.write_spans([span_to_record(span) for span in spans])
+            self._store.write_rows([span_to_row(span) for span in spans])
         except Exception as exc:
             # Anything, not just StoreError: an exception here would surface in the app's code path.
             self._log_failure(len(spans), exc)
