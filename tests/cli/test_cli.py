@@ -116,3 +116,9 @@ def test_bad_since_is_one_readable_line() -> None:
     result = tether("runs", "--since", "yesterday-ish")
     assert result.returncode == 2
     assert "30m, 2h, 7d" in result.stderr
+
+
+def test_an_unknown_stop_reason_lists_the_valid_ones() -> None:
+    result = tether("runs", "--stop", "exploded")
+    assert result.returncode == 2
+    assert "loop_detected" in result.stderr and "Traceback" not in result.stderr

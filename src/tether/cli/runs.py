@@ -16,6 +16,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from tether.cli import _format as fmt
+from tether.errors import ConfigError
+from tether.messages import StopReason
 from tether.store import RunSummary, SpanRecord, open_store
 from tether.trace import semconv as sc
 
@@ -53,6 +55,10 @@ def list_runs(
     if ctx.invoked_subcommand is not None:
         ctx.obj = database
         return
+    if stop_reason is not None and stop_reason not in {r.value for r in StopReason}:
+        raise ConfigError(
+            f"--stop {stop_reason!r} is not a stop reason: use one of {', '.join(r.value for r in StopReason)}"
+        )
     store = open_store(database)
     try:
         runs = store.list_runs(

@@ -26,7 +26,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from tether.errors import ModelError
+from tether.errors import ModelError, StreamInterrupted
 from tether.gateway.cost import PRICE_DATA_VERSION, price_usage
 from tether.messages import (
     Message,
@@ -354,8 +354,6 @@ class Agent:
             if isinstance(event, ResponseDone):
                 return event.response
         # A stream that ends without its final event is an interruption, never a success.
-        from tether.errors import StreamInterrupted
-
         raise StreamInterrupted("stream ended without a final response", provider=self.model.provider)
 
     async def _execute(self, call: ToolCall, state: RunState, tracer: Tracer) -> ToolResult:
