@@ -27,6 +27,7 @@ from tether.models.base import redact
 __all__ = [
     "ServerSentEvent",
     "SSEDecoder",
+    "count",
     "decode_json_object",
     "http_error",
     "iter_sse",
@@ -243,3 +244,8 @@ async def open_stream(
         yield response
     finally:
         await response.aclose()
+
+
+def count(value: object) -> int:
+    """A token count from a usage field; optional and nullable fields count as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

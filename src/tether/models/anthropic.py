@@ -47,7 +47,7 @@ from tether.messages import (
     ToolUseDelta,
     Usage,
 )
-from tether.models._http import decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
+from tether.models._http import count, decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
 from tether.models.base import Model, PriceRef, ProviderConfig, redact
 
 __all__ = ["AnthropicModel"]
@@ -86,17 +86,12 @@ def _finish_reason(raw: str | None) -> FinishReason:
     return _FINISH_REASONS.get(raw or "", FinishReason.OTHER)
 
 
-def _int(value: object) -> int:
-    # Usage fields are optional and may be null (cache fields on older models).
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _usage(raw: Mapping[str, Any]) -> Usage:
-    cache_read = _int(raw.get("cache_read_input_tokens"))
-    cache_write = _int(raw.get("cache_creation_input_tokens"))
+    cache_read = count(raw.get("cache_read_input_tokens"))
+    cache_write = count(raw.get("cache_creation_input_tokens"))
     return Usage(
-        input_tokens=_int(raw.get("input_tokens")) + cache_read + cache_write,
-        output_tokens=_int(raw.get("output_tokens")),
+        input_tokens=count(raw.get("input_tokens")) + cache_read + cache_write,
+        output_tokens=count(raw.get("output_tokens")),
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
     )

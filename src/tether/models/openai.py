@@ -44,7 +44,7 @@ from tether.messages import (
     ToolUseDelta,
     Usage,
 )
-from tether.models._http import decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
+from tether.models._http import count, decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
 from tether.models.base import Model, PriceRef, ProviderConfig, redact
 
 __all__ = ["OpenAIModel"]
@@ -82,16 +82,12 @@ def _finish_reason(raw: str | None) -> FinishReason:
     return _FINISH_REASONS.get(raw or "", FinishReason.OTHER)
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _usage(raw: Mapping[str, Any]) -> Usage:
     details = raw.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     return Usage(
-        input_tokens=_int(raw.get("prompt_tokens")),
-        output_tokens=_int(raw.get("completion_tokens")),
+        input_tokens=count(raw.get("prompt_tokens")),
+        output_tokens=count(raw.get("completion_tokens")),
         cache_read_tokens=cached,
         cache_write_tokens=0,
     )

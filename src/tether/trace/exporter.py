@@ -18,14 +18,14 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
 from tether.store import SpanRecord, TraceStore
-from tether.store._rows import _cost, _count, _json, _text
+from tether.store._rows import build_row
 from tether.trace import semconv
 
-__all__ = ["StoreSpanExporter", "build_row", "span_to_record", "span_to_row"]
+__all__ = ["STATUS_NAMES", "StoreSpanExporter", "span_to_record", "span_to_row"]
 
 logger = logging.getLogger(__name__)
 
-_STATUS = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+_STATUS = STATUS_NAMES = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
 
 
 def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -144,70 +144,23 @@ def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
 def span_to_row(span: ReadableSpan) -> tuple[object, ...]:
     """A finished SDK span as a ``spans`` row (``INSERT_COLUMNS`` order), for ``TraceStore.write_rows``.
 
-    The same row as ``row_from_record(span_to_record(span))``, built in one pass:
-    this runs on the application's thread for every span.
+    The same row as ``row_from_record(span_to_record(span))`` without the
+    intermediate record: this runs on the application's thread for every span.
     """
     context = span.get_span_context()
     if context is None:
         raise ValueError(f"span {span.name!r} has no span context")
     parent = span.parent
     start_ns = span.start_time or 0
-    events = span.events
     return build_row(
-        context.trace_id,
-        context.span_id,
-        parent.span_id if parent is not None else None,
+        format(context.trace_id, "032x"),
+        format(context.span_id, "016x"),
+        format(parent.span_id, "016x") if parent is not None else None,
         span.name,
         _attributes_of(span),
         start_ns,
         span.end_time or start_ns,
-        span.status.status_code,
+        _STATUS[span.status.status_code],
         span.status.description,
-        [(e.name, e.timestamp, dict(e.attributes or {})) for e in events] if events else None,
-    )
-
-
-def build_row(
-    trace_id: int,
-    span_id: int,
-    parent_span_id: int | None,
-    name: str,
-    attrs: Mapping[str, Any],
-    start_ns: int,
-    end_ns: int,
-    status_code: StatusCode,
-    status_description: str | None,
-    events: Sequence[tuple[str, int, Mapping[str, Any]]] | None,
-) -> tuple[object, ...]:
-    """One ``spans`` row from a span's parts; shared by the SDK path and tether's own recorder.
-
-    orjson encodes the attribute values' tuples as JSON arrays directly.
-    """
-    run_id = attrs.get(semconv.TETHER_RUN_ID)
-    operation = attrs.get(semconv.GEN_AI_OPERATION_NAME)
-    simulated = attrs.get(semconv.TETHER_SIMULATED)
-    return (
-        format(trace_id, "032x"),
-        format(span_id, "016x"),
-        format(parent_span_id, "016x") if parent_span_id is not None else None,
-        _text(run_id),
-        _text(name) or "",
-        _text(operation),
-        start_ns,
-        end_ns,
-        end_ns - start_ns,
-        _STATUS[status_code],
-        _text(status_description or None),
-        _json(attrs),
-        _json([{"name": n, "time_ns": t, "attributes": a} for n, t, a in events]) if events else "[]",
-        _text(attrs.get(semconv.GEN_AI_AGENT_NAME)),
-        _text(attrs.get(semconv.GEN_AI_REQUEST_MODEL)),
-        _text(attrs.get(semconv.GEN_AI_TOOL_NAME)),
-        _count(attrs.get(semconv.GEN_AI_USAGE_INPUT_TOKENS)),
-        _count(attrs.get(semconv.GEN_AI_USAGE_OUTPUT_TOKENS)),
-        _count(attrs.get(semconv.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)),
-        _count(attrs.get(semconv.GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS)),
-        _cost(attrs),
-        _text(attrs.get(semconv.TETHER_STOP_REASON)),
-        simulated if isinstance(simulated, bool) else None,
+        [{"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events],
     )

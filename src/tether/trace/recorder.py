@@ -34,7 +34,8 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from tether.trace.exporter import build_row
+from tether.store._rows import build_row
+from tether.trace.exporter import STATUS_NAMES
 from tether.trace.processor import RowWriter
 
 __all__ = ["RecordingSpan", "RecordingTracer", "RecordingTracerProvider"]
@@ -77,7 +78,7 @@ class RecordingSpan(otel_trace.Span):
         if attributes:
             for key, value in attributes.items():
                 self._attrs[key] = _clean(value)
-        self._events: list[tuple[str, int, Mapping[str, Any]]] | None = None
+        self._events: list[dict[str, Any]] | None = None
         self._status = Status(StatusCode.UNSET)
         self._start_ns = start_ns
         self._end_ns: int | None = None
@@ -101,7 +102,7 @@ class RecordingSpan(otel_trace.Span):
             if self._events is None:
                 self._events = []
             clean = {k: _clean(v) for k, v in (attributes or {}).items()}
-            self._events.append((name, timestamp or time.time_ns(), clean))
+            self._events.append({"name": name, "time_ns": timestamp or time.time_ns(), "attributes": clean})
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         """Links are not stored (the store has no place for them)."""
@@ -150,16 +151,16 @@ class RecordingSpan(otel_trace.Span):
         status = self._status
         self._writer.add(
             build_row(
-                self._context.trace_id,
-                self._context.span_id,
-                parent.span_id if parent is not None else None,
+                format(self._context.trace_id, "032x"),
+                format(self._context.span_id, "016x"),
+                format(parent.span_id, "016x") if parent is not None else None,
                 self._name,
                 self._attrs,
                 self._start_ns,
                 end_ns,
-                status.status_code,
+                STATUS_NAMES[status.status_code],
                 status.description,
-                self._events,
+                self._events or (),
             )
         )
 
