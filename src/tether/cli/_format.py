@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from rich.console import Console
+
 from tether.errors import ConfigError
 
 STOP_STYLE = {
@@ -68,3 +70,11 @@ def parse_since(text: str) -> datetime:
     except ValueError:
         raise ConfigError(f"--since {text!r} is not a time: use e.g. 30m, 2h, 7d or 2026-11-21T08:00") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A Rich console; piped output (CI logs, ``| less``) gets 130 columns instead of 80, so tables stay legible."""
+    out = Console(stderr=stderr)
+    if not out.is_terminal and out.width < 130:
+        out = Console(stderr=stderr, width=130)
+    return out

@@ -89,9 +89,7 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="print the runs as JSON instead of tables")] = False,
 ) -> None:
     """Run the on-call SRE agent over a batch of incidents on the simulated model and record every trace."""
-    console = Console(stderr=as_json)
-    if not console.is_terminal and console.width < 120:
-        console = Console(stderr=as_json, width=130)  # piped output (CI logs): don't squeeze the tables
+    console = fmt.console(stderr=as_json)
     settings = load_settings()
     url = database or settings.store.url
     store = open_store(url)

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
@@ -69,7 +68,7 @@ def list_runs(
     if as_json:
         _dump([dataclasses.asdict(r) for r in runs])
         return
-    console = Console()
+    console = fmt.console()
     if not runs:
         console.print("no runs recorded yet — try [bold]tether demo[/]")
         return
@@ -80,18 +79,14 @@ def list_runs(
 def runs_table(runs: list[RunSummary], *, title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("run", style="cyan", no_wrap=True)
-    table.add_column("agent")
+    table.add_column("agent", no_wrap=True)
     table.add_column("stop reason", no_wrap=True)
-    table.add_column("turns", justify="right")
-    table.add_column("tools", justify="right")
-    table.add_column("tokens in/out", justify="right")
-    table.add_column("cached", justify="right")
-    table.add_column("cost", justify="right")
-    table.add_column("duration", justify="right")
-    table.add_column("started", style="dim", no_wrap=True)
+    for col in ("turns", "tools", "tokens in/out", "cached", "cost", "duration"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("started", style="dim", no_wrap=True, min_width=19)
     for r in runs:
         table.add_row(
-            r.run_id,
+            r.run_id[:12],
             escape(r.agent) + (" [dim](sim)[/]" if r.simulated else ""),
             fmt.stop(r.stop_reason),
             str(r.turns),
@@ -204,7 +199,7 @@ def show(
         header.add_row(
             "loop", f"[bold red]{loops} tool call(s) repeated ≥{LOOP_THRESHOLD}× with identical arguments[/]"
         )
-    console = Console()
+    console = fmt.console()
     console.print(
         Panel(header, title="run", title_align="left", border_style=fmt.STOP_STYLE.get(s.stop_reason or "", "white"))
     )
