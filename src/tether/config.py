@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tether.errors import ConfigError
+from tether.gateway.config import GatewayConfig
 
 __all__ = ["Settings", "StoreSettings", "TraceSettings", "load_settings"]
 
@@ -48,10 +49,13 @@ class TraceSettings(BaseModel):
     payload_chars: int = Field(default=4096, ge=0)
 
 
-class Settings(BaseModel):
-    """Everything tether reads from its configuration."""
+class Settings(GatewayConfig):
+    """Everything tether reads from its configuration.
 
-    model_config = ConfigDict(extra="forbid")
+    The gateway's tables (``[providers.*]``, ``[deployments.*]``, ``[routes.*]``,
+    ``[prices.*]``, ``[budgets]``, ``[gateway]``) are documented in
+    ``tether.gateway.config``.
+    """
 
     store: StoreSettings = StoreSettings()
     trace: TraceSettings = TraceSettings()
@@ -76,8 +80,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _describe(exc: ValidationError, source: str) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{source}: [{where}] {first['msg']}{more}"
+    return f"{source}: [{where}] {message}{more}" if where else f"{source}: {message}{more}"
 
 
 def load_settings(config_path: str | Path | None = None) -> Settings:

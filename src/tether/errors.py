@@ -11,6 +11,12 @@ failure of something tether talks to.
     │   ├── ConfigError            malformed tether.toml / TETHER_* / CLI args
     │   ├── UnknownModelError      a model reference tether cannot resolve
     │   └── ToolDefinitionError    a @tool whose signature cannot be described
+    │   ├── UnknownRouteError      a gateway route that tether.toml does not define
+    │   └── UnknownPriceError      a budgeted route asked to spend on a model with no known price
+    ├── GatewayError               the gateway refused or could not place a call
+    │   ├── BudgetExceeded         the call's maximum cost does not fit a budget (fails closed)
+    │   ├── RateLimited            an RPM/TPM limit has no room (retry_after says when)
+    │   └── NoDeploymentAvailable  every deployment of every tier failed or is open-circuited
     ├── ModelError                 a model call failed at run time
     │   ├── ModelHTTPError         the provider answered with an HTTP error (status, body)
     │   ├── ModelConnectionError   no answer: connection refused, reset, DNS
@@ -24,7 +30,13 @@ failure of something tether talks to.
 from __future__ import annotations
 
 __all__ = [
+    "BudgetExceeded",
     "ConfigError",
+    "GatewayError",
+    "NoDeploymentAvailable",
+    "RateLimited",
+    "UnknownPriceError",
+    "UnknownRouteError",
     "MalformedResponseError",
     "ModelConnectionError",
     "ModelError",
@@ -58,6 +70,72 @@ class UnknownModelError(UserError):
 
 class ToolDefinitionError(UserError):
     """A tool function whose signature cannot be turned into a JSON schema."""
+
+
+class UnknownRouteError(UserError):
+    """A gateway route that the configuration does not define."""
+
+
+class UnknownPriceError(UserError):
+    """A budgeted route would spend on a model whose price is unknown.
+
+    An unknown price is never treated as $0: configure ``[prices."<model>"]``
+    in tether.toml or route the call to a priced model.
+    """
+
+
+class GatewayError(TetherError):
+    """The gateway refused a call, or could not place it anywhere."""
+
+
+class BudgetExceeded(GatewayError):
+    """A budget has no room for the call's maximum possible cost.
+
+    Attributes:
+        scope: which budget, e.g. ``route:support`` or ``key:ci-bot``.
+        limit: the budget's limit (USD or tokens, per ``unit``).
+        used: what was spent plus reserved when the call was refused.
+        requested: what the call would have reserved.
+        unit: ``usd`` or ``tokens``.
+    """
+
+    def __init__(self, scope: str, *, limit: float, used: float, requested: float, unit: str = "usd") -> None:
+        self.scope = scope
+        self.limit = limit
+        self.used = used
+        self.requested = requested
+        self.unit = unit
+
+        def amount(value: float) -> str:
+            return f"${value:.4f}" if unit == "usd" else f"{value:,.0f} tokens"
+
+        super().__init__(
+            f"budget {scope} exceeded: {amount(used)} of {amount(limit)} used, this call needs up to "
+            f"{amount(requested)} — raise the budget in tether.toml or wait for its period to roll over"
+        )
+
+
+class RateLimited(GatewayError):
+    """A rate limit has no room now; ``retry_after`` seconds until it may."""
+
+    def __init__(self, key: str, *, retry_after: float, limit: str) -> None:
+        self.key = key
+        self.retry_after = retry_after
+        self.limit = limit
+        super().__init__(f"rate limit {limit} for {key} reached: retry in {retry_after:.2f} s")
+
+
+class NoDeploymentAvailable(GatewayError):
+    """Every deployment the route could use failed or was skipped.
+
+    ``attempts`` lists what happened, one ``deployment: reason`` string each.
+    """
+
+    def __init__(self, route: str, attempts: list[str]) -> None:
+        self.route = route
+        self.attempts = attempts
+        detail = "; ".join(attempts) if attempts else "no deployment configured"
+        super().__init__(f"route {route}: no deployment could answer ({detail})")
 
 
 class ModelError(TetherError):

@@ -11,6 +11,7 @@ reports cache tokens apart from ``input_tokens``; its adapter adds them in.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -216,6 +217,10 @@ class ModelResponse(_Frozen):
     raw_finish_reason: str | None = None
     usage: Usage = Usage()
     simulated: bool = False
+    # Set by the gateway, which prices each call at the deployment that served it:
+    # when ``priced`` is True, ``cost_usd`` is the call's cost (None = price unknown).
+    priced: bool = False
+    cost_usd: Decimal | None = None
 
     @property
     def text(self) -> str:

@@ -7,10 +7,12 @@ kept with every cost so a figure can be traced back to the prices it used.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
@@ -18,9 +20,14 @@ from genai_prices import calc_price
 from tether.messages import Usage
 from tether.models.base import PriceRef
 
-__all__ = ["PRICE_DATA_VERSION", "Cost", "price_usage"]
+if TYPE_CHECKING:
+    from tether.gateway.config import PriceConfig
+
+__all__ = ["CONFIGURED_PRICE_VERSION", "PRICE_DATA_VERSION", "Cost", "Pricer", "price_usage"]
 
 PRICE_DATA_VERSION = f"genai-prices=={version('genai-prices')}"
+CONFIGURED_PRICE_VERSION = "tether.toml"
+_MTOK = Decimal(1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +75,50 @@ def price_usage(ref: PriceRef | None, usage: Usage) -> Cost:
     if isinstance(result, str):
         return Cost(usd=None, reason=result)
     return Cost(usd=result)
+
+
+class Pricer:
+    """Prices usage: configured prices first (``[prices."<model>"]``), genai-prices otherwise.
+
+    Args:
+        prices: configured prices by model name (the deployment's model).
+    """
+
+    def __init__(self, prices: Mapping[str, PriceConfig] | None = None) -> None:
+        self._prices = dict(prices or {})
+
+    def has_price(self, ref: PriceRef | None, model: str) -> bool:
+        """Whether a call to ``model`` can be priced at all."""
+        return model in self._prices or price_usage(ref, Usage(input_tokens=1)).known
+
+    def price(self, ref: PriceRef | None, model: str, usage: Usage) -> Cost:
+        """The cost of ``usage``; unknown (``usd=None``) when neither source has a price."""
+        configured = self._prices.get(model)
+        if configured is None:
+            return price_usage(ref, usage)
+        read = (
+            configured.cache_read_per_mtok if configured.cache_read_per_mtok is not None else configured.input_per_mtok
+        )
+        write = (
+            configured.cache_write_per_mtok
+            if configured.cache_write_per_mtok is not None
+            else configured.input_per_mtok
+        )
+        usd = (
+            Decimal(usage.uncached_input_tokens) * configured.input_per_mtok
+            + Decimal(usage.cache_read_tokens) * read
+            + Decimal(usage.cache_write_tokens) * write
+            + Decimal(usage.output_tokens) * configured.output_per_mtok
+        ) / _MTOK
+        return Cost(usd=usd, price_version=CONFIGURED_PRICE_VERSION)
+
+    def max_cost(self, ref: PriceRef | None, model: str, *, input_tokens: int, max_output_tokens: int) -> Cost:
+        """The most a call can cost: every input token uncached, every allowed output token used.
+
+        This is what a budget reserves before the call (and settles to the real
+        cost after), so a call that would not fit is refused before it is made.
+        """
+        # A cache write costs more than plain input (or the same where a model has no
+        # cache-write price), so the worst case bills the whole prompt as a cache write.
+        worst = Usage(input_tokens=input_tokens, output_tokens=max_output_tokens, cache_write_tokens=input_tokens)
+        return self.price(ref, model, worst)

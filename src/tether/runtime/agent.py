@@ -26,8 +26,8 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from tether.errors import ModelError, StreamInterrupted
-from tether.gateway.cost import PRICE_DATA_VERSION, price_usage
+from tether.errors import BudgetExceeded, GatewayError, ModelError, StreamInterrupted, UnknownPriceError
+from tether.gateway.cost import PRICE_DATA_VERSION, Cost, price_usage
 from tether.messages import (
     Message,
     ModelRequest,
@@ -312,20 +312,25 @@ class Agent:
         }
         if model.simulated:
             attributes[sc.TETHER_SIMULATED] = True
-        # Not made the current span: nothing runs inside it that could nest under it, and
-        # skipping the context switch is a measurable share of the per-span cost.
         span = tracer.start_span(
             sc.span_name(sc.OP_CHAT, model.model_name), kind=SpanKind.CLIENT, attributes=attributes
         )
         try:
             try:
-                response = await (self._stream(request) if self.stream else model.complete(request))
-            except ModelError as exc:
+                # Current while the call runs, so the gateway's routing decisions land on it.
+                with otel_trace.use_span(
+                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+                ):
+                    response = await (self._stream(request) if self.stream else model.complete(request))
+            except (ModelError, GatewayError, UnknownPriceError) as exc:
                 span.set_attribute(sc.ERROR_TYPE, type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
+                if isinstance(exc, BudgetExceeded):
+                    raise _Stop(StopReason.BUDGET_EXCEEDED, str(exc)) from None
                 raise _Stop(StopReason.ERROR, f"model call failed: {exc}") from None
             usage = response.usage
-            cost = price_usage(model.price_ref, usage)
+            # The gateway prices at the deployment that answered; a bare model is priced here.
+            cost = Cost(usd=response.cost_usd) if response.priced else price_usage(model.price_ref, usage)
             state.usage = state.usage + usage
             result: dict[str, AttributeValue] = {
                 sc.GEN_AI_RESPONSE_MODEL: response.model,

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    DateTime,
     Double,
     Engine,
     Index,
@@ -108,7 +109,37 @@ def _m0001_create_spans(connection: Connection) -> None:
     metadata.create_all(connection)
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (Migration(1, "create spans", _m0001_create_spans),)
+def _m0002_create_budgets(connection: Connection) -> None:
+    metadata = MetaData()
+    Table(
+        "budget_usage",
+        metadata,
+        Column("scope", Text, primary_key=True),
+        Column("period", String(16), primary_key=True),
+        Column("spent_nanousd", BigInteger, nullable=False),
+        Column("reserved_nanousd", BigInteger, nullable=False),
+        Column("spent_tokens", BigInteger, nullable=False),
+        Column("reserved_tokens", BigInteger, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    Table(
+        "budget_reservations",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("scope", Text, primary_key=True),
+        Column("period", String(16), nullable=False),
+        Column("reserved_nanousd", BigInteger, nullable=False),
+        Column("reserved_tokens", BigInteger, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Index("ix_budget_reservations_created_at", "created_at"),
+    )
+    metadata.create_all(connection)
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(1, "create spans", _m0001_create_spans),
+    Migration(2, "create budgets", _m0002_create_budgets),
+)
 
 
 def _check_order(migrations: Sequence[Migration]) -> None:

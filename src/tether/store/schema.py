@@ -20,13 +20,17 @@ Denormalised columns hold the *span's own* attribute values: on a root
 ``invoke_agent`` span the token counts and cost are the run's totals, on a
 ``chat`` span those of one model call, so never sum them across a run.
 ``cost_usd`` is NULL when the span's ``tether.cost_known`` is False.
+
+``budget_usage`` and ``budget_reservations`` are the gateway's budget ledger
+(``tether.gateway.budget``): money is in integer **nano-dollars** (1e-9 USD), so
+sums are exact and a BIGINT holds up to $9.2 billion.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, Double, Index, Integer, MetaData, String, Table, Text
 
-__all__ = ["RUN_ID_TYPE", "metadata", "schema_migrations", "spans"]
+__all__ = ["RUN_ID_TYPE", "budget_reservations", "budget_usage", "metadata", "schema_migrations", "spans"]
 
 metadata = MetaData()
 
@@ -71,4 +75,30 @@ schema_migrations = Table(
     Column("version", Integer, primary_key=True, autoincrement=False),
     Column("name", Text, nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per budget scope (e.g. "route:support") and period ("2026-11-21", "2026-11", "all").
+budget_usage = Table(
+    "budget_usage",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("period", String(16), primary_key=True),
+    Column("spent_nanousd", BigInteger, nullable=False),
+    Column("reserved_nanousd", BigInteger, nullable=False),
+    Column("spent_tokens", BigInteger, nullable=False),
+    Column("reserved_tokens", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per open reservation and scope it charged; deleted when settled or released.
+budget_reservations = Table(
+    "budget_reservations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("scope", Text, primary_key=True),
+    Column("period", String(16), nullable=False),
+    Column("reserved_nanousd", BigInteger, nullable=False),
+    Column("reserved_tokens", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_budget_reservations_created_at", "created_at"),
 )

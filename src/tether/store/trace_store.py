@@ -10,7 +10,6 @@ from typing import Final, Self
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from tether.config import load_settings
 from tether.errors import StoreError
 from tether.store import queries
 from tether.store._engine import SQLITE_BEGIN, create_store_engine
@@ -40,6 +39,11 @@ class TraceStore:
         self._engine = engine
         self._where = where
         self._closed = False
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for other tables in the same database (e.g. the budget ledger)."""
+        return self._engine
 
     @property
     def url(self) -> str:
@@ -161,7 +165,12 @@ def open_store(url: str | None = None) -> TraceStore:
         StoreUnavailable: the database cannot be reached, opened or created.
         StoreError: the database was migrated by a newer tether.
     """
-    where = parse_store_url(url if url is not None else load_settings().store.url)
+    if url is None:
+        # Imported here: tether.config reaches the gateway's budget ledger, which uses this module.
+        from tether.config import load_settings
+
+        url = load_settings().store.url
+    where = parse_store_url(url)
     engine = create_store_engine(where)
     try:
         migrate(engine)

@@ -58,3 +58,13 @@ MAX_PAYLOAD_CHARS: Final = 4096
 def span_name(operation: str, target: str) -> str:
     """Span names per the GenAI conventions: ``{operation} {model|tool|agent}``."""
     return f"{operation} {target}"
+
+
+# Gateway decisions (on the chat span of the call).
+TETHER_ROUTE: Final = "tether.route"
+TETHER_ROUTE_TIER: Final = "tether.route.tier"
+TETHER_ROUTE_REASON: Final = "tether.route.reason"
+TETHER_DEPLOYMENT: Final = "tether.deployment"
+TETHER_ATTEMPTS: Final = "tether.attempts"
+TETHER_FALLBACKS: Final = "tether.fallbacks"
+TETHER_CACHE_HIT: Final = "tether.cache.hit"

@@ -1,0 +1,221 @@
+"""The gateway's configuration: providers, deployments, routes, prices, budgets.
+
+Read from ``tether.toml`` as part of ``tether.config.Settings``::
+
+    [providers.anthropic]                 # credentials by environment variable name, never inline
+    kind = "anthropic"                    # anthropic | openai | sim
+    api_key_env = "ANTHROPIC_API_KEY"
+
+    [providers.vllm]
+    kind = "openai"
+    base_url = "http://10.0.0.5:8000/v1"  # an OpenAI-compatible server; no key needed
+
+    [deployments.sonnet-a]
+    provider = "anthropic"
+    model = "claude-sonnet-4-5"
+    weight = 3                            # share of its tier's traffic
+    faults = { error_rate = 0.1 }         # chaos drills: injected latency, errors, cut streams
+
+    [routes.support]
+    tiers = [["opus"], ["sonnet-a", "sonnet-b"], ["haiku"]]   # tried in order on failure
+    budget = { usd = 50, period = "day" }
+    rate_limit = { rpm = 600, tpm = 200000 }
+    step_down = [{ budget_burn_over = 0.8, tiers = 1 }]       # cheaper tier once 80% is spent
+    rules = [{ agent = "triage", tier = 2 }, { prompt_tokens_over = 100000, tier = 1 }]
+
+    [prices."my-finetune"]                # for models genai-prices does not know
+    input_per_mtok = 3.0
+    output_per_mtok = 15.0
+
+    [budgets.agents.oncall]
+    usd = 5
+    period = "day"
+
+Every reference is checked when the file is loaded: a deployment naming an
+unknown provider, a route naming an unknown deployment, a rule pointing at a
+tier the route does not have — each is a ``ConfigError`` naming the table and
+the key.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tether.gateway.breaker import BreakerConfig
+from tether.gateway.budget import BudgetLimit
+from tether.gateway.faults import FaultConfig
+from tether.gateway.ratelimit import RateLimit
+from tether.gateway.retry import RetryPolicy
+
+__all__ = [
+    "BudgetsConfig",
+    "DeploymentConfig",
+    "GatewayConfig",
+    "GatewaySettings",
+    "PriceConfig",
+    "ProviderSettings",
+    "RouteConfig",
+    "RouteRule",
+    "StepDown",
+]
+
+ProviderKind = Literal["anthropic", "openai", "sim"]
+
+_DEFAULT_BASE_URLS: dict[str, str] = {
+    "anthropic": "https://api.anthropic.com",
+    "openai": "https://api.openai.com/v1",
+    "sim": "sim://",
+}
+_DEFAULT_KEY_ENVS: dict[str, str | None] = {
+    "anthropic": "ANTHROPIC_API_KEY",
+    "openai": "OPENAI_API_KEY",
+    "sim": None,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ProviderSettings(_Strict):
+    """Where a provider is and which environment variable holds its key."""
+
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+
+    @property
+    def resolved_base_url(self) -> str:
+        return self.base_url or _DEFAULT_BASE_URLS[self.kind]
+
+    @property
+    def resolved_key_env(self) -> str | None:
+        if self.api_key_env is not None:
+            return self.api_key_env
+        # A custom base URL on an OpenAI-compatible server (vLLM, Ollama) usually needs no key.
+        if self.kind == "openai" and self.base_url is not None:
+            return None
+        return _DEFAULT_KEY_ENVS[self.kind]
+
+
+class DeploymentConfig(_Strict):
+    """One model at one provider: what routes pick from."""
+
+    provider: str
+    model: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    faults: FaultConfig | None = None
+    breaker: BreakerConfig | None = None
+
+
+class RouteRule(_Strict):
+    """Start at ``tier`` when every condition given holds."""
+
+    tier: int = Field(ge=0)
+    agent: str | list[str] | None = None
+    tag: str | None = None
+    prompt_tokens_over: int | None = Field(default=None, ge=0)
+    prompt_tokens_under: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> RouteRule:
+        if (
+            self.agent is None
+            and self.tag is None
+            and self.prompt_tokens_over is None
+            and self.prompt_tokens_under is None
+        ):
+            raise ValueError("a rule needs a condition: agent, tag, prompt_tokens_over or prompt_tokens_under")
+        return self
+
+
+class StepDown(_Strict):
+    """Skip ``tiers`` tiers once the route's USD budget is more than ``budget_burn_over`` used."""
+
+    budget_burn_over: float = Field(gt=0, lt=1)
+    tiers: int = Field(default=1, ge=1)
+
+
+class RouteConfig(_Strict):
+    """An ordered set of tiers with rules, retries, budgets and limits."""
+
+    tiers: list[list[str]] = Field(min_length=1)
+    rules: list[RouteRule] = Field(default_factory=list)
+    step_down: list[StepDown] = Field(default_factory=list)
+    retry: RetryPolicy = RetryPolicy()
+    budget: BudgetLimit | None = None
+    rate_limit: RateLimit | None = None
+    prompt_cache: bool = True
+    response_cache: bool = False
+    response_cache_ttl_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tiers_not_empty(self) -> RouteConfig:
+        for i, tier in enumerate(self.tiers):
+            if not tier:
+                raise ValueError(f"tier {i} is empty: list at least one deployment")
+        for rule in self.rules:
+            if rule.tier >= len(self.tiers):
+                raise ValueError(f"a rule starts at tier {rule.tier} but the route has {len(self.tiers)} tiers")
+        return self
+
+
+class PriceConfig(_Strict):
+    """A price for a model genai-prices does not know (USD per million tokens)."""
+
+    input_per_mtok: Decimal = Field(ge=0)
+    output_per_mtok: Decimal = Field(ge=0)
+    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)
+
+
+class BudgetsConfig(_Strict):
+    """Budgets that are not a route's own: per agent (and, with the proxy, per virtual key)."""
+
+    agents: dict[str, BudgetLimit] = Field(default_factory=dict)
+
+
+class GatewaySettings(_Strict):
+    """Where shared state lives."""
+
+    redis_url: str | None = None
+    default_route: str | None = None
+
+
+class GatewayConfig(_Strict):
+    """Providers, deployments, routes, prices and budgets, with every reference checked."""
+
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    deployments: dict[str, DeploymentConfig] = Field(default_factory=dict)
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    budgets: BudgetsConfig = BudgetsConfig()
+    gateway: GatewaySettings = GatewaySettings()
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        for name, deployment in self.deployments.items():
+            if deployment.provider not in self.providers:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise ValueError(
+                    f"[deployments.{name}] provider {deployment.provider!r} is not defined under [providers] "
+                    f"(defined: {known})"
+                )
+        for name, route in self.routes.items():
+            for i, tier in enumerate(route.tiers):
+                for deployment_name in tier:
+                    if deployment_name not in self.deployments:
+                        known = ", ".join(sorted(self.deployments)) or "none"
+                        raise ValueError(
+                            f"[routes.{name}] tier {i} names deployment {deployment_name!r}, which is not defined "
+                            f"under [deployments] (defined: {known})"
+                        )
+        default = self.gateway.default_route
+        if default is not None and default not in self.routes:
+            raise ValueError(f"[gateway] default_route {default!r} is not defined under [routes]")
+        return self

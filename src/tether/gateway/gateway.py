@@ -1,0 +1,440 @@
+"""The gateway: the one place every model call passes.
+
+For each call, in order::
+
+    route → rate limits (RPM/TPM) → response cache (opt-in, temperature 0)
+          → starting tier (rules, budget burn) → for each tier, deployments by weight:
+              breaker open? skip → budget reserve (max possible cost; fails closed)
+              → call with retries (backoff + jitter, Retry-After) → settle budget and TPM
+          → on a retryable failure, the next deployment (a fresh attempt with its own retries)
+
+Every decision lands on the current span (the agent's ``chat`` span):
+``tether.route``, ``tether.route.tier``, ``tether.route.reason``,
+``tether.deployment``, ``tether.attempts``, ``tether.fallbacks``,
+``tether.cache.hit``, and ``gen_ai.provider.name`` / ``gen_ai.response.model`` of
+the deployment that answered.
+
+Streaming through the gateway (and the HTTP proxy) is not built yet:
+``GatewayModel.stream`` answers with the complete response as one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from opentelemetry import trace as otel_trace
+
+from tether.errors import (
+    BudgetExceeded,
+    ConfigError,
+    ModelError,
+    NoDeploymentAvailable,
+    StreamInterrupted,
+    UnknownPriceError,
+    UnknownRouteError,
+)
+from tether.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
+from tether.gateway.budget import (
+    BudgetLedger,
+    BudgetLimit,
+    BudgetScope,
+    MemoryBudgetLedger,
+    Reservation,
+    SqlBudgetLedger,
+)
+from tether.gateway.config import DeploymentConfig, GatewayConfig, RouteConfig
+from tether.gateway.cost import Pricer
+from tether.gateway.faults import FaultyModel
+from tether.gateway.ratelimit import MemoryRateLimitBackend, RateLimitBackend, RateLimiter, RedisRateLimitBackend
+from tether.gateway.retry import call_with_retries, is_retryable
+from tether.gateway.router import estimate_input_tokens, order_by_weight, starting_tier
+from tether.messages import ModelRequest, ModelResponse, Usage
+from tether.models.base import Model, PriceRef, ProviderConfig
+from tether.store import TraceStore
+from tether.trace import semconv as sc
+
+__all__ = ["CallContext", "Deployment", "Gateway", "GatewayModel"]
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who is calling, which route, and any budget of their own.
+
+    Attributes:
+        route: the route name (``[routes.<name>]``).
+        agent: the agent's name, for rules and per-agent budgets.
+        run_id: the run, for a per-run budget.
+        key: the virtual key's name (proxy callers).
+        tags: request tags, for rules.
+        run_budget: a budget for this run alone (e.g. from ``Limits``).
+    """
+
+    route: str
+    agent: str | None = None
+    run_id: str | None = None
+    key: str | None = None
+    tags: tuple[str, ...] = ()
+    run_budget: BudgetLimit | None = None
+
+
+@dataclass
+class Deployment:
+    """A configured deployment at run time: its model (faults wrapped in) and its breaker."""
+
+    name: str
+    config: DeploymentConfig
+    model: Model
+    breaker: CircuitBreaker
+
+    @property
+    def price_ref(self) -> PriceRef | None:
+        return self.model.price_ref
+
+
+@dataclass
+class _ResponseCache:
+    """Exact-match responses for deterministic (temperature 0) requests; bounded LRU with a TTL."""
+
+    capacity: int = 1024
+    entries: OrderedDict[str, tuple[float, ModelResponse]] = field(default_factory=OrderedDict)
+    hits: int = 0
+    misses: int = 0
+
+    def get(self, key: str, now: float) -> ModelResponse | None:
+        found = self.entries.get(key)
+        if found is None or found[0] < now:
+            if found is not None:
+                del self.entries[key]
+            self.misses += 1
+            return None
+        self.entries.move_to_end(key)
+        self.hits += 1
+        return found[1]
+
+    def put(self, key: str, response: ModelResponse, expires: float) -> None:
+        self.entries[key] = (expires, response)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+
+def _build_model(config: GatewayConfig, deployment: DeploymentConfig) -> Model:
+    provider = config.providers[deployment.provider]
+    timeout = deployment.timeout_s or provider.timeout_s
+    if provider.kind == "sim":
+        from tether.models.sim import SimModel
+
+        return SimModel(deployment.model)
+    settings = ProviderConfig(
+        base_url=provider.resolved_base_url, api_key_env=provider.resolved_key_env, timeout_s=timeout
+    )
+    if provider.kind == "anthropic":
+        from tether.models.anthropic import AnthropicModel
+
+        return AnthropicModel(deployment.model, config=settings)
+    from tether.models.openai import OpenAIModel
+
+    return OpenAIModel(deployment.model, config=settings)
+
+
+class Gateway:
+    """Routes, retries, falls back, limits, budgets and prices every model call.
+
+    Args:
+        config: providers, deployments, routes, prices and budgets (``tether.toml``).
+        budgets: the budget ledger; in memory by default (``SqlBudgetLedger`` shares one across replicas).
+        rate_limits: the rate-limit backend; in memory by default (``RedisRateLimitBackend`` shares one).
+        models: models to use instead of building them from the config, by deployment name (tests, embedding).
+        rng: randomness for weighted choice and jitter (seed it for reproducible tests).
+        sleep: how to wait between retries (tests pass a fake).
+        clock: monotonic clock for the response cache.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        budgets: BudgetLedger | None = None,
+        rate_limits: RateLimitBackend | None = None,
+        models: Mapping[str, Model] | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        response_cache_size: int = 1024,
+    ) -> None:
+        self.config = config
+        self.pricer = Pricer(config.prices)
+        self.budgets = budgets or MemoryBudgetLedger()
+        self.rate_limiter = RateLimiter(rate_limits or MemoryRateLimitBackend())
+        self.breakers = BreakerRegistry()
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._clock = clock
+        self._cache = _ResponseCache(capacity=response_cache_size)
+        self.breaker_changes: list[tuple[str, BreakerState, BreakerState, str]] = []
+        self.deployments: dict[str, Deployment] = {}
+        overrides = dict(models or {})
+        for name, deployment in config.deployments.items():
+            model = overrides.pop(name, None) or _build_model(config, deployment)
+            if deployment.faults is not None and deployment.faults.active:
+                model = FaultyModel(model, deployment.faults)
+            breaker = self.breakers.get(name, deployment.breaker, on_change=self._breaker_changed)
+            self.deployments[name] = Deployment(name, deployment, model, breaker)
+        if overrides:
+            raise ConfigError(f"models given for deployments that are not configured: {', '.join(sorted(overrides))}")
+        self._check_budgeted_routes_are_priced()
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, *, store: TraceStore | None = None, **kwargs: Any) -> Gateway:
+        """A gateway whose budgets and rate limits are shared by every replica when they can be.
+
+        Budgets live in the store's database when a store is given (``SqlBudgetLedger``),
+        rate limits in Redis when ``[gateway] redis_url`` is set; otherwise both are in
+        memory, and each process would enforce its own copy of every limit.
+        """
+        if store is not None and "budgets" not in kwargs:
+            kwargs["budgets"] = SqlBudgetLedger(store)
+        if config.gateway.redis_url and "rate_limits" not in kwargs:
+            kwargs["rate_limits"] = RedisRateLimitBackend(config.gateway.redis_url)
+        return cls(config, **kwargs)
+
+    def _check_budgeted_routes_are_priced(self) -> None:
+        """A budgeted route must be able to price every deployment it may use (never $0 for unknown)."""
+        for route_name, route in self.config.routes.items():
+            if route.budget is None:
+                continue
+            for tier in route.tiers:
+                for name in tier:
+                    d = self.deployments[name]
+                    if not self.pricer.has_price(d.price_ref, d.config.model):
+                        raise ConfigError(
+                            f"[routes.{route_name}] has a budget but deployment {name!r} (model "
+                            f'{d.config.model!r}) has no known price: set [prices."{d.config.model}"] in '
+                            "tether.toml or remove the deployment from the route"
+                        )
+
+    def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState, reason: str) -> None:
+        self.breaker_changes.append((name, old, new, reason))
+        if len(self.breaker_changes) > 1000:
+            del self.breaker_changes[:500]
+
+    def model(self, route: str, *, tags: tuple[str, ...] = (), run_budget: BudgetLimit | None = None) -> GatewayModel:
+        """A ``Model`` whose calls go through this gateway's ``route`` (for ``Agent(model=...)``)."""
+        if route not in self.config.routes:
+            raise UnknownRouteError(self._unknown_route(route))
+        return GatewayModel(self, route, tags=tags, run_budget=run_budget)
+
+    def _unknown_route(self, route: str) -> str:
+        known = ", ".join(sorted(self.config.routes)) or "none"
+        return f"route {route!r} is not defined: add [routes.{route}] to tether.toml (defined: {known})"
+
+    def _scopes(self, ctx: CallContext, route: RouteConfig) -> list[BudgetScope]:
+        scopes: list[BudgetScope] = []
+        if route.budget is not None:
+            scopes.append(BudgetScope("route", ctx.route, route.budget))
+        if ctx.agent is not None and ctx.agent in self.config.budgets.agents:
+            scopes.append(BudgetScope("agent", ctx.agent, self.config.budgets.agents[ctx.agent]))
+        if ctx.run_budget is not None and ctx.run_id is not None:
+            scopes.append(BudgetScope("run", ctx.run_id, ctx.run_budget))
+        return scopes
+
+    async def _burn(self, ctx: CallContext, route: RouteConfig) -> float | None:
+        if route.budget is None or route.budget.usd is None or not route.step_down:
+            return None
+        usage = await self.budgets.usage(BudgetScope("route", ctx.route, route.budget))
+        return float((usage.spent_usd + usage.reserved_usd) / route.budget.usd)
+
+    def _cache_key(self, ctx: CallContext, request: ModelRequest) -> str:
+        body = request.model_dump(mode="json", exclude={"metadata"})
+        return hashlib.blake2b(orjson.dumps([ctx.route, body], option=orjson.OPT_SORT_KEYS), digest_size=20).hexdigest()
+
+    async def complete(self, request: ModelRequest, ctx: CallContext) -> ModelResponse:
+        """Place one call on ``ctx.route``; returns the response, priced.
+
+        Raises:
+            UnknownRouteError: the route is not configured.
+            RateLimited: an RPM/TPM limit has no room.
+            BudgetExceeded: a budget has no room for the call's maximum cost (no fallback: it fails closed).
+            UnknownPriceError: a budget applies and the deployment cannot be priced.
+            ModelError: a non-retryable provider error (e.g. 400): the request itself is at fault.
+            NoDeploymentAvailable: every deployment failed or was open-circuited.
+        """
+        route = self.config.routes.get(ctx.route)
+        if route is None:
+            raise UnknownRouteError(self._unknown_route(ctx.route))
+        span = otel_trace.get_current_span()
+        span.set_attribute(sc.TETHER_ROUTE, ctx.route)
+        estimated = estimate_input_tokens(request)
+
+        grant = None
+        if route.rate_limit is not None:
+            grant = await self.rate_limiter.acquire(
+                f"route:{ctx.route}", route.rate_limit, estimated_tokens=estimated + request.max_tokens
+            )
+        cacheable = route.response_cache and request.temperature == 0
+        cache_key = self._cache_key(ctx, request) if cacheable else ""
+        if cacheable:
+            cached = self._cache.get(cache_key, self._clock())
+            span.set_attribute(sc.TETHER_CACHE_HIT, cached is not None)
+            if cached is not None:
+                if grant is not None:
+                    await self.rate_limiter.release(grant)  # no provider call was made
+                # Served from tether's cache: no provider call, nothing spent.
+                return cached.model_copy(update={"priced": True, "cost_usd": Decimal(0)})
+
+        tier, reason = starting_tier(
+            route,
+            agent=ctx.agent,
+            tags=ctx.tags,
+            prompt_tokens=estimated,
+            budget_burn=await self._burn(ctx, route),
+        )
+        span.set_attributes({sc.TETHER_ROUTE_TIER: tier, sc.TETHER_ROUTE_REASON: reason})
+        scopes = self._scopes(ctx, route)
+        failures: list[str] = []
+        attempts = 0
+        try:
+            for tier_index in range(tier, len(route.tiers)):
+                names = route.tiers[tier_index]
+                weights = {n: self.deployments[n].config.weight for n in names}
+                for name in order_by_weight(names, weights, self._rng):
+                    deployment = self.deployments[name]
+                    if not deployment.breaker.allow():
+                        failures.append(f"{name}: circuit open")
+                        continue
+                    attempts += 1
+                    try:
+                        response = await self._attempt(deployment, request, route, scopes, estimated)
+                    except ModelError as exc:
+                        if not is_retryable(exc):
+                            raise
+                        failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:160]}")
+                        continue
+                    span.set_attributes(
+                        {
+                            sc.TETHER_DEPLOYMENT: name,
+                            sc.TETHER_ROUTE_TIER: tier_index,
+                            sc.TETHER_ATTEMPTS: attempts,
+                            sc.GEN_AI_PROVIDER_NAME: deployment.model.provider,
+                            sc.GEN_AI_RESPONSE_MODEL: response.model,
+                        }
+                    )
+                    if failures:
+                        span.set_attribute(sc.TETHER_FALLBACKS, tuple(failures))
+                    if grant is not None:
+                        await self.rate_limiter.settle(grant, response.usage.total_tokens)
+                        grant = None
+                    if cacheable:
+                        self._cache.put(cache_key, response, self._clock() + route.response_cache_ttl_s)
+                    return response
+        finally:
+            if grant is not None:
+                await self.rate_limiter.settle(grant, 0)
+        span.set_attributes({sc.TETHER_ATTEMPTS: attempts, sc.TETHER_FALLBACKS: tuple(failures)})
+        raise NoDeploymentAvailable(ctx.route, failures)
+
+    async def _attempt(
+        self,
+        deployment: Deployment,
+        request: ModelRequest,
+        route: RouteConfig,
+        scopes: list[BudgetScope],
+        estimated: int,
+    ) -> ModelResponse:
+        """One deployment: reserve, call with retries, settle. The breaker hears the outcome."""
+        model_name = deployment.config.model
+        reservation: Reservation | None = None
+        if scopes:
+            worst = self.pricer.max_cost(
+                deployment.price_ref, model_name, input_tokens=estimated, max_output_tokens=request.max_tokens
+            )
+            if worst.usd is None:
+                deployment.breaker.release()
+                raise UnknownPriceError(
+                    f"no price known for {model_name!r} (deployment {deployment.name}) and a budget applies: "
+                    f'set [prices."{model_name}"] in tether.toml or use a priced model'
+                )
+            try:
+                reservation = await self.budgets.reserve(scopes, usd=worst.usd, tokens=estimated + request.max_tokens)
+            except BudgetExceeded:
+                deployment.breaker.release()
+                raise
+        call = request.model_copy(
+            update={"model": model_name, "cache_prompt": request.cache_prompt and route.prompt_cache}
+        )
+        try:
+            response = await call_with_retries(
+                lambda: deployment.model.complete(call), route.retry, rng=self._rng, sleep=self._sleep
+            )
+        except BaseException as exc:
+            await self._abandon(deployment, reservation, exc, model_name)
+            raise
+        deployment.breaker.record_success()
+        cost = self.pricer.price(deployment.price_ref, model_name, response.usage)
+        if reservation is not None:
+            assert cost.usd is not None  # checked before reserving
+            await self.budgets.settle(reservation, usd=cost.usd, tokens=response.usage.total_tokens)
+        return response.model_copy(update={"priced": True, "cost_usd": cost.usd})
+
+    async def _abandon(
+        self, deployment: Deployment, reservation: Reservation | None, exc: BaseException, model_name: str
+    ) -> None:
+        if isinstance(exc, ModelError) and is_retryable(exc):
+            deployment.breaker.record_failure()
+        else:
+            deployment.breaker.release()  # cancelled, or the request's own fault: not the deployment's
+        if reservation is None:
+            return
+        # A stream cut mid-answer was still billed for what it produced: settle that, never drop it.
+        partial = exc.usage if isinstance(exc, StreamInterrupted) and isinstance(exc.usage, Usage) else None
+        if partial is not None:
+            cost = self.pricer.price(deployment.price_ref, model_name, partial)
+            await self.budgets.settle(reservation, usd=cost.usd or Decimal(0), tokens=partial.total_tokens)
+        else:
+            await asyncio.shield(self.budgets.release(reservation))
+
+    async def aclose(self) -> None:
+        """Close every deployment's connections and the shared backends."""
+        for deployment in self.deployments.values():
+            await deployment.model.aclose()
+        await self.rate_limiter.aclose()
+        await self.budgets.aclose()
+
+
+class GatewayModel(Model):
+    """A ``Model`` that sends every call through a gateway route.
+
+    The agent's run id and name travel in ``ModelRequest.metadata`` (the loop sets
+    them), so per-agent and per-run budgets and agent rules apply.
+    """
+
+    provider = "tether.gateway"
+
+    def __init__(
+        self, gateway: Gateway, route: str, *, tags: tuple[str, ...] = (), run_budget: BudgetLimit | None = None
+    ) -> None:
+        self.gateway = gateway
+        self.route = route
+        self.model_name = f"route:{route}"
+        self.tags = tags
+        self.run_budget = run_budget
+        self.simulated = all(d.model.simulated for d in gateway.deployments.values())
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        ctx = CallContext(
+            route=self.route,
+            agent=request.metadata.get("agent"),
+            run_id=request.metadata.get("run_id"),
+            tags=self.tags,
+            run_budget=self.run_budget,
+        )
+        return await self.gateway.complete(request, ctx)
