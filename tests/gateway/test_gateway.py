@@ -383,3 +383,34 @@ async def test_from_config_shares_budgets_through_the_store(tmp_path: Path) -> N
         assert usage.spent_usd == 2 * (a.cost_usd or 0)  # both replicas charge one budget
         await first.aclose()
         await second.aclose()
+
+
+async def test_a_deferred_call_is_settled_when_its_stream_ends(make_gateway: Callable[..., Gateway]) -> None:
+    from tether.gateway.cost import CostRecord
+
+    records: list[CostRecord] = []
+    cfg = config({"r": {"tiers": [["a"]], "budget": {"usd": 1}}}, ["a"])
+    ledger = MemoryBudgetLedger()
+    gateway = make_gateway(cfg, {"a": answering()}, budgets=ledger, cost_sink=records.append)
+
+    async def open_stream(deployment: Any) -> str:
+        return f"stream from {deployment.name}"
+
+    stream, placement = await gateway.dispatch(
+        CallContext(route="r", agent="proxy-client"),
+        estimated_tokens=100,
+        max_tokens=100,
+        send=open_stream,
+        usage_of=lambda _: None,
+    )
+    scope = BudgetScope("route", "r", cfg.routes["r"].budget)  # type: ignore[arg-type]
+    assert stream == "stream from a"
+    assert (await ledger.usage(scope)).reserved_usd > 0 and not records
+    cost = await placement.finish(Usage(input_tokens=1000, output_tokens=100))
+    assert cost == Decimal("0.0045")
+    usage = await ledger.usage(scope)
+    assert usage.reserved_usd == 0 and usage.spent_usd == Decimal("0.0045")
+    (record,) = records
+    assert (record.route, record.deployment, record.agent, record.cost_usd) == ("r", "a", "proxy-client", cost)
+    await placement.finish(Usage(input_tokens=1))  # settles once
+    assert len(records) == 1

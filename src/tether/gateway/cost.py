@@ -23,7 +23,7 @@ from tether.models.base import PriceRef
 if TYPE_CHECKING:
     from tether.gateway.config import PriceConfig
 
-__all__ = ["CONFIGURED_PRICE_VERSION", "PRICE_DATA_VERSION", "Cost", "Pricer", "price_usage"]
+__all__ = ["CONFIGURED_PRICE_VERSION", "PRICE_DATA_VERSION", "Cost", "CostRecord", "Pricer", "price_usage"]
 
 PRICE_DATA_VERSION = f"genai-prices=={version('genai-prices')}"
 CONFIGURED_PRICE_VERSION = "tether.toml"
@@ -75,6 +75,27 @@ def price_usage(ref: PriceRef | None, usage: Usage) -> Cost:
     if isinstance(result, str):
         return Cost(usd=None, reason=result)
     return Cost(usd=result)
+
+
+@dataclass(frozen=True, slots=True)
+class CostRecord:
+    """One settled model call, as ``tether cost`` reports it.
+
+    ``cost_usd`` is None when the price is unknown (never $0); ``price_version``
+    says which prices were used (a genai-prices release, or ``tether.toml``).
+    """
+
+    time_ns: int
+    route: str
+    deployment: str
+    provider: str
+    model: str
+    agent: str | None
+    key: str | None
+    run_id: str | None
+    usage: Usage
+    cost_usd: Decimal | None
+    price_version: str
 
 
 class Pricer:

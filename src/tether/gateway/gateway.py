@@ -21,20 +21,21 @@ Streaming through the gateway (and the HTTP proxy) is not built yet:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import logging
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from opentelemetry import trace as otel_trace
 
 from tether.errors import (
-    BudgetExceeded,
     ConfigError,
     ModelError,
     NoDeploymentAvailable,
@@ -52,9 +53,9 @@ from tether.gateway.budget import (
     SqlBudgetLedger,
 )
 from tether.gateway.config import DeploymentConfig, GatewayConfig, RouteConfig
-from tether.gateway.cost import Pricer
+from tether.gateway.cost import CostRecord, Pricer
 from tether.gateway.faults import FaultyModel
-from tether.gateway.ratelimit import MemoryRateLimitBackend, RateLimitBackend, RateLimiter, RedisRateLimitBackend
+from tether.gateway.ratelimit import Grant, MemoryRateLimitBackend, RateLimitBackend, RateLimiter, RedisRateLimitBackend
 from tether.gateway.retry import call_with_retries, is_retryable
 from tether.gateway.router import estimate_input_tokens, order_by_weight, starting_tier
 from tether.messages import ModelRequest, ModelResponse, Usage
@@ -62,7 +63,10 @@ from tether.models.base import Model, PriceRef, ProviderConfig
 from tether.store import TraceStore
 from tether.trace import semconv as sc
 
-__all__ = ["CallContext", "Deployment", "Gateway", "GatewayModel"]
+__all__ = ["CallContext", "Deployment", "Gateway", "GatewayModel", "Placement"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,7 @@ class Gateway:
         rng: randomness for weighted choice and jitter (seed it for reproducible tests).
         sleep: how to wait between retries (tests pass a fake).
         clock: monotonic clock for the response cache.
+        cost_sink: receives a ``CostRecord`` for every settled call (``tether cost`` reads them).
     """
 
     def __init__(
@@ -170,8 +175,10 @@ class Gateway:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         response_cache_size: int = 1024,
+        cost_sink: Callable[[CostRecord], None] | None = None,
     ) -> None:
         self.config = config
+        self._cost_sink = cost_sink
         self.pricer = Pricer(config.prices)
         self.budgets = budgets or MemoryBudgetLedger()
         self.rate_limiter = RateLimiter(rate_limits or MemoryRateLimitBackend())
@@ -268,40 +275,85 @@ class Gateway:
             ModelError: a non-retryable provider error (e.g. 400): the request itself is at fault.
             NoDeploymentAvailable: every deployment failed or was open-circuited.
         """
-        route = self.config.routes.get(ctx.route)
-        if route is None:
-            raise UnknownRouteError(self._unknown_route(ctx.route))
-        span = otel_trace.get_current_span()
-        span.set_attribute(sc.TETHER_ROUTE, ctx.route)
-        estimated = estimate_input_tokens(request)
-
-        grant = None
-        if route.rate_limit is not None:
-            grant = await self.rate_limiter.acquire(
-                f"route:{ctx.route}", route.rate_limit, estimated_tokens=estimated + request.max_tokens
-            )
+        route = self.route(ctx.route)
         cacheable = route.response_cache and request.temperature == 0
         cache_key = self._cache_key(ctx, request) if cacheable else ""
         if cacheable:
             cached = self._cache.get(cache_key, self._clock())
-            span.set_attribute(sc.TETHER_CACHE_HIT, cached is not None)
+            otel_trace.get_current_span().set_attribute(sc.TETHER_CACHE_HIT, cached is not None)
             if cached is not None:
-                if grant is not None:
-                    await self.rate_limiter.release(grant)  # no provider call was made
                 # Served from tether's cache: no provider call, nothing spent.
                 return cached.model_copy(update={"priced": True, "cost_usd": Decimal(0)})
 
-        tier, reason = starting_tier(
-            route,
-            agent=ctx.agent,
-            tags=ctx.tags,
-            prompt_tokens=estimated,
-            budget_burn=await self._burn(ctx, route),
+        async def send(deployment: Deployment) -> ModelResponse:
+            prompt_cache = request.cache_prompt and route.prompt_cache
+            call = request.model_copy(update={"model": deployment.config.model, "cache_prompt": prompt_cache})
+            return await deployment.model.complete(call)
+
+        response, placement = await self.dispatch(
+            ctx,
+            estimated_tokens=estimate_input_tokens(request),
+            max_tokens=request.max_tokens,
+            send=send,
+            usage_of=lambda r: r.usage,
         )
+        otel_trace.get_current_span().set_attribute(sc.GEN_AI_RESPONSE_MODEL, response.model)
+        if cacheable:
+            self._cache.put(cache_key, response, self._clock() + route.response_cache_ttl_s)
+        return response.model_copy(update={"priced": True, "cost_usd": placement.cost_usd})
+
+    def route(self, name: str) -> RouteConfig:
+        """The configured route, or ``UnknownRouteError`` naming the ones that exist."""
+        route = self.config.routes.get(name)
+        if route is None:
+            raise UnknownRouteError(self._unknown_route(name))
+        return route
+
+    async def dispatch(
+        self,
+        ctx: CallContext,
+        *,
+        estimated_tokens: int,
+        max_tokens: int,
+        send: Callable[[Deployment], Awaitable[T]],
+        usage_of: Callable[[T], Usage | None],
+    ) -> tuple[T, Placement]:
+        """Route one call: limits, tier, breakers, budget, retries, fallbacks — around ``send``.
+
+        ``send(deployment)`` makes the provider call in whatever form the caller
+        needs (a ``ModelResponse`` in process, raw bytes or an open stream in the
+        proxy). When ``usage_of(result)`` returns the usage, the call is settled
+        at once; when it returns None (a stream whose usage arrives at its end),
+        the caller must settle it with ``placement.finish(usage)`` or
+        ``placement.abort(exc, usage)``.
+
+        Raises the same errors as ``complete``.
+        """
+        route = self.route(ctx.route)
+        span = otel_trace.get_current_span()
+        span.set_attribute(sc.TETHER_ROUTE, ctx.route)
+        grant: Grant | None = None
+        if route.rate_limit is not None:
+            grant = await self.rate_limiter.acquire(
+                f"route:{ctx.route}", route.rate_limit, estimated_tokens=estimated_tokens + max_tokens
+            )
+        try:
+            tier, reason = starting_tier(
+                route,
+                agent=ctx.agent,
+                tags=ctx.tags,
+                prompt_tokens=estimated_tokens,
+                budget_burn=await self._burn(ctx, route),
+            )
+        except BaseException:
+            if grant is not None:
+                await self.rate_limiter.release(grant)
+            raise
         span.set_attributes({sc.TETHER_ROUTE_TIER: tier, sc.TETHER_ROUTE_REASON: reason})
         scopes = self._scopes(ctx, route)
         failures: list[str] = []
         attempts = 0
+        sent = False
         try:
             for tier_index in range(tier, len(route.tiers)):
                 names = route.tiers[tier_index]
@@ -312,95 +364,70 @@ class Gateway:
                         failures.append(f"{name}: circuit open")
                         continue
                     attempts += 1
+                    reservation = await self._reserve(deployment, scopes, estimated_tokens, max_tokens)
+                    placement = Placement(self, ctx, deployment, reservation, grant)
+                    sent = True
                     try:
-                        response = await self._attempt(deployment, request, route, scopes, estimated)
-                    except ModelError as exc:
-                        if not is_retryable(exc):
-                            raise
-                        failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:160]}")
-                        continue
+                        result = await call_with_retries(
+                            functools.partial(send, deployment), route.retry, rng=self._rng, sleep=self._sleep
+                        )
+                    except BaseException as exc:
+                        partial = exc.usage if isinstance(exc, StreamInterrupted) else None
+                        await placement.abort(exc, partial if isinstance(partial, Usage) else None)
+                        if isinstance(exc, ModelError) and is_retryable(exc):
+                            failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:160]}")
+                            continue
+                        raise
+                    grant = None  # the placement owns it now
                     span.set_attributes(
                         {
                             sc.TETHER_DEPLOYMENT: name,
                             sc.TETHER_ROUTE_TIER: tier_index,
                             sc.TETHER_ATTEMPTS: attempts,
                             sc.GEN_AI_PROVIDER_NAME: deployment.model.provider,
-                            sc.GEN_AI_RESPONSE_MODEL: response.model,
                         }
                     )
                     if failures:
                         span.set_attribute(sc.TETHER_FALLBACKS, tuple(failures))
-                    if grant is not None:
-                        await self.rate_limiter.settle(grant, response.usage.total_tokens)
-                        grant = None
-                    if cacheable:
-                        self._cache.put(cache_key, response, self._clock() + route.response_cache_ttl_s)
-                    return response
+                    usage = usage_of(result)
+                    if usage is not None:
+                        await placement.finish(usage)
+                    return result, placement
         finally:
             if grant is not None:
-                await self.rate_limiter.settle(grant, 0)
+                # Never sent anywhere: give the request back; sent and failed: it used its RPM slot.
+                await (self.rate_limiter.settle(grant, 0) if sent else self.rate_limiter.release(grant))
         span.set_attributes({sc.TETHER_ATTEMPTS: attempts, sc.TETHER_FALLBACKS: tuple(failures)})
         raise NoDeploymentAvailable(ctx.route, failures)
 
-    async def _attempt(
-        self,
-        deployment: Deployment,
-        request: ModelRequest,
-        route: RouteConfig,
-        scopes: list[BudgetScope],
-        estimated: int,
-    ) -> ModelResponse:
-        """One deployment: reserve, call with retries, settle. The breaker hears the outcome."""
+    async def _reserve(
+        self, deployment: Deployment, scopes: list[BudgetScope], estimated_tokens: int, max_tokens: int
+    ) -> Reservation | None:
+        """Reserve the call's maximum cost on every budget; fails closed."""
+        if not scopes:
+            return None
         model_name = deployment.config.model
-        reservation: Reservation | None = None
-        if scopes:
-            worst = self.pricer.max_cost(
-                deployment.price_ref, model_name, input_tokens=estimated, max_output_tokens=request.max_tokens
-            )
-            if worst.usd is None:
-                deployment.breaker.release()
-                raise UnknownPriceError(
-                    f"no price known for {model_name!r} (deployment {deployment.name}) and a budget applies: "
-                    f'set [prices."{model_name}"] in tether.toml or use a priced model'
-                )
-            try:
-                reservation = await self.budgets.reserve(scopes, usd=worst.usd, tokens=estimated + request.max_tokens)
-            except BudgetExceeded:
-                deployment.breaker.release()
-                raise
-        call = request.model_copy(
-            update={"model": model_name, "cache_prompt": request.cache_prompt and route.prompt_cache}
+        worst = self.pricer.max_cost(
+            deployment.price_ref, model_name, input_tokens=estimated_tokens, max_output_tokens=max_tokens
         )
-        try:
-            response = await call_with_retries(
-                lambda: deployment.model.complete(call), route.retry, rng=self._rng, sleep=self._sleep
+        if worst.usd is None:
+            deployment.breaker.release()
+            raise UnknownPriceError(
+                f"no price known for {model_name!r} (deployment {deployment.name}) and a budget applies: "
+                f'set [prices."{model_name}"] in tether.toml or use a priced model'
             )
-        except BaseException as exc:
-            await self._abandon(deployment, reservation, exc, model_name)
+        try:
+            return await self.budgets.reserve(scopes, usd=worst.usd, tokens=estimated_tokens + max_tokens)
+        except BaseException:
+            deployment.breaker.release()
             raise
-        deployment.breaker.record_success()
-        cost = self.pricer.price(deployment.price_ref, model_name, response.usage)
-        if reservation is not None:
-            assert cost.usd is not None  # checked before reserving
-            await self.budgets.settle(reservation, usd=cost.usd, tokens=response.usage.total_tokens)
-        return response.model_copy(update={"priced": True, "cost_usd": cost.usd})
 
-    async def _abandon(
-        self, deployment: Deployment, reservation: Reservation | None, exc: BaseException, model_name: str
-    ) -> None:
-        if isinstance(exc, ModelError) and is_retryable(exc):
-            deployment.breaker.record_failure()
-        else:
-            deployment.breaker.release()  # cancelled, or the request's own fault: not the deployment's
-        if reservation is None:
-            return
-        # A stream cut mid-answer was still billed for what it produced: settle that, never drop it.
-        partial = exc.usage if isinstance(exc, StreamInterrupted) and isinstance(exc.usage, Usage) else None
-        if partial is not None:
-            cost = self.pricer.price(deployment.price_ref, model_name, partial)
-            await self.budgets.settle(reservation, usd=cost.usd or Decimal(0), tokens=partial.total_tokens)
-        else:
-            await asyncio.shield(self.budgets.release(reservation))
+    def _record(self, record: CostRecord) -> None:
+        if self._cost_sink is not None:
+            try:
+                self._cost_sink(record)
+            except Exception:  # accounting must never break a call that already succeeded
+                logger.warning("tether: cost record for %s could not be queued", record.deployment, exc_info=True)
 
     async def aclose(self) -> None:
         """Close every deployment's connections and the shared backends."""
@@ -408,6 +435,85 @@ class Gateway:
             await deployment.model.aclose()
         await self.rate_limiter.aclose()
         await self.budgets.aclose()
+
+
+class Placement:
+    """A call placed on one deployment; settles its budget, TPM and breaker exactly once.
+
+    Attributes:
+        deployment: where the call went.
+        cost_usd: the call's cost once finished (None while open, or when the price is unknown).
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        ctx: CallContext,
+        deployment: Deployment,
+        reservation: Reservation | None,
+        grant: Grant | None,
+    ) -> None:
+        self.gateway = gateway
+        self.ctx = ctx
+        self.deployment = deployment
+        self._reservation = reservation
+        self._grant = grant
+        self._done = False
+        self.cost_usd: Decimal | None = None
+
+    async def finish(self, usage: Usage) -> Decimal | None:
+        """The call succeeded and used ``usage``: charge budgets and TPM, tell the breaker."""
+        if self._done:
+            return self.cost_usd
+        self._done = True
+        self.deployment.breaker.record_success()
+        await self._charge(usage)
+        return self.cost_usd
+
+    async def abort(self, exc: BaseException, usage: Usage | None = None) -> None:
+        """The call failed (or the client went away); charge what it used, if anything is known."""
+        if self._done:
+            return
+        self._done = True
+        if isinstance(exc, ModelError) and is_retryable(exc):
+            self.deployment.breaker.record_failure()
+        else:
+            self.deployment.breaker.release()  # cancelled, or the request's own fault: not the deployment's
+        if usage is not None:
+            # A stream cut mid-answer was still billed for what it produced: charge that, never drop it.
+            await self._charge(usage)
+            return
+        if self._reservation is not None:
+            await asyncio.shield(self.gateway.budgets.release(self._reservation))
+        if self._grant is not None:
+            await self.gateway.rate_limiter.settle(self._grant, 0)
+
+    async def _charge(self, usage: Usage) -> None:
+        gateway, deployment = self.gateway, self.deployment
+        model_name = deployment.config.model
+        cost = gateway.pricer.price(deployment.price_ref, model_name, usage)
+        self.cost_usd = cost.usd
+        if self._reservation is not None:
+            await asyncio.shield(
+                gateway.budgets.settle(self._reservation, usd=cost.usd or Decimal(0), tokens=usage.total_tokens)
+            )
+        if self._grant is not None:
+            await gateway.rate_limiter.settle(self._grant, usage.total_tokens)
+        gateway._record(
+            CostRecord(
+                time_ns=time.time_ns(),
+                route=self.ctx.route,
+                deployment=deployment.name,
+                provider=deployment.model.provider,
+                model=model_name,
+                agent=self.ctx.agent,
+                key=self.ctx.key,
+                run_id=self.ctx.run_id,
+                usage=usage,
+                cost_usd=cost.usd,
+                price_version=cost.price_version,
+            )
+        )
 
 
 class GatewayModel(Model):
