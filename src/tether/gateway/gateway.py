@@ -55,7 +55,14 @@ from tether.gateway.budget import (
 from tether.gateway.config import DeploymentConfig, GatewayConfig, RouteConfig
 from tether.gateway.cost import CostRecord, Pricer
 from tether.gateway.faults import FaultyModel
-from tether.gateway.ratelimit import Grant, MemoryRateLimitBackend, RateLimitBackend, RateLimiter, RedisRateLimitBackend
+from tether.gateway.ratelimit import (
+    Grant,
+    MemoryRateLimitBackend,
+    RateLimit,
+    RateLimitBackend,
+    RateLimiter,
+    RedisRateLimitBackend,
+)
 from tether.gateway.retry import call_with_retries, is_retryable
 from tether.gateway.router import estimate_input_tokens, order_by_weight, starting_tier
 from tether.messages import ModelRequest, ModelResponse, Usage
@@ -80,6 +87,8 @@ class CallContext:
         key: the virtual key's name (proxy callers).
         tags: request tags, for rules.
         run_budget: a budget for this run alone (e.g. from ``Limits``).
+        key_budget: the virtual key's own budget.
+        key_rate_limit: the virtual key's own RPM/TPM limit.
     """
 
     route: str
@@ -88,6 +97,8 @@ class CallContext:
     key: str | None = None
     tags: tuple[str, ...] = ()
     run_budget: BudgetLimit | None = None
+    key_budget: BudgetLimit | None = None
+    key_rate_limit: RateLimit | None = None
 
 
 @dataclass
@@ -252,6 +263,8 @@ class Gateway:
             scopes.append(BudgetScope("agent", ctx.agent, self.config.budgets.agents[ctx.agent]))
         if ctx.run_budget is not None and ctx.run_id is not None:
             scopes.append(BudgetScope("run", ctx.run_id, ctx.run_budget))
+        if ctx.key is not None and ctx.key_budget is not None:
+            scopes.append(BudgetScope("key", ctx.key, ctx.key_budget))
         return scopes
 
     async def _burn(self, ctx: CallContext, route: RouteConfig) -> float | None:
@@ -332,11 +345,7 @@ class Gateway:
         route = self.route(ctx.route)
         span = otel_trace.get_current_span()
         span.set_attribute(sc.TETHER_ROUTE, ctx.route)
-        grant: Grant | None = None
-        if route.rate_limit is not None:
-            grant = await self.rate_limiter.acquire(
-                f"route:{ctx.route}", route.rate_limit, estimated_tokens=estimated_tokens + max_tokens
-            )
+        grants = await self._acquire_limits(ctx, route, estimated_tokens + max_tokens)
         try:
             tier, reason = starting_tier(
                 route,
@@ -346,7 +355,7 @@ class Gateway:
                 budget_burn=await self._burn(ctx, route),
             )
         except BaseException:
-            if grant is not None:
+            for grant in grants:
                 await self.rate_limiter.release(grant)
             raise
         span.set_attributes({sc.TETHER_ROUTE_TIER: tier, sc.TETHER_ROUTE_REASON: reason})
@@ -365,7 +374,7 @@ class Gateway:
                         continue
                     attempts += 1
                     reservation = await self._reserve(deployment, scopes, estimated_tokens, max_tokens)
-                    placement = Placement(self, ctx, deployment, reservation, grant)
+                    placement = Placement(self, ctx, deployment, reservation, grants)
                     sent = True
                     try:
                         result = await call_with_retries(
@@ -378,7 +387,7 @@ class Gateway:
                             failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:160]}")
                             continue
                         raise
-                    grant = None  # the placement owns it now
+                    grants = []  # the placement owns them now
                     span.set_attributes(
                         {
                             sc.TETHER_DEPLOYMENT: name,
@@ -394,11 +403,28 @@ class Gateway:
                         await placement.finish(usage)
                     return result, placement
         finally:
-            if grant is not None:
+            for grant in grants:
                 # Never sent anywhere: give the request back; sent and failed: it used its RPM slot.
                 await (self.rate_limiter.settle(grant, 0) if sent else self.rate_limiter.release(grant))
         span.set_attributes({sc.TETHER_ATTEMPTS: attempts, sc.TETHER_FALLBACKS: tuple(failures)})
         raise NoDeploymentAvailable(ctx.route, failures)
+
+    async def _acquire_limits(self, ctx: CallContext, route: RouteConfig, tokens: int) -> list[Grant]:
+        """RPM/TPM on the route and on the caller's key; all or nothing."""
+        limits = []
+        if route.rate_limit is not None:
+            limits.append((f"route:{ctx.route}", route.rate_limit))
+        if ctx.key is not None and ctx.key_rate_limit is not None:
+            limits.append((f"key:{ctx.key}", ctx.key_rate_limit))
+        grants: list[Grant] = []
+        try:
+            for scope, limit in limits:
+                grants.append(await self.rate_limiter.acquire(scope, limit, estimated_tokens=tokens))
+        except BaseException:
+            for grant in grants:
+                await self.rate_limiter.release(grant)
+            raise
+        return grants
 
     async def _reserve(
         self, deployment: Deployment, scopes: list[BudgetScope], estimated_tokens: int, max_tokens: int
@@ -451,13 +477,13 @@ class Placement:
         ctx: CallContext,
         deployment: Deployment,
         reservation: Reservation | None,
-        grant: Grant | None,
+        grants: list[Grant],
     ) -> None:
         self.gateway = gateway
         self.ctx = ctx
         self.deployment = deployment
         self._reservation = reservation
-        self._grant = grant
+        self._grants = grants
         self._done = False
         self.cost_usd: Decimal | None = None
 
@@ -485,8 +511,8 @@ class Placement:
             return
         if self._reservation is not None:
             await asyncio.shield(self.gateway.budgets.release(self._reservation))
-        if self._grant is not None:
-            await self.gateway.rate_limiter.settle(self._grant, 0)
+        for grant in self._grants:
+            await self.gateway.rate_limiter.settle(grant, 0)
 
     async def _charge(self, usage: Usage) -> None:
         gateway, deployment = self.gateway, self.deployment
@@ -497,8 +523,8 @@ class Placement:
             await asyncio.shield(
                 gateway.budgets.settle(self._reservation, usd=cost.usd or Decimal(0), tokens=usage.total_tokens)
             )
-        if self._grant is not None:
-            await gateway.rate_limiter.settle(self._grant, usage.total_tokens)
+        for grant in self._grants:
+            await gateway.rate_limiter.settle(grant, usage.total_tokens)
         gateway._record(
             CostRecord(
                 time_ns=time.time_ns(),
