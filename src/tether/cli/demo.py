@@ -19,17 +19,17 @@ from rich.table import Table
 
 from tether.cli import _format as fmt
 from tether.config import load_settings
+from tether.demo.gateway import ROUTE, demo_gateway
 from tether.demo.incidents import INCIDENTS
 from tether.demo.infra import Incident, Infra, make_tools
 from tether.demo.oncall import INSTRUCTIONS, Verdict, judge, scenario, task_for
+from tether.gateway.budget import MemoryBudgetLedger
+from tether.gateway.gateway import Gateway
 from tether.messages import StopReason
-from tether.models.sim import SimModel
 from tether.runtime import Agent, Limits, RunResult
 from tether.store import open_store
 from tether.store._url import parse_store_url
 from tether.trace.setup import configure_tracing
-
-MODEL = "claude-sonnet-4-5"
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,11 @@ async def _run_all(
     tracer: Tracer,
     progress: Progress,
     payload_chars: int,
-) -> list[DemoRun]:
+) -> tuple[GatewayTotals, list[DemoRun]]:
     plays = scenario(latency_ms=latency_ms, jitter_ms=latency_ms * 0.8)
     limits = Limits(max_turns=12, max_tool_calls=24, timeout_s=60, max_repeated_tool_calls=3)
-    models = [SimModel(MODEL, scenario=plays, seed=seed + t) for t in range(trials)]
+    ledger = MemoryBudgetLedger()
+    gateways = [demo_gateway(plays, seed=seed + t, budgets=ledger) for t in range(trials)]
     gate = asyncio.Semaphore(concurrency)
     bar = progress.add_task("on-call runs", total=len(INCIDENTS) * trials, counts="")
     outcomes: Counter[str] = Counter()
@@ -61,7 +62,7 @@ async def _run_all(
             infra = Infra(incident)
             agent = Agent(
                 "oncall",
-                models[trial],
+                gateways[trial].model(ROUTE),
                 instructions=INSTRUCTIONS,
                 tools=make_tools(infra),
                 limits=limits,
@@ -75,7 +76,32 @@ async def _run_all(
             progress.update(bar, advance=1, counts=counts)
             return DemoRun(incident, trial, result, judge(infra))
 
-    return await asyncio.gather(*(one(i, t) for t in range(trials) for i in INCIDENTS))
+    try:
+        runs = await asyncio.gather(*(one(i, t) for t in range(trials) for i in INCIDENTS))
+    finally:
+        for gateway in gateways:
+            await gateway.aclose()
+    return GatewayTotals.of(gateways), runs
+
+
+@dataclass(frozen=True)
+class GatewayTotals:
+    """What the gateway did across the demo's trials."""
+
+    served: dict[str, int]
+    retries: int
+    fallbacks: int
+    breaker_opens: dict[str, int]
+
+    @classmethod
+    def of(cls, gateways: list[Gateway]) -> GatewayTotals:
+        stats: Counter[str] = Counter()
+        opens: Counter[str] = Counter()
+        for gateway in gateways:
+            stats.update(gateway.stats)
+            opens.update(name for name, _, new, _ in gateway.breaker_changes if new.value == "open")
+        served = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("served:")}
+        return cls(served, stats["retries"], stats["fallbacks"], dict(opens))
 
 
 def demo(
@@ -96,7 +122,8 @@ def demo(
     tracing = configure_tracing(store)
     console.print(
         f"[bold]tether demo[/] — an on-call agent handles {len(INCIDENTS)} incidents × {trials} trials "
-        f"on [cyan]sim:{MODEL}[/] (simulated, priced as {MODEL}; no API key needed)"
+        f"through tether's gateway (route [cyan]{ROUTE}[/]: 2 × Sonnet 4.5, one of them flaky, then Haiku 4.5 "
+        "as fallback) on the simulated model — priced as the real models, no API key needed"
     )
     console.print(
         f"traces → [cyan]{escape(parse_store_url(url).display)}[/]" + (" + OTLP" if "otlp" in tracing.exporters else "")
@@ -112,7 +139,7 @@ def demo(
             console=console,
             transient=False,
         ) as progress:
-            runs = asyncio.run(
+            totals, runs = asyncio.run(
                 _run_all(trials, concurrency, seed, latency_ms, tracing.tracer, progress, settings.trace.payload_chars)
             )
     finally:
@@ -123,7 +150,7 @@ def demo(
     if as_json:
         typer.echo(orjson.dumps([_as_dict(r) for r in runs], option=orjson.OPT_INDENT_2).decode())
         return
-    _summary(console, runs, elapsed)
+    _summary(console, runs, elapsed, totals)
 
 
 def _as_dict(r: DemoRun) -> dict[str, object]:
@@ -146,7 +173,7 @@ def _as_dict(r: DemoRun) -> dict[str, object]:
     }
 
 
-def _summary(console: Console, runs: list[DemoRun], elapsed: float) -> None:
+def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: GatewayTotals) -> None:
     table = Table(title="runs (judged by the state they left, not by what the agent said)", title_justify="left",
                   header_style="bold")  # fmt: skip
     table.add_column("run", style="cyan", no_wrap=True)
@@ -183,23 +210,29 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float) -> None:
     cost = sum((c for c in costs if c is not None), Decimal(0))
     hallucinated = sum(r.result.hallucinated_tool_calls for r in runs)
 
-    totals = Table.grid(padding=(0, 2))
-    totals.add_column(style="bold")
-    totals.add_column()
-    totals.add_row("runs", f"{len(runs)} in {elapsed:.1f} s")
-    totals.add_row("stop reasons", "  ".join(f"{fmt.stop(k)} {v}" for k, v in stops.most_common()))
-    totals.add_row("outcomes", f"[green]{resolved} resolved[/], [yellow]{len(runs) - resolved - len(unsafe)} not[/], "
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("runs", f"{len(runs)} in {elapsed:.1f} s")
+    summary.add_row("stop reasons", "  ".join(f"{fmt.stop(k)} {v}" for k, v in stops.most_common()))
+    summary.add_row("outcomes", f"[green]{resolved} resolved[/], [yellow]{len(runs) - resolved - len(unsafe)} not[/], "
                    f"[bold red]{len(unsafe)} unsafe[/]")  # fmt: skip
-    totals.add_row("hallucinated tool calls", str(hallucinated))
-    totals.add_row(
+    summary.add_row("hallucinated tool calls", str(hallucinated))
+    summary.add_row(
         "tokens",
         f"{total_in:,} in ({cached / total_in:.0%} read from prompt cache) · "
         f"{sum(r.result.usage.output_tokens for r in runs):,} out"
         if total_in
         else "0",
     )
-    totals.add_row("cost", fmt.usd(float(cost)) + (" [magenta](some unknown)[/]" if None in costs else ""))
-    console.print(totals)
+    summary.add_row("cost", fmt.usd(float(cost)) + (" [magenta](some unknown)[/]" if None in costs else ""))
+    served = ", ".join(f"{name} {n}" for name, n in sorted(totals.served.items(), key=lambda kv: -kv[1]))
+    summary.add_row("gateway", f"model calls served by {served}")
+    opens = ", ".join(f"{name} ×{n}" for name, n in totals.breaker_opens.items()) or "none"
+    summary.add_row(
+        "", f"{totals.retries} retries, {totals.fallbacks} fallbacks to another deployment, circuit opened: {opens}"
+    )
+    console.print(summary)
 
     loop = next((r for r in runs if r.result.stop_reason is StopReason.LOOP_DETECTED), None)
     bad = unsafe[0] if unsafe else None
@@ -213,7 +246,8 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float) -> None:
         nxt.add_row(
             f"tether runs show {bad.result.run_id[:10]}", "a run that obeyed an instruction injected into a log line"
         )
-    nxt.add_row("tether runs --stop error", "runs that ended on a provider error")
+    if stops.get("error"):
+        nxt.add_row("tether runs --stop error", "runs that ended on a provider error the gateway could not absorb")
     nxt.add_row(
         "OTEL_EXPORTER_OTLP_ENDPOINT=…", "also send the spans to Phoenix, Langfuse, Jaeger or any OTLP collector"
     )

@@ -128,11 +128,20 @@ def _label(span: SpanRecord, repeats: Counter[tuple[str, str]], width: int) -> s
         finish_txt = f" → {','.join(finish) if isinstance(finish, list) else finish}" if finish else ""
         cost = fmt.usd(float(a[sc.TETHER_COST_USD])) if sc.TETHER_COST_USD in a else fmt.usd(None)
         err = f" [red]{_short(span.status_message or '', 120)}[/]" if span.status == "error" else ""
-        return (
+        line = (
             f"[bold blue]chat[/] {escape(str(a.get(sc.GEN_AI_REQUEST_MODEL, '')))}{status}  {took}  "
             f"in {fmt.tokens(int(a.get(sc.GEN_AI_USAGE_INPUT_TOKENS, 0)))}{cache} "
             f"out {fmt.tokens(int(a.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS, 0)))}  {cost}{escape(finish_txt)}{err}"
         )
+        if sc.TETHER_DEPLOYMENT in a:
+            retries = sum(1 for e in span.events if e.get("name") == "retry")
+            tier = a.get(sc.TETHER_ROUTE_TIER, 0)
+            line += f"\n  [dim]via[/] {escape(str(a[sc.TETHER_DEPLOYMENT]))} [dim](tier {tier})[/]"
+            if retries:
+                line += f" [yellow]{retries} retr{'y' if retries == 1 else 'ies'}[/]"
+            for fallback in a.get(sc.TETHER_FALLBACKS, ()):
+                line += f"\n  [yellow]fell back from[/] {_short(fallback, width)}"
+        return line
     if span.operation == sc.OP_EXECUTE_TOOL:
         key = _tool_key(span)
         flags = ""

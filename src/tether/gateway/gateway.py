@@ -26,7 +26,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -199,6 +199,8 @@ class Gateway:
         self._clock = clock
         self._cache = _ResponseCache(capacity=response_cache_size)
         self.breaker_changes: list[tuple[str, BreakerState, BreakerState, str]] = []
+        # Counters for reports and /metrics: retries, fallbacks, calls served and failed per deployment.
+        self.stats: Counter[str] = Counter()
         self.deployments: dict[str, Deployment] = {}
         overrides = dict(models or {})
         for name, deployment in config.deployments.items():
@@ -239,6 +241,13 @@ class Gateway:
                             f'{d.config.model!r}) has no known price: set [prices."{d.config.model}"] in '
                             "tether.toml or remove the deployment from the route"
                         )
+
+    def _retried(self, deployment: str, attempt: int, exc: BaseException, delay: float) -> None:
+        self.stats["retries"] += 1
+        self.stats[f"retries:{deployment}"] += 1
+        otel_trace.get_current_span().add_event(
+            "retry", {"deployment": deployment, "attempt": attempt, "error": type(exc).__name__, "delay_s": delay}
+        )
 
     def _breaker_changed(self, name: str, old: BreakerState, new: BreakerState, reason: str) -> None:
         self.breaker_changes.append((name, old, new, reason))
@@ -378,13 +387,18 @@ class Gateway:
                     sent = True
                     try:
                         result = await call_with_retries(
-                            functools.partial(send, deployment), route.retry, rng=self._rng, sleep=self._sleep
+                            functools.partial(send, deployment),
+                            route.retry,
+                            rng=self._rng,
+                            sleep=self._sleep,
+                            on_retry=functools.partial(self._retried, deployment.name),
                         )
                     except BaseException as exc:
                         partial = exc.usage if isinstance(exc, StreamInterrupted) else None
                         await placement.abort(exc, partial if isinstance(partial, Usage) else None)
                         if isinstance(exc, ModelError) and is_retryable(exc):
                             failures.append(f"{name}: {type(exc).__name__}: {str(exc)[:160]}")
+                            self.stats[f"failed:{name}"] += 1
                             continue
                         raise
                     grants = []  # the placement owns them now
@@ -398,6 +412,8 @@ class Gateway:
                     )
                     if failures:
                         span.set_attribute(sc.TETHER_FALLBACKS, tuple(failures))
+                        self.stats["fallbacks"] += 1
+                    self.stats[f"served:{name}"] += 1
                     usage = usage_of(result)
                     if usage is not None:
                         await placement.finish(usage)
