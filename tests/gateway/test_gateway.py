@@ -414,3 +414,23 @@ async def test_a_deferred_call_is_settled_when_its_stream_ends(make_gateway: Cal
     assert (record.route, record.deployment, record.agent, record.cost_usd) == ("r", "a", "proxy-client", cost)
     await placement.finish(Usage(input_tokens=1))  # settles once
     assert len(records) == 1
+
+
+async def test_stale_reservations_of_a_dead_caller_are_swept(make_gateway: Callable[..., Gateway]) -> None:
+    from datetime import timedelta
+
+    cfg = config({"r": {"tiers": [["a"]], "budget": {"usd": 1}}}, ["a"])
+    ledger = MemoryBudgetLedger()
+    gateway = make_gateway(cfg, {"a": answering()}, budgets=ledger)
+
+    async def never_settled(deployment: Any) -> str:
+        return "stream"
+
+    await gateway.dispatch(
+        CallContext(route="r"), estimated_tokens=100, max_tokens=100, send=never_settled, usage_of=lambda _: None
+    )
+    scope = BudgetScope("route", "r", cfg.routes["r"].budget)  # type: ignore[arg-type]
+    assert (await ledger.usage(scope)).reserved_usd > 0
+    assert await gateway.sweep_stale_reservations(timedelta(hours=1)) == 0
+    assert await gateway.sweep_stale_reservations(timedelta(0)) == 1
+    assert (await ledger.usage(scope)).reserved_usd == 0

@@ -203,6 +203,10 @@ class BudgetLedger(Protocol):
         """The scope's usage in the period containing ``at`` (default: now)."""
         ...
 
+    async def sweep_stale(self, older_than: timedelta) -> int:
+        """Release reservations older than ``older_than`` (left by a process that died mid-call)."""
+        ...
+
     async def aclose(self) -> None:
         """Finish pending work and free resources."""
         ...

@@ -29,6 +29,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -470,6 +471,14 @@ class Gateway:
                 self._cost_sink(record)
             except Exception:  # accounting must never break a call that already succeeded
                 logger.warning("tether: cost record for %s could not be queued", record.deployment, exc_info=True)
+
+    async def sweep_stale_reservations(self, older_than: timedelta = timedelta(minutes=30)) -> int:
+        """Release budget reservations left by calls that never settled (a replica that died mid-call).
+
+        Run it periodically (``tether gateway serve`` does, every minute); ``older_than``
+        must be well above the longest call.
+        """
+        return await self.budgets.sweep_stale(older_than)
 
     async def aclose(self) -> None:
         """Close every deployment's connections and the shared backends."""
