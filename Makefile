@@ -33,6 +33,10 @@ pytest: env
 test: lint pytest  ## the whole suite: lint, type checks, tests (SQLite and PostgreSQL)
 
 bench: env  ## run the benchmarks and write benchmarks/RESULTS.md
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk) || \
+		echo "wrk could not be installed: the gateway benchmark will say so"
+	@$(UV) run --frozen python -m benchmarks._gateway.litellm_side || \
+		echo "LiteLLM's environment (.bench/litellm) could not be created: its rows will say why"
 	$(UV) run --frozen python -m benchmarks.run
 
 clean:  ## remove the environment and local state

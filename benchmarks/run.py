@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-MODULES = ("benchmarks.instrumentation", "benchmarks.store_ingest")
+MODULES = ("benchmarks.instrumentation", "benchmarks.store_ingest", "benchmarks.gateway_overhead")
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 

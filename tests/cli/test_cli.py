@@ -123,3 +123,10 @@ def test_an_unknown_stop_reason_lists_the_valid_ones() -> None:
     result = tether("runs", "--stop", "exploded")
     assert result.returncode == 2
     assert "loop_detected" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_errors_naming_toml_tables_keep_their_brackets() -> None:
+    Path("tether.toml").write_text('[deployments.a]\nprovider = "nope"\nmodel = "m"\n')
+    result = tether("runs")
+    assert result.returncode == 2
+    assert "[deployments.a] provider 'nope' is not defined" in result.stderr

@@ -10,7 +10,18 @@ from typer.testing import CliRunner
 from tether.cli import app
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
-COMMANDS = (["--help"], ["demo", "--help"], ["runs", "--help"], ["runs", "show", "--help"])
+COMMANDS = (
+    ["--help"],
+    ["demo", "--help"],
+    ["runs", "--help"],
+    ["runs", "show", "--help"],
+    ["keys", "--help"],
+    ["keys", "create", "--help"],
+    ["gateway", "serve", "--help"],
+    ["keys", "list", "--help"],
+    ["keys", "revoke", "--help"],
+    ["cost", "--help"],
+)
 
 
 def render() -> str:

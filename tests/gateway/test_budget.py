@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -614,3 +615,344 @@ async def test_an_in_memory_sqlite_ledger_is_safe_under_concurrency() -> None:
         await ledger.aclose()
     finally:
         engine.dispose()
+
+
+# --- group commit (SQLite, PostgreSQL) ------------------------------------------------------------------------
+
+
+class Batches:
+    """Records the size of every batch a SQL ledger runs, and can hold its worker thread at a batch's start."""
+
+    def __init__(self, ledger: SqlBudgetLedger) -> None:
+        self.sizes: list[int] = []
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+        run_batch = ledger._run_batch
+
+        def recorded(ops: list[object]) -> object:
+            self.sizes.append(len(ops))
+            self.started.set()
+            assert self.gate.wait(timeout=30), "the test never opened the gate"
+            return run_batch(ops)  # type: ignore[arg-type]
+
+        ledger._run_batch = recorded  # type: ignore[method-assign,assignment]
+
+    async def running(self) -> None:
+        """Wait until a batch has started (and is held, if the gate is closed)."""
+        assert await asyncio.to_thread(self.started.wait, 30)
+        self.started.clear()
+
+
+async def held_reservations(ledger: SqlBudgetLedger) -> int:
+    """How many reservations are open in the database: the sweep, with no age limit, counts them as it frees them."""
+    return await ledger.sweep_stale(timedelta(0))
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_a_refusal_inside_a_batch_leaves_the_others_of_the_batch_alone(store_url: str, clock: Clock) -> None:
+    ledger = SqlBudgetLedger.open(store_url, clock=clock)
+    batches = Batches(ledger)
+    budget = route("0.10", tokens=100)
+    try:
+        results = await asyncio.gather(
+            ledger.release(Reservation("0" * 32, (), Decimal(0), 0, ())),  # occupies the first transaction
+            ledger.reserve([budget], usd=Decimal("0.06"), tokens=10),
+            ledger.reserve([budget], usd=Decimal("0.05"), tokens=10),  # 0.06 + 0.05 > 0.10
+            ledger.reserve([budget], usd=Decimal("0.04"), tokens=90),  # exactly the rest: fits
+            return_exceptions=True,
+        )
+
+        assert batches.sizes == [1, 3]  # the three reservations shared one transaction
+        first, second, third = results[1:]
+        assert isinstance(first, Reservation) and isinstance(third, Reservation)
+        assert isinstance(second, BudgetExceeded)
+        assert (second.scope, second.used, second.requested, second.unit) == ("route:support", 0.06, 0.05, "usd")
+        assert await used(ledger, budget) == (0, Decimal("0.10"), 0, 100)
+        with pytest.raises(BudgetExceeded):
+            await ledger.reserve([budget], usd=Decimal(0), tokens=1)
+        await ledger.settle(first, usd=Decimal("0.05"), tokens=7)
+        await ledger.release(third)
+        assert await used(ledger, budget) == (Decimal("0.05"), 0, 7, 0)
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_a_batch_applies_its_operations_in_arrival_order(store_url: str, clock: Clock) -> None:
+    ledger = SqlBudgetLedger.open(store_url, clock=clock)
+    batches = Batches(ledger)
+    budget = route("1")
+    try:
+        big = await ledger.reserve([budget], usd=Decimal("0.90"), tokens=0)
+        small = await ledger.reserve([budget], usd=Decimal("0.05"), tokens=0)
+        assert batches.sizes == [1, 1]  # a lone caller finds the ledger idle and goes at once
+
+        batches.gate.clear()
+        blocker = asyncio.create_task(ledger.release(Reservation("0" * 32, (), Decimal(0), 0, ())))
+        await batches.running()
+        # All five wait for the next transaction, which applies them in this order.
+        results = asyncio.gather(
+            ledger.settle(big, usd=Decimal("0.30"), tokens=0),  # frees 0.60: 0.35 used
+            ledger.reserve([budget], usd=Decimal("0.60"), tokens=0),  # fits only after the settle: 0.95
+            ledger.reserve([budget], usd=Decimal("0.10"), tokens=0),  # no room: refused
+            ledger.release(small),  # frees 0.05: 0.90
+            ledger.reserve([budget], usd=Decimal("0.10"), tokens=0),  # fits only after the release: 1.00
+            return_exceptions=True,
+        )
+        await asyncio.sleep(0)
+        batches.gate.set()
+        await blocker
+        settled, granted, refused, released, last = await results
+
+        assert batches.sizes == [1, 1, 1, 5]
+        assert settled is None and released is None
+        assert isinstance(granted, Reservation) and isinstance(last, Reservation)
+        assert isinstance(refused, BudgetExceeded) and refused.used == 0.95
+        assert await used(ledger, budget) == (Decimal("0.30"), Decimal("0.70"), 0, 0)
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_500_concurrent_pairs_on_room_for_200_grant_exactly_200(store_url: str, clock: Clock) -> None:
+    ledger = SqlBudgetLedger.open(store_url, clock=clock)
+    budget, bot = route("2.00"), key("100")
+
+    async def pair(i: int) -> int | None:
+        """Reserve a cent and settle it (the tokens vary); the tokens settled, or None if refused."""
+        try:
+            reservation = await ledger.reserve([budget, bot], usd=CENT, tokens=10)
+        except BudgetExceeded:
+            return None
+        await asyncio.sleep(0)
+        await ledger.settle(reservation, usd=CENT, tokens=i % 7)
+        return i % 7
+
+    try:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch_peak(ledger, budget, stop))
+        settled = [t for t in await asyncio.gather(*(pair(i) for i in range(500))) if t is not None]
+        stop.set()
+
+        assert len(settled) == 200
+        assert await watcher <= Decimal("2.00")
+        assert await used(ledger, budget) == (Decimal("2.00"), 0, sum(settled), 0)
+        assert await used(ledger, bot) == (Decimal("2.00"), 0, sum(settled), 0)
+        assert ledger.operations == 500 + 200
+        assert ledger.transactions <= ledger.operations // 20, (ledger.transactions, ledger.operations)
+        assert await held_reservations(ledger) == 0
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_concurrent_callers_share_few_transactions(store_url: str, clock: Clock) -> None:
+    ledger = SqlBudgetLedger.open(store_url, clock=clock)
+    try:
+        reservations = await reserve_many([ledger], route("10"), 300)
+        assert (len(reservations), ledger.operations) == (300, 300)
+        # The first caller finds the ledger idle and goes at once; the rest queue behind it.
+        assert ledger.transactions <= 5, ledger.transactions
+        await asyncio.gather(*(ledger.settle(r, usd=CENT, tokens=1) for r in reservations))
+        assert ledger.operations == 600
+        assert ledger.transactions <= 10, ledger.transactions
+        assert await used(ledger, route("10")) == (Decimal(3), 0, 300, 0)
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_batches_and_the_queue_are_bounded(store_url: str, clock: Clock) -> None:
+    ledger = SqlBudgetLedger.open(store_url, clock=clock, max_batch=16, max_queue=40)
+    batches = Batches(ledger)
+    budget = route("10")
+    loop = asyncio.get_running_loop()
+    longest = 0
+    stop = asyncio.Event()
+
+    async def watch_queue() -> None:
+        nonlocal longest
+        while not stop.is_set():
+            lane = ledger._lanes.get(loop)
+            longest = max(longest, len(lane.queue) if lane is not None else 0)
+            await asyncio.sleep(0)
+
+    try:
+        watcher = asyncio.create_task(watch_queue())
+        granted = await reserve_many([ledger], budget, 200)
+        stop.set()
+        await watcher
+
+        assert len(granted) == 200
+        assert sum(batches.sizes) == 200 and max(batches.sizes) <= 16 and len(batches.sizes) >= 200 // 16
+        assert 0 < longest <= 40  # the other callers waited for room
+        assert await used(ledger, budget) == (0, Decimal(2), 0, 200)
+    finally:
+        await ledger.aclose()
+    with pytest.raises(ValueError, match="max_batch"):
+        SqlBudgetLedger.open(store_url, max_batch=0)
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_a_caller_waiting_for_room_in_the_queue_can_leave(store_url: str, clock: Clock) -> None:
+    ledger = SqlBudgetLedger.open(store_url, clock=clock, max_queue=2)
+    batches = Batches(ledger)
+    budget = route("1")
+    try:
+        batches.gate.clear()
+        first = asyncio.create_task(ledger.reserve([budget], usd=CENT, tokens=0))
+        await batches.running()
+        queued = [asyncio.create_task(ledger.reserve([budget], usd=CENT, tokens=0)) for _ in range(2)]
+        waiting = asyncio.create_task(ledger.reserve([budget], usd=CENT, tokens=0))
+        last = asyncio.create_task(ledger.reserve([budget], usd=CENT, tokens=0))
+        await asyncio.sleep(0)
+        assert len(ledger._lanes[asyncio.get_running_loop()].queue) == 2  # the other two wait for room
+        waiting.cancel()
+        batches.gate.set()
+
+        for task in (first, *queued, last):
+            assert isinstance(await task, Reservation)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert batches.sizes == [1, 2, 1]
+        assert await used(ledger, budget) == (0, CENT * 4, 0, 0)
+    finally:
+        await ledger.aclose()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_cancelling_callers_of_a_running_or_queued_batch(store_url: str, clock: Clock) -> None:
+    budget = route("1")
+    ledger = SqlBudgetLedger.open(store_url, clock=clock)
+    batches = Batches(ledger)
+    to_settle = await ledger.reserve([budget], usd=Decimal("0.2"), tokens=20)
+
+    batches.gate.clear()
+    running = asyncio.create_task(ledger.reserve([budget], usd=CENT, tokens=1))
+    await batches.running()  # its transaction is under way in the worker thread
+    queued = asyncio.create_task(ledger.reserve([budget], usd=CENT, tokens=1))
+    settling = asyncio.create_task(ledger.settle(to_settle, usd=Decimal("0.15"), tokens=15))
+    await asyncio.sleep(0)  # both queued behind the running batch
+    for task in (running, queued, settling):
+        task.cancel()
+    batches.gate.set()
+    for task in (running, queued, settling):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await ledger.aclose()  # waits for the running batch, the settle, and the release of the orphan
+
+    # The running reservation committed and was given back; the queued one never ran; the settle stood.
+    assert batches.sizes[1:] == [1, 2]  # the orphan's reservation; the settle with the orphan's release
+    reader = SqlBudgetLedger.open(store_url, clock=clock)
+    try:
+        assert await used(reader, budget) == (Decimal("0.15"), 0, 15, 0)
+        assert await held_reservations(reader) == 0
+    finally:
+        await reader.aclose()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_a_database_error_fails_the_whole_batch_and_the_next_batch_works(store_url: str, clock: Clock) -> None:
+    engine = create_store_engine(parse_store_url(store_url))
+    migrate(engine)
+    sabotage = {"armed": False}
+
+    @sa.event.listens_for(engine, "before_cursor_execute", retval=True)
+    def break_the_insert(
+        conn: object, cursor: object, statement: str, parameters: object, context: object, executemany: bool
+    ) -> tuple[str, object]:
+        # A real database error mid-transaction: after the batch's locks and updates, at its last statement.
+        if sabotage["armed"] and statement.startswith("INSERT INTO budget_reservations"):
+            sabotage["armed"] = False
+            statement = statement.replace("budget_reservations", "no_such_table", 1)
+        return statement, parameters
+
+    ledger = SqlBudgetLedger(engine, clock=clock)
+    batches = Batches(ledger)
+    budget = route("1")
+    try:
+        before = await ledger.reserve([budget], usd=Decimal("0.1"), tokens=10)
+        sabotage["armed"] = True
+        results = await asyncio.gather(
+            ledger.release(Reservation("0" * 32, (), Decimal(0), 0, ())),  # occupies the first transaction
+            ledger.reserve([budget], usd=CENT, tokens=1),
+            ledger.settle(before, usd=Decimal("0.05"), tokens=5),
+            ledger.reserve([budget], usd=Decimal(5), tokens=1),  # would be refused: fails like the others
+            return_exceptions=True,
+        )
+
+        assert batches.sizes == [1, 1, 3]
+        errors = results[1:]
+        assert all(type(e) is StoreError for e in errors), errors
+        assert len({id(e) for e in errors}) == 3  # each caller raises an exception of its own
+        assert all("updating budgets failed" in str(e) and "no_such_table" in str(e) for e in errors)
+        # Nothing of the failed batch stuck: the settle's reservation is still held, nothing was added.
+        assert await used(ledger, budget) == (0, Decimal("0.1"), 0, 10)
+
+        again = await ledger.reserve([budget], usd=CENT, tokens=1)
+        await ledger.settle(before, usd=Decimal("0.05"), tokens=5)
+        await ledger.settle(again, usd=CENT, tokens=1)
+        assert await used(ledger, budget) == (Decimal("0.06"), 0, 6, 0)
+        assert await held_reservations(ledger) == 0
+    finally:
+        await ledger.aclose()
+        engine.dispose()
+
+
+async def test_an_unreachable_database_fails_every_caller_of_the_batch_closed() -> None:
+    engine = create_store_engine(parse_store_url("postgresql+psycopg://postgres@127.0.0.1:1/test"))
+    ledger = SqlBudgetLedger(engine)
+    try:
+        results = await asyncio.gather(
+            *(ledger.reserve([route("1")], usd=CENT, tokens=0) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, StoreUnavailable) and "cannot reach PostgreSQL" in str(r) for r in results), results
+        assert len({id(r) for r in results}) == 5
+        assert ledger.transactions == 0  # no connection, no transaction
+    finally:
+        await ledger.aclose()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+def test_a_ledger_serves_one_event_loop_after_another(store_url: str) -> None:
+    ledger = SqlBudgetLedger.open(store_url)
+    budget = route("1")
+
+    async def pair() -> None:
+        reservation, refused = await asyncio.gather(
+            ledger.reserve([budget], usd=Decimal("0.3"), tokens=3),
+            ledger.reserve([budget], usd=Decimal(2), tokens=0),
+            return_exceptions=True,
+        )
+        assert isinstance(reservation, Reservation) and isinstance(refused, BudgetExceeded)
+        await ledger.settle(reservation, usd=Decimal("0.2"), tokens=2)
+
+    async def close() -> tuple[Decimal, Decimal, int, int]:
+        usage = await used(ledger, budget)
+        await ledger.aclose()
+        return usage
+
+    asyncio.run(pair())
+    asyncio.run(pair())  # a new loop, as two Agent.run_sync calls make
+    assert asyncio.run(close()) == (Decimal("0.4"), 0, 4, 0)
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS, indirect=True)
+async def test_a_large_sweep_goes_in_batches(store_url: str, clock: Clock) -> None:
+    ledger = SqlBudgetLedger.open(store_url, clock=clock, max_batch=32)
+    batches = Batches(ledger)
+    budget, bot = route("10"), key("10")
+    try:
+        await asyncio.gather(*(ledger.reserve([budget, bot], usd=CENT, tokens=1) for _ in range(100)))
+        clock.advance(timedelta(hours=1))
+        batches.sizes.clear()
+
+        assert await ledger.sweep_stale(timedelta(minutes=5)) == 100
+
+        assert sum(batches.sizes) == 100 and max(batches.sizes) <= 32
+        assert await used(ledger, budget) == ZERO
+        assert await used(ledger, bot) == ZERO
+    finally:
+        await ledger.aclose()

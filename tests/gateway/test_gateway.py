@@ -434,3 +434,27 @@ async def test_stale_reservations_of_a_dead_caller_are_swept(make_gateway: Calla
     assert await gateway.sweep_stale_reservations(timedelta(hours=1)) == 0
     assert await gateway.sweep_stale_reservations(timedelta(0)) == 1
     assert (await ledger.usage(scope)).reserved_usd == 0
+
+
+async def test_from_config_keeps_budgets_in_redis_when_configured(redis_url: str) -> None:
+    from tether.gateway.budget_redis import RedisBudgetLedger
+    from tether.gateway.ratelimit import RedisRateLimitBackend
+
+    cfg = GatewayConfig.model_validate(
+        {
+            "providers": {"p": {"kind": "sim"}},
+            "deployments": {"a": {"provider": "p", "model": "claude-sonnet-4-5"}},
+            "routes": {"r": {"tiers": [["a"]]}},
+            "gateway": {"redis_url": redis_url},
+        }
+    )
+    gateway = Gateway.from_config(cfg, models={"a": answering()})
+    assert isinstance(gateway.budgets, RedisBudgetLedger)
+    assert isinstance(gateway.rate_limiter.backend, RedisRateLimitBackend)
+    await gateway.aclose()
+
+
+def test_redis_budgets_without_a_redis_url_is_a_config_error() -> None:
+    cfg = GatewayConfig.model_validate({"gateway": {"budgets": "redis"}})
+    with pytest.raises(ConfigError, match="redis_url"):
+        Gateway.from_config(cfg)

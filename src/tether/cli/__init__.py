@@ -6,7 +6,11 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from tether.cli import cost as cost_cmd
+from tether.cli import gateway as gateway_cmd
+from tether.cli import keys as keys_cmd
 from tether.cli import runs as runs_cmd
 from tether.cli.demo import demo
 from tether.errors import TetherError
@@ -21,7 +25,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(gateway_cmd.app, name="gateway")
 app.command("demo")(demo)
+app.add_typer(keys_cmd.app, name="keys")
+app.command("cost")(cost_cmd.cost)
 
 
 def main() -> None:
@@ -29,7 +36,8 @@ def main() -> None:
     try:
         app()
     except TetherError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: messages name TOML tables like [routes.x], which Rich would take for markup.
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")

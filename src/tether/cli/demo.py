@@ -25,6 +25,7 @@ from tether.demo.infra import Incident, Infra, make_tools
 from tether.demo.oncall import INSTRUCTIONS, Verdict, judge, scenario, task_for
 from tether.gateway.budget import MemoryBudgetLedger
 from tether.gateway.gateway import Gateway
+from tether.gateway.ledger import CostWriter
 from tether.messages import StopReason
 from tether.runtime import Agent, Limits, RunResult
 from tether.store import open_store
@@ -48,11 +49,12 @@ async def _run_all(
     tracer: Tracer,
     progress: Progress,
     payload_chars: int,
+    costs: CostWriter,
 ) -> tuple[GatewayTotals, list[DemoRun]]:
     plays = scenario(latency_ms=latency_ms, jitter_ms=latency_ms * 0.8)
     limits = Limits(max_turns=12, max_tool_calls=24, timeout_s=60, max_repeated_tool_calls=3)
-    ledger = MemoryBudgetLedger()
-    gateways = [demo_gateway(plays, seed=seed + t, budgets=ledger) for t in range(trials)]
+    ledger = MemoryBudgetLedger()  # the demo's budgets start fresh each time; its costs are kept
+    gateways = [demo_gateway(plays, seed=seed + t, budgets=ledger, cost_sink=costs) for t in range(trials)]
     gate = asyncio.Semaphore(concurrency)
     bar = progress.add_task("on-call runs", total=len(INCIDENTS) * trials, counts="")
     outcomes: Counter[str] = Counter()
@@ -120,6 +122,7 @@ def demo(
     url = database or settings.store.url
     store = open_store(url)
     tracing = configure_tracing(store)
+    costs = CostWriter(store)
     console.print(
         f"[bold]tether demo[/] — an on-call agent handles {len(INCIDENTS)} incidents × {trials} trials "
         f"through tether's gateway (route [cyan]{ROUTE}[/]: 2 × Sonnet 4.5, one of them flaky, then Haiku 4.5 "
@@ -140,11 +143,14 @@ def demo(
             transient=False,
         ) as progress:
             totals, runs = asyncio.run(
-                _run_all(trials, concurrency, seed, latency_ms, tracing.tracer, progress, settings.trace.payload_chars)
+                _run_all(
+                    trials, concurrency, seed, latency_ms, tracing.tracer, progress, settings.trace.payload_chars, costs
+                )
             )
     finally:
         tracing.flush()
         tracing.shutdown()
+        costs.shutdown()
         store.close()
     elapsed = time.perf_counter() - started
     if as_json:
@@ -240,6 +246,7 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: Gate
     nxt.add_column(style="bold", no_wrap=True)
     nxt.add_column(style="dim")
     nxt.add_row("tether runs", "every run, newest first (--json for scripts)")
+    nxt.add_row("tether cost --by deployment", "what each deployment cost, and what prompt caching saved")
     if loop:
         nxt.add_row(f"tether runs show {loop.result.run_id[:10]}", "a run the loop detector stopped")
     if bad:

@@ -185,6 +185,9 @@ class GatewaySettings(_Strict):
 
     redis_url: str | None = None
     default_route: str | None = None
+    # Where budgets are kept: "auto" = Redis when redis_url is set (fastest, shared),
+    # else the store's database (shared, durable), else memory (one process only).
+    budgets: Literal["auto", "redis", "database", "memory"] = "auto"
 
 
 class GatewayConfig(_Strict):

@@ -14,8 +14,9 @@ Every decision lands on the current span (the agent's ``chat`` span):
 ``tether.cache.hit``, and ``gen_ai.provider.name`` / ``gen_ai.response.model`` of
 the deployment that answered.
 
-Streaming through the gateway (and the HTTP proxy) is not built yet:
-``GatewayModel.stream`` answers with the complete response as one event.
+The HTTP proxy (``tether.gateway.proxy``) streams through ``dispatch`` and settles
+at the stream's end. In process, ``GatewayModel.stream`` is not routed as a
+stream yet: it answers with the complete response as one event.
 """
 
 from __future__ import annotations
@@ -218,12 +219,26 @@ class Gateway:
     def from_config(cls, config: GatewayConfig, *, store: TraceStore | None = None, **kwargs: Any) -> Gateway:
         """A gateway whose budgets and rate limits are shared by every replica when they can be.
 
-        Budgets live in the store's database when a store is given (``SqlBudgetLedger``),
-        rate limits in Redis when ``[gateway] redis_url`` is set; otherwise both are in
-        memory, and each process would enforce its own copy of every limit.
+        Budgets live in Redis when ``[gateway] redis_url`` is set, else in the store's
+        database when a store is given (``[gateway] budgets`` overrides the choice);
+        rate limits in Redis when ``redis_url`` is set. Otherwise both are in memory,
+        and each process would enforce its own copy of every limit.
         """
-        if store is not None and "budgets" not in kwargs:
-            kwargs["budgets"] = SqlBudgetLedger(store)
+        settings = config.gateway
+        if "budgets" not in kwargs:
+            choice = settings.budgets
+            if choice == "auto":
+                choice = "redis" if settings.redis_url else "database" if store is not None else "memory"
+            if choice == "redis":
+                if not settings.redis_url:
+                    raise ConfigError('[gateway] budgets = "redis" needs [gateway] redis_url')
+                from tether.gateway.budget_redis import RedisBudgetLedger
+
+                kwargs["budgets"] = RedisBudgetLedger(settings.redis_url)
+            elif choice == "database":
+                if store is None:
+                    raise ConfigError('[gateway] budgets = "database" needs a store (TETHER_DATABASE_URL)')
+                kwargs["budgets"] = SqlBudgetLedger(store)
         if config.gateway.redis_url and "rate_limits" not in kwargs:
             kwargs["rate_limits"] = RedisRateLimitBackend(config.gateway.redis_url)
         return cls(config, **kwargs)

@@ -136,9 +136,53 @@ def _m0002_create_budgets(connection: Connection) -> None:
     metadata.create_all(connection)
 
 
+def _m0003_create_keys_and_costs(connection: Connection) -> None:
+    metadata = MetaData()
+    Table(
+        "virtual_keys",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("name", Text, nullable=False),
+        Column("prefix", String(16), nullable=False),
+        Column("secret_hash", String(64), nullable=False),
+        Column("routes", Text, nullable=False),
+        Column("budget", Text),
+        Column("rate_limit", Text),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("revoked_at", DateTime(timezone=True)),
+        Index("ux_virtual_keys_name", "name", unique=True),
+        Index("ux_virtual_keys_secret_hash", "secret_hash", unique=True),
+    )
+    Table(
+        "costs",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("time_ns", BigInteger, nullable=False),
+        Column("day", String(10), nullable=False),
+        Column("route", Text, nullable=False),
+        Column("deployment", Text, nullable=False),
+        Column("provider", Text, nullable=False),
+        Column("model", Text, nullable=False),
+        Column("agent", Text),
+        Column("key", Text),
+        Column("run_id", Text),
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("cache_read_tokens", BigInteger, nullable=False),
+        Column("cache_write_tokens", BigInteger, nullable=False),
+        Column("cost_nanousd", BigInteger),
+        Column("price_version", Text, nullable=False),
+        Index("ix_costs_day", "day"),
+        Index("ix_costs_route_day", "route", "day"),
+        Index("ix_costs_key_day", "key", "day"),
+    )
+    metadata.create_all(connection)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create spans", _m0001_create_spans),
     Migration(2, "create budgets", _m0002_create_budgets),
+    Migration(3, "create virtual keys and costs", _m0003_create_keys_and_costs),
 )
 
 

@@ -24,13 +24,31 @@ Denormalised columns hold the *span's own* attribute values: on a root
 ``budget_usage`` and ``budget_reservations`` are the gateway's budget ledger
 (``tether.gateway.budget``): money is in integer **nano-dollars** (1e-9 USD), so
 sums are exact and a BIGINT holds up to $9.2 billion.
+
+``virtual_keys`` holds the proxy's virtual keys (``tether.gateway.keys``): only
+the SHA-256 hash of each secret, never the secret. Uniqueness is by unique
+*indexes* rather than constraints so that both databases report them alike.
+
+``costs`` is the cost ledger (``tether.gateway.ledger``): one append-only row
+per settled model call, ``cost_nanousd`` in nano-dollars and NULL when the
+price is unknown (never 0). ``day`` is the call's UTC date (``2026-11-21``),
+which the reports filter and group on.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, DateTime, Double, Index, Integer, MetaData, String, Table, Text
 
-__all__ = ["RUN_ID_TYPE", "budget_reservations", "budget_usage", "metadata", "schema_migrations", "spans"]
+__all__ = [
+    "RUN_ID_TYPE",
+    "budget_reservations",
+    "budget_usage",
+    "costs",
+    "metadata",
+    "schema_migrations",
+    "spans",
+    "virtual_keys",
+]
 
 metadata = MetaData()
 
@@ -101,4 +119,46 @@ budget_reservations = Table(
     Column("reserved_tokens", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_budget_reservations_created_at", "created_at"),
+)
+
+# One row per virtual key; revoked keys stay (revoked_at set) so their name keeps its history.
+virtual_keys = Table(
+    "virtual_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("routes", Text, nullable=False),
+    Column("budget", Text),
+    Column("rate_limit", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("ux_virtual_keys_name", "name", unique=True),
+    Index("ux_virtual_keys_secret_hash", "secret_hash", unique=True),
+)
+
+# One row per settled model call; the id is made by the writer, so a re-sent batch changes nothing.
+costs = Table(
+    "costs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("time_ns", BigInteger, nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("route", Text, nullable=False),
+    Column("deployment", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("agent", Text),
+    Column("key", Text),
+    Column("run_id", Text),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("cost_nanousd", BigInteger),
+    Column("price_version", Text, nullable=False),
+    Index("ix_costs_day", "day"),
+    Index("ix_costs_route_day", "route", "day"),
+    Index("ix_costs_key_day", "key", "day"),
 )

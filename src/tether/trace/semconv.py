@@ -68,3 +68,11 @@ TETHER_DEPLOYMENT: Final = "tether.deployment"
 TETHER_ATTEMPTS: Final = "tether.attempts"
 TETHER_FALLBACKS: Final = "tether.fallbacks"
 TETHER_CACHE_HIT: Final = "tether.cache.hit"
+
+# The HTTP proxy (``tether gateway serve``), on the chat span of each request.
+TETHER_KEY: Final = "tether.key"  # the virtual key's name, never its secret
+TETHER_TAGS: Final = "tether.tags"
+TETHER_STREAM: Final = "tether.stream"
+TETHER_USAGE_ESTIMATED: Final = "tether.usage_estimated"  # usage never arrived (stream cut or abandoned)
+TETHER_PROXY_API: Final = "tether.proxy.api"  # the client's wire format: openai | anthropic
+HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"

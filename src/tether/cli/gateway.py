@@ -1,0 +1,122 @@
+"""``tether gateway serve``: the gateway as an HTTP proxy speaking the OpenAI and Anthropic APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+import uvloop
+from rich.markup import escape
+
+from tether.cli import _format as fmt
+from tether.config import load_settings
+from tether.errors import ConfigError
+from tether.gateway.gateway import Gateway
+from tether.gateway.keys import KeyStore, KeyVerifier
+from tether.gateway.ledger import CostWriter
+from tether.gateway.proxy import create_app
+from tether.store import open_store
+from tether.trace.setup import configure_tracing
+
+app = typer.Typer(help="Run tether's gateway as an HTTP proxy for agents not built with tether.", no_args_is_help=True)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket, so a taken port or a bad address is one clear error before anything starts."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on (loopback unless you mean otherwise)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on (0: any free port)")] = 4000,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="tether.toml to read (default: ./tether.toml or TETHER_CONFIG)")
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="accept requests without a virtual key (local development only)")
+    ] = False,
+    database: Annotated[
+        str | None, typer.Option(help="store URL for traces, budgets, keys and costs (default: TETHER_DATABASE_URL)")
+    ] = None,
+) -> None:
+    """Serve POST /v1/chat/completions and /v1/messages (plus /v1/models, /healthz, /metrics).
+
+    Point an OpenAI SDK at http://HOST:PORT/v1, or an Anthropic SDK at
+    http://HOST:PORT, with a virtual key from 'tether keys create' as the API
+    key and a route name as the model.
+    """
+    settings = load_settings(config)
+    if not settings.routes:
+        raise ConfigError(
+            "no routes are defined: add [providers.<name>], [deployments.<name>] and [routes.<name>] to tether.toml "
+            "(the route name is the model clients ask for)"
+        )
+    sock = _bind(host, port)
+    store = open_store(database or settings.store.url)
+    try:
+        tracing = configure_tracing(store)
+        costs = CostWriter(store)
+        try:
+            # Budgets and rate limits are shared (the database or Redis, as [gateway] in tether.toml
+            # says), so replicas enforce one copy of every limit instead of each its own.
+            gateway = Gateway.from_config(settings, store=store, cost_sink=costs)
+            keys: KeyVerifier | None = None if no_auth else KeyStore(store)
+            application = create_app(gateway, keys=keys, require_keys=not no_auth, tracer=tracing.tracer)
+            bound_host, bound_port = sock.getsockname()[:2]
+            url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+            auth = "[red]OFF (--no-auth)[/]" if no_auth else "[green]on[/] (virtual keys)"
+            fmt.console().print(
+                f"[bold]tether gateway[/] listening on [cyan]http://{url_host}:{bound_port}[/] · "
+                f"routes: {escape(', '.join(sorted(settings.routes)))} · auth: {auth}",
+                soft_wrap=True,
+            )
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    application,
+                    loop="none",
+                    http="httptools",
+                    lifespan="on",
+                    access_log=False,
+                    log_level="warning",
+                    proxy_headers=False,
+                    server_header=False,
+                    timeout_graceful_shutdown=30,
+                )
+            )
+
+            async def run() -> None:
+                try:
+                    await server.serve(sockets=[sock])
+                finally:
+                    await gateway.aclose()
+
+            # One worker: budgets and limits are shared through the database and Redis, so scale
+            # out with more processes behind a load balancer rather than uvicorn workers.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(run())
+        finally:
+            costs.shutdown()
+            tracing.shutdown()
+    finally:
+        sock.close()
+        store.close()

@@ -1,0 +1,409 @@
+"""The Anthropic Messages wire format, as the proxy speaks it to clients.
+
+Passthrough (an ``anthropic``-kind deployment) forwards the client's bytes,
+``cache_control`` blocks included; this module only reads what the gateway
+needs from them. Translation (an ``openai``- or ``sim``-kind deployment) turns
+the request into a ``ModelRequest`` and renders the ``ModelResponse`` back:
+
+- usage is split the way Anthropic reports it: ``input_tokens`` is the
+  *uncached* input, with ``cache_read_input_tokens`` and
+  ``cache_creation_input_tokens`` beside it (tether's ``Usage.input_tokens`` is
+  their sum, so nothing is lost either way).
+- ``stop_reason``: end_turn, tool_use, max_tokens, stop_sequence as they are;
+  content_filter → ``refusal``.
+- Streams: ``message_start``, a ``content_block_start`` / ``_delta`` /
+  ``_stop`` run per text or tool-use block, ``message_delta`` with the stop
+  reason and the whole usage (the SDKs take a ``message_delta``'s counts as
+  cumulative totals), ``message_stop``. A stream that fails ends with
+  ``event: error`` and no ``message_stop``, which the Anthropic SDKs raise.
+
+What cannot be translated is refused with a 400 that says so: images and
+documents, server tools, and a ``tool_choice`` other than ``auto``. Thinking
+blocks in the conversation are dropped (they have no meaning to another
+provider); tool arguments a model wrote as something other than a JSON object
+become ``{}`` (the Messages format has no place for raw argument text).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Final
+
+import orjson
+
+from tether.errors import ModelHTTPError
+from tether.gateway._wire import Api, BadRequest, estimate_tokens, parse_sse_block
+from tether.messages import (
+    ContentBlock,
+    FinishReason,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ResponseDone,
+    StreamEvent,
+    TextBlock,
+    TextDelta,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
+    Usage,
+)
+from tether.models.anthropic import _error_event, _usage
+
+__all__ = ["AnthropicWire"]
+
+_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+_STOP: Final = {
+    FinishReason.END_TURN: "end_turn",
+    FinishReason.TOOL_USE: "tool_use",
+    FinishReason.MAX_TOKENS: "max_tokens",
+    FinishReason.STOP_SEQUENCE: "stop_sequence",
+    FinishReason.CONTENT_FILTER: "refusal",
+    FinishReason.OTHER: "end_turn",
+}
+
+_CANNOT_TRANSLATE: Final = (
+    "cannot be translated to the deployment's API format; use a route whose deployments speak the Anthropic format"
+)
+_SKIPPED_BLOCKS: Final = frozenset({"thinking", "redacted_thinking"})
+
+
+def _error_type(status: int) -> str:
+    return _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def _event(name: bytes, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _wire_usage(usage: Usage) -> dict[str, int]:
+    return {
+        "input_tokens": usage.uncached_input_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+
+
+def _stop_sequence(response: ModelResponse, request: ModelRequest) -> str | None:
+    # tether does not keep which sequence matched; with exactly one configured it can only be that one.
+    if response.finish_reason is FinishReason.STOP_SEQUENCE and len(request.stop_sequences) == 1:
+        return request.stop_sequences[0]
+    return None
+
+
+def _text_of(content: object, where: str) -> str:
+    """A tool result's or system prompt's text: a string or a list of text blocks."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if not isinstance(content, list):
+        raise BadRequest(f"{where} must be a string or a list of text blocks", param=where)
+    texts: list[str] = []
+    for i, block in enumerate(content):
+        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise BadRequest(f"{where}[{i}]: content of type {kind!r} {_CANNOT_TRANSLATE}", param=where)
+        texts.append(block["text"])
+    return "\n".join(texts)
+
+
+def _blocks(content: object, role: str, where: str) -> tuple[ContentBlock, ...]:
+    if isinstance(content, str):
+        return (TextBlock(text=content),)
+    if not isinstance(content, list):
+        raise BadRequest(f"{where} must be a string or a list of content blocks", param="messages")
+    blocks: list[ContentBlock] = []
+    for i, block in enumerate(content):
+        at = f"{where}[{i}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if not isinstance(block, dict) or kind in _SKIPPED_BLOCKS:
+            if kind is None:
+                raise BadRequest(f"{at} must be a content block object", param="messages")
+            continue
+        if kind == "text" and isinstance(block.get("text"), str):
+            blocks.append(TextBlock(text=block["text"]))
+        elif kind == "tool_use" and role == "assistant":
+            call_id, name, arguments = block.get("id"), block.get("name"), block.get("input", {})
+            if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, dict):
+                raise BadRequest(f"{at}: tool_use needs an id, a name and an input object", param="messages")
+            blocks.append(ToolUseBlock(id=call_id, name=name, input=arguments))
+        elif kind == "tool_result" and role == "user":
+            call_id, is_error = block.get("tool_use_id"), block.get("is_error", False)
+            if not isinstance(call_id, str) or not isinstance(is_error, bool):
+                raise BadRequest(f"{at}: tool_result needs a tool_use_id", param="messages")
+            text = _text_of(block.get("content"), f"{at}.content")
+            blocks.append(ToolResultBlock(tool_use_id=call_id, content=text, is_error=is_error))
+        else:
+            raise BadRequest(f"{at}: a {kind!r} block in a {role} message {_CANNOT_TRANSLATE}", param="messages")
+    return tuple(blocks)
+
+
+def _tools(raw: object) -> tuple[ToolSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise BadRequest("tools must be a list", param="tools")
+    specs: list[ToolSpec] = []
+    for i, tool in enumerate(raw):
+        kind = tool.get("type", "custom") if isinstance(tool, dict) else type(tool).__name__
+        if not isinstance(tool, dict) or kind != "custom":
+            raise BadRequest(f"tools[{i}]: a tool of type {kind!r} {_CANNOT_TRANSLATE}", param="tools")
+        name, description = tool.get("name"), tool.get("description", "")
+        schema = tool.get("input_schema")
+        if not isinstance(name, str) or not isinstance(description, str) or not isinstance(schema, dict):
+            raise BadRequest(f"tools[{i}] needs a name and an input_schema object", param="tools")
+        specs.append(ToolSpec(name=name, description=description, input_schema=schema))
+    return tuple(specs)
+
+
+class _Tracker:
+    """Reads an Anthropic passthrough stream; see ``PassthroughTracker``."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.failure: ModelHTTPError | None = None
+        self.chars = 0
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.finish_reason: str | None = None
+        self._raw_usage: dict[str, Any] = {}
+        self._final = False
+
+    def feed(self, block: bytes) -> bytes | None:
+        event, data = parse_sse_block(block)
+        if not data:
+            return block
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return block
+        if not isinstance(payload, dict):
+            return block
+        kind = payload.get("type", event.decode() if event else None)
+        if kind == "content_block_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, dict):
+                for field in ("text", "partial_json", "thinking"):
+                    value = delta.get(field)
+                    if isinstance(value, str):
+                        self.chars += len(value)
+        elif kind == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                self.response_id = message.get("id") if isinstance(message.get("id"), str) else None
+                self.response_model = message.get("model") if isinstance(message.get("model"), str) else None
+                if isinstance(message.get("usage"), dict):
+                    self._raw_usage.update(message["usage"])
+        elif kind == "message_delta":
+            delta, usage = payload.get("delta"), payload.get("usage")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                self.finish_reason = delta["stop_reason"]
+            if isinstance(usage, dict):
+                # Cumulative counts; a null keeps the message_start value.
+                self._raw_usage.update({k: v for k, v in usage.items() if v is not None})
+                self._final = True
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            self.failure = _error_event(payload, data.decode("utf-8", "replace"), [])
+        return block
+
+    def usage(self, input_estimate: int) -> tuple[Usage, bool]:
+        if not self._raw_usage:
+            return Usage(input_tokens=input_estimate, output_tokens=estimate_tokens(self.chars)), True
+        reported = _usage(self._raw_usage)
+        if self._final:
+            return reported, False
+        # message_start reported the input; the output so far is only known from what streamed.
+        output = max(reported.output_tokens, estimate_tokens(self.chars))
+        return reported.model_copy(update={"output_tokens": output}), True
+
+
+class _StreamRenderer:
+    """Renders a translated stream as Messages events; see ``StreamRenderer``."""
+
+    def __init__(self, model: str, request: ModelRequest) -> None:
+        self.model = model
+        self.request = request
+        self.id = "msg_" + secrets.token_hex(12)
+        self.chars = 0
+        self._next = 0
+        self._open: int | None = None
+        self._open_kind = ""
+        # tether event index → content block index of the tool call.
+        self._tools: dict[int, int] = {}
+
+    def start(self) -> bytes:
+        message: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            # Counts arrive with the answer's end (in message_delta) when translating.
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return _event(b"message_start", {"type": "message_start", "message": message})
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        index, self._open = self._open, None
+        return _event(b"content_block_stop", {"type": "content_block_stop", "index": index})
+
+    def _begin(self, kind: str, block: dict[str, Any]) -> tuple[int, bytes]:
+        out = self._close()
+        index, self._next = self._next, self._next + 1
+        self._open, self._open_kind = index, kind
+        start = {"type": "content_block_start", "index": index, "content_block": block}
+        return index, out + _event(b"content_block_start", start)
+
+    @staticmethod
+    def _delta(index: int, delta: dict[str, Any]) -> bytes:
+        return _event(b"content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+    def event(self, event: StreamEvent) -> bytes:
+        if isinstance(event, ResponseDone):
+            return b""
+        if isinstance(event, TextDelta):
+            if not event.text:
+                return b""
+            self.chars += len(event.text)
+            out = b""
+            if self._open is None or self._open_kind != "text":
+                _, out = self._begin("text", {"type": "text", "text": ""})
+            assert self._open is not None
+            return out + self._delta(self._open, {"type": "text_delta", "text": event.text})
+        self.chars += len(event.arguments_delta)
+        if event.id is not None:
+            block = {"type": "tool_use", "id": event.id, "name": event.name or "", "input": {}}
+            index, out = self._begin("tool_use", block)
+            self._tools[event.index] = index
+        else:
+            found = self._tools.get(event.index)
+            if found is None:
+                return b""
+            index, out = found, b""
+        if event.arguments_delta:
+            out += self._delta(index, {"type": "input_json_delta", "partial_json": event.arguments_delta})
+        return out
+
+    def finish(self, response: ModelResponse) -> bytes:
+        out = b""
+        if self._next == 0:
+            # A model that streams nothing but its final response: send its content now.
+            for block in response.content:
+                if isinstance(block, TextBlock) and block.text:
+                    out += self.event(TextDelta(text=block.text))
+                elif isinstance(block, ToolUseBlock):
+                    _, start = self._begin(
+                        "tool_use", {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+                    )
+                    arguments = orjson.dumps(block.input).decode()
+                    self.chars += len(arguments)
+                    assert self._open is not None
+                    out += start + self._delta(self._open, {"type": "input_json_delta", "partial_json": arguments})
+        out += self._close()
+        delta = {"stop_reason": _STOP[response.finish_reason], "stop_sequence": _stop_sequence(response, self.request)}
+        out += _event(b"message_delta", {"type": "message_delta", "delta": delta, "usage": _wire_usage(response.usage)})
+        return out + _event(b"message_stop", {"type": "message_stop"})
+
+
+class AnthropicWire:
+    """The Anthropic Messages format (``POST /v1/messages``); see the module docstring."""
+
+    api: Api = "anthropic"
+    path = "/v1/messages"
+
+    def error_body(self, status: int, message: str, *, code: str | None = None, param: str | None = None) -> bytes:
+        return orjson.dumps({"type": "error", "error": {"type": _error_type(status), "message": message}})
+
+    def stream_error(self, status: int, message: str) -> bytes:
+        return _event(b"error", {"type": "error", "error": {"type": _error_type(status), "message": message}})
+
+    def max_tokens(self, data: dict[str, Any]) -> int | None:
+        value = data.get("max_tokens")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequest(
+                f"max_tokens is required and must be a positive integer, got {value!r}", param="max_tokens"
+            )
+        return value
+
+    def parse_request(self, data: dict[str, Any]) -> ModelRequest:
+        tool_choice = data.get("tool_choice")
+        if tool_choice is not None and not (isinstance(tool_choice, dict) and tool_choice.get("type") == "auto"):
+            raise BadRequest(f"tool_choice={tool_choice!r} {_CANNOT_TRANSLATE}", param="tool_choice")
+        raw = data.get("messages")
+        if not isinstance(raw, list) or not raw:
+            raise BadRequest("messages must be a non-empty list", param="messages")
+        messages: list[Message] = []
+        for i, message in enumerate(raw):
+            role = message.get("role") if isinstance(message, dict) else None
+            if role not in ("user", "assistant"):
+                raise BadRequest(f"messages[{i}].role must be 'user' or 'assistant'", param="messages")
+            messages.append(Message(role=role, content=_blocks(message.get("content"), role, f"messages[{i}].content")))
+        stops = data.get("stop_sequences", [])
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise BadRequest("stop_sequences must be a list of strings", param="stop_sequences")
+        temperature = data.get("temperature")
+        if temperature is not None and (not isinstance(temperature, int | float) or isinstance(temperature, bool)):
+            raise BadRequest("temperature must be a number", param="temperature")
+        max_tokens = self.max_tokens(data)
+        assert max_tokens is not None
+        return ModelRequest(
+            model="",
+            messages=tuple(messages),
+            system=_text_of(data.get("system"), "system") or None,
+            tools=_tools(data.get("tools")),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop_sequences=tuple(stops),
+        )
+
+    def render(self, response: ModelResponse, request: ModelRequest) -> bytes:
+        content: list[dict[str, Any]] = []
+        for block in response.content:
+            if isinstance(block, TextBlock):
+                content.append({"type": "text", "text": block.text})
+            elif isinstance(block, ToolUseBlock):
+                content.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
+        return orjson.dumps(
+            {
+                "id": response.id,
+                "type": "message",
+                "role": "assistant",
+                "model": response.model,
+                "content": content,
+                "stop_reason": _STOP[response.finish_reason],
+                "stop_sequence": _stop_sequence(response, request),
+                "usage": _wire_usage(response.usage),
+            }
+        )
+
+    def stream_renderer(self, model: str, request: ModelRequest, *, include_usage: bool) -> _StreamRenderer:
+        return _StreamRenderer(model, request)
+
+    def tracker(self, *, include_usage: bool) -> _Tracker:
+        return _Tracker()
+
+    def usage(self, data: dict[str, Any]) -> Usage | None:
+        usage = data.get("usage")
+        return _usage(usage) if isinstance(usage, dict) else None
+
+    def upstream_url(self, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/v1/messages"

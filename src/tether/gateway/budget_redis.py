@@ -1,0 +1,671 @@
+"""Budgets in Redis: the ``BudgetLedger`` every gateway replica shares, one round trip per operation.
+
+``SqlBudgetLedger`` needs a database transaction for every reserve and every
+settle, which caps the gateway at a few hundred calls per second.
+``RedisBudgetLedger`` keeps the same counters in Redis and does each operation
+in one Lua script, which Redis runs atomically: no other command runs between
+the check and the charge, so N replicas never get N times the budget.
+
+Semantics are exactly those of ``MemoryBudgetLedger``: integer nano-dollars
+(amounts rounded up, limits down), all-or-nothing reservations across scopes,
+``BudgetExceeded`` naming the first scope without room, settle recording the
+real cost even above the reservation or after a sweep, idempotent release.
+
+Keys, under ``prefix`` (default ``tether:budget:``):
+
+* ``usage:<period>:<scope>`` — a hash of ``spent_nanousd``, ``reserved_nanousd``,
+  ``spent_tokens`` and ``reserved_tokens`` (``HINCRBY``, integers, never
+  floats), e.g. ``tether:budget:usage:2026-11-21:route:support``. A day's or a
+  month's counters expire ``retention`` (default 32 days) after the period
+  ends: enforcement only ever reads the current period, and 32 days keeps a
+  month of daily usage readable with ``usage(at=...)``. Lifetime (``all``)
+  counters never expire.
+* ``reservation:<id>`` — an open reservation: its amounts, creation time and
+  the counters it holds, so that settle, release and the sweep give back
+  exactly what was charged. It lives as long as the counters it holds: it
+  expires with them when they all belong to a day or month, and otherwise
+  stays until settled, released or swept (an expired reservation would leave
+  its amount reserved on a lifetime budget forever).
+* ``reservations`` — a sorted set of open reservation ids by creation time,
+  for ``sweep_stale``.
+
+Time is the caller's clock (the ``clock`` argument), not Redis's ``TIME``: a
+call's period must be the one the SQL ledger and the cost ledger record for
+it, and tests inject a clock to cross midnight. Expiry is set with relative
+TTLs computed on that clock (``PEXPIRE``), so a skew between the gateway and
+the Redis server never expires a current period early; replicas only need
+clocks kept in sync (NTP), as with the SQL ledger.
+
+Every key of one ledger is touched by scripts that do not declare all of them
+(a release finds its counters in the reservation), so on Redis Cluster put a
+hash tag in the prefix, e.g. ``tether:{budget}:``, to keep them in one slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import TYPE_CHECKING, Final
+
+from tether.errors import BudgetExceeded, ConfigError, StoreError, StoreUnavailable
+from tether.gateway.budget import (
+    LIFETIME,
+    BudgetLedger,
+    BudgetScope,
+    BudgetUsage,
+    Clock,
+    Reservation,
+    _check_amounts,
+    _check_scopes,
+    _now,
+    _to_nanos,
+    _to_usd,
+    _utc,
+    period_key,
+)
+from tether.gateway.ratelimit import _client_display, _display_url
+
+if TYPE_CHECKING:
+    # Imported lazily, as in ratelimit: redis.asyncio costs ~0.5 s that `import tether` must not pay.
+    from redis.asyncio import Redis
+
+__all__ = ["RedisBudgetLedger"]
+
+logger = logging.getLogger(__name__)
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_INT64_MAX: Final = 2**63 - 1  # what HINCRBY can hold
+# Reservations released per sweep script: Redis runs nothing else while a script runs.
+_SWEEP_BATCH: Final = 1000
+
+# Shared by every script. Lua numbers are doubles, exact only below 2^53, while nano-dollar
+# counters reach 9.2e18; so sums and comparisons split integers into two exact halves.
+_PRELUDE = """
+local BASE = 1000000000
+local MAX = '9223372036854775807'
+
+-- value = hi * BASE + lo with 0 <= lo < BASE; both halves are exact doubles.
+local function split(s)
+  local negative = string.sub(s, 1, 1) == '-'
+  if negative then s = string.sub(s, 2) end
+  local n = #s
+  local hi = 0
+  if n > 9 then hi = tonumber(string.sub(s, 1, n - 9)) end
+  local lo = tonumber(string.sub(s, math.max(1, n - 8)))
+  if negative then
+    if lo > 0 then return -hi - 1, BASE - lo end
+    return -hi, 0
+  end
+  return hi, lo
+end
+
+-- Whether a + b + c <= limit, exactly; all four are integer strings.
+local function fits(a, b, c, limit)
+  local ah, al = split(a)
+  local bh, bl = split(b)
+  local ch, cl = split(c)
+  local lh, ll = split(limit)
+  local lo = al + bl + cl
+  local hi = ah + bh + ch + math.floor(lo / BASE)
+  lo = lo % BASE
+  return hi < lh or (hi == lh and lo <= ll)
+end
+
+local function negate(s)
+  if s == '0' then return s end  -- Redis refuses "-0" as an integer
+  return '-' .. s
+end
+
+-- Give an open reservation's amounts back to its counters and forget it; false if it is gone.
+local function give_back(reservation)
+  local flat = redis.call('HGETALL', reservation)
+  if #flat == 0 then return false end
+  local held = {}
+  for i = 1, #flat, 2 do held[flat[i]] = flat[i + 1] end
+  for i = 1, tonumber(held['n']) do
+    local counters = held[tostring(i)]
+    -- An expired period's counters are not brought back to life (without a TTL) by the give-back.
+    if redis.call('EXISTS', counters) == 1 then
+      redis.call('HINCRBY', counters, 'reserved_nanousd', negate(held['nanousd']))
+      redis.call('HINCRBY', counters, 'reserved_tokens', negate(held['tokens']))
+    end
+  end
+  redis.call('DEL', reservation)
+  return true
+end
+"""
+
+# KEYS: the reservation, the open-reservations set, then each scope's counters.
+# ARGV: id, nano-dollars, tokens, creation time (µs), the reservation's TTL (ms, 0: none),
+#       then per scope: USD limit in nano-dollars ('' for none), token limit ('' for none), TTL (ms, 0: none).
+# Returns {0} when charged, {1, scope index, unit, spent, reserved} when a scope has no room,
+# {2, scope index} when a counter would overflow 64 bits. Nothing is written unless all fit.
+_RESERVE = """
+-- The same id again is a retry of a reserve that ran but whose answer was lost: charged already.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local n = #KEYS - 2
+local nanousd, tokens = ARGV[2], ARGV[3]
+for i = 1, n do
+  local row = redis.call('HMGET', KEYS[i + 2], 'spent_nanousd', 'reserved_nanousd', 'spent_tokens', 'reserved_tokens')
+  local spent, reserved = row[1] or '0', row[2] or '0'
+  local spent_tokens, reserved_tokens = row[3] or '0', row[4] or '0'
+  local usd_limit, token_limit = ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  if usd_limit ~= '' and not fits(spent, reserved, nanousd, usd_limit) then
+    return {1, i, 'usd', spent, reserved}
+  end
+  if token_limit ~= '' and not fits(spent_tokens, reserved_tokens, tokens, token_limit) then
+    return {1, i, 'tokens', spent_tokens, reserved_tokens}
+  end
+  if not fits(reserved, nanousd, '0', MAX) or not fits(reserved_tokens, tokens, '0', MAX) then
+    return {2, i}
+  end
+end
+local fields = {'nanousd', nanousd, 'tokens', tokens, 'created_us', ARGV[4], 'n', n}
+for i = 1, n do
+  local counters = KEYS[i + 2]
+  redis.call('HINCRBY', counters, 'reserved_nanousd', nanousd)
+  redis.call('HINCRBY', counters, 'reserved_tokens', tokens)
+  local ttl = tonumber(ARGV[5 + 3 * i])
+  if ttl > 0 then redis.call('PEXPIRE', counters, ttl) end
+  fields[#fields + 1] = tostring(i)
+  fields[#fields + 1] = counters
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return {0}
+"""
+
+# KEYS: the reservation, the open-reservations set, then each scope's counters (its periods).
+# ARGV: id, nano-dollars, tokens, then per scope the counters' TTL (ms, 0: none).
+# Returns {0}, or {2, scope index} when a counter would overflow 64 bits (nothing written).
+_SETTLE = """
+local n = #KEYS - 2
+local nanousd, tokens = ARGV[2], ARGV[3]
+-- Checked before any write: a script that fails halfway keeps its earlier writes.
+for i = 1, n do
+  local row = redis.call('HMGET', KEYS[i + 2], 'spent_nanousd', 'spent_tokens')
+  if not fits(row[1] or '0', nanousd, '0', MAX) or not fits(row[2] or '0', tokens, '0', MAX) then
+    return {2, i}
+  end
+end
+give_back(KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+for i = 1, n do
+  local counters = KEYS[i + 2]
+  redis.call('HINCRBY', counters, 'spent_nanousd', nanousd)
+  redis.call('HINCRBY', counters, 'spent_tokens', tokens)
+  local ttl = tonumber(ARGV[3 + i])
+  if ttl > 0 then redis.call('PEXPIRE', counters, ttl) end
+end
+return {0}
+"""
+
+# KEYS: the reservation, the open-reservations set. ARGV: id. Returns 1 if given back, 0 if gone already.
+_RELEASE = """
+local released = give_back(KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if released then return 1 end
+return 0
+"""
+
+# KEYS: the open-reservations set. ARGV: cutoff (µs, exclusive), batch size, the reservation key prefix.
+# Returns {reservations given back, ids looked at}; fewer ids than the batch size means done.
+_SWEEP = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local released = 0
+for _, id in ipairs(ids) do
+  if give_back(ARGV[3] .. id) then released = released + 1 end
+  redis.call('ZREM', KEYS[1], id)
+end
+return {released, #ids}
+"""
+
+
+@dataclass(frozen=True)
+class _Script:
+    """A Lua script and its SHA1, for EVALSHA."""
+
+    text: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.text.encode(), usedforsecurity=False).hexdigest())
+
+
+_RESERVE_SCRIPT: Final = _Script(_PRELUDE + _RESERVE)
+_SETTLE_SCRIPT: Final = _Script(_PRELUDE + _SETTLE)
+_RELEASE_SCRIPT: Final = _Script(_PRELUDE + _RELEASE)
+_SWEEP_SCRIPT: Final = _Script(_PRELUDE + _SWEEP)
+
+_USAGE_FIELDS: Final = ("spent_nanousd", "reserved_nanousd", "spent_tokens", "reserved_tokens")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _micros(moment: datetime) -> int:
+    """Microseconds since the epoch, exactly (a sorted-set score below 2^53)."""
+    return (_utc(moment) - _EPOCH) // timedelta(microseconds=1)
+
+
+def _period_end(period: str) -> datetime | None:
+    """When the period with this key ends; None for a lifetime budget."""
+    if period == LIFETIME:
+        return None
+    # Sliced rather than strptime'd: this runs on every reserve and settle, and strptime is slow.
+    year, month = int(period[0:4]), int(period[5:7])
+    if len(period) == len("2026-11-21"):
+        return datetime(year, month, int(period[8:10]), tzinfo=UTC) + timedelta(days=1)
+    return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+
+
+class RedisBudgetLedger(BudgetLedger):
+    """Budgets in Redis, shared by every process and replica that uses the same server and prefix.
+
+    Each operation is one Lua script (EVALSHA, falling back to EVAL when the
+    server does not have it cached): one round trip, atomic. A reserve, settle
+    or release whose caller is cancelled finishes anyway (a cancelled reserve
+    that went through is released again), and ``aclose`` waits for it.
+
+    Redis that cannot be reached raises ``StoreUnavailable`` within about
+    ``timeout_s`` (short socket timeouts, one reconnect, no retries with
+    back-off), naming the server without its password; other Redis failures
+    raise ``StoreError``. Either way the call must not be placed: budgets fail closed.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``).
+        prefix: prepended to every key; ledgers with the same prefix share their budgets.
+        clock: the current time, for periods and the stale sweep (default: UTC now).
+        timeout_s: connect, read and wait-for-a-free-connection timeout, in seconds.
+        max_connections: connections kept open to Redis at most.
+        retention: how long a day's or a month's counters are kept after the period ends.
+
+    Raises:
+        ConfigError: the URL is malformed.
+        ValueError: a non-positive timeout, connection count or retention.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tether:budget:",
+        clock: Clock | None = None,
+        timeout_s: float = 1.0,
+        max_connections: int = 64,
+        retention: timedelta = timedelta(days=32),
+    ) -> None:
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        display = _display_url(url)
+        try:
+            # Blocking: past max_connections a call waits (up to timeout_s) for a free connection.
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                socket_timeout=timeout_s,
+                # One retry, on a broken connection only (a stale pooled one); redis-py's default
+                # retries with back-off for minutes. A retried reserve is harmless (the script sees its
+                # id and charges nothing twice); a retried settle could at worst count a cost twice.
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid Redis URL {display}: {exc} — use redis://host:6379/0 ([gateway] redis_url in tether.toml)"
+            ) from None
+        self._init(
+            Redis.from_pool(pool), prefix=prefix, clock=clock, retention=retention, display=display, owns_client=True
+        )
+
+    @classmethod
+    def from_client(
+        cls,
+        client: Redis,
+        *,
+        prefix: str = "tether:budget:",
+        clock: Clock | None = None,
+        retention: timedelta = timedelta(days=32),
+        close_client: bool = False,
+    ) -> RedisBudgetLedger:
+        """A ledger on an existing ``redis.asyncio.Redis`` client (its timeouts and retries apply).
+
+        Args:
+            client: the client; its responses may be bytes or decoded.
+            prefix: prepended to every key.
+            clock: as for the constructor.
+            retention: as for the constructor.
+            close_client: close the client in ``aclose``.
+        """
+        ledger = cls.__new__(cls)
+        ledger._init(
+            client,
+            prefix=prefix,
+            clock=clock,
+            retention=retention,
+            display=_client_display(client),
+            owns_client=close_client,
+        )
+        return ledger
+
+    def _init(
+        self,
+        client: Redis,
+        *,
+        prefix: str,
+        clock: Clock | None,
+        retention: timedelta,
+        display: str,
+        owns_client: bool,
+    ) -> None:
+        if retention <= timedelta(0):
+            raise ValueError(f"retention must be positive, got {retention!r}")
+        self._client = client
+        self._prefix = prefix
+        self._clock: Clock = clock or _now
+        self._retention = retention
+        self._display = display
+        self._owns_client = owns_client
+        self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        """The server's URL without its password."""
+        return self._display
+
+    def __repr__(self) -> str:
+        return f"RedisBudgetLedger({self.url!r}, prefix={self._prefix!r})"
+
+    # -- keys and expiry -------------------------------------------------------------------
+
+    def _usage_key(self, scope: BudgetScope, period: str) -> str:
+        # The period first: it never contains ':', so no scope name can make two keys collide.
+        return f"{self._prefix}usage:{period}:{scope}"
+
+    def _reservation_key(self, reservation_id: str) -> str:
+        return f"{self._prefix}reservation:{reservation_id}"
+
+    @property
+    def _open_key(self) -> str:
+        return f"{self._prefix}reservations"
+
+    def _ttl_ms(self, period: str, now: datetime) -> int:
+        """How long, from ``now``, the period's counters are kept; 0 for never expiring."""
+        end = _period_end(period)
+        if end is None:
+            return 0
+        # At least a second: a settle long after the period must still record (and then drop) its spend.
+        return max(1000, math.ceil((end + self._retention - now) / timedelta(milliseconds=1)))
+
+    # -- running scripts -------------------------------------------------------------------
+
+    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[str | int], action: str) -> object:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import NoScriptError, RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if self._closed:
+            raise StoreError(f"budget ledger at {self.url} is closed")
+        try:
+            try:
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # First use on this server (or after SCRIPT FLUSH / a restart): EVAL also caches it.
+                return await self._client.eval(script.text, len(keys), *keys, *args)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._unavailable(exc, action) from None
+        except RedisError as exc:
+            raise StoreError(f"{action} failed: Redis at {self.url} answered: {self._scrub(exc)}") from None
+
+    def _unavailable(self, exc: BaseException, action: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"{action} failed: the budget ledger's Redis at {self.url} is unreachable or overloaded "
+            f"({self._scrub(exc)}) — start Redis there or set [gateway] redis_url in tether.toml to a reachable one"
+        )
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        password = self._client.connection_pool.connection_kwargs.get("password")
+        return text.replace(password, "[REDACTED]") if isinstance(password, str) and password else text
+
+    def _overflow(self, scope: BudgetScope) -> StoreError:
+        return StoreError(f"budget {scope}: a counter in Redis at {self.url} would exceed 64 bits; nothing was charged")
+
+    def _adopt(self, work: Awaitable[None]) -> None:
+        """Run ``work`` to its end in the background; ``aclose`` waits for it."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _finish(self, work: asyncio.Future[None], what: str) -> None:
+        try:
+            await work
+        except Exception:
+            # Its caller was cancelled, so nobody else hears of it; the sweep frees what it held.
+            logger.warning("tether: budget %s could not finish after its caller was cancelled", what, exc_info=True)
+
+    async def _shielded(self, work: asyncio.Future[None], what: str) -> None:
+        """Await ``work``; if the caller is cancelled, let it finish anyway rather than lose it halfway."""
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self._adopt(self._finish(work, what))
+            raise
+
+    # -- reserve ---------------------------------------------------------------------------
+
+    async def reserve(self, scopes: Sequence[BudgetScope], *, usd: Decimal, tokens: int) -> Reservation:
+        """Charge every scope or none, in one Lua script; see ``BudgetLedger.reserve``.
+
+        Raises:
+            BudgetExceeded: the first scope (in the order given) without room; nothing was charged.
+            ValueError: negative amounts, or the same scope twice.
+            StoreUnavailable: Redis cannot be reached (the call must not be placed).
+            StoreError: Redis failed, or a counter would exceed 64 bits.
+        """
+        _check_amounts(usd, tokens)
+        _check_scopes(scopes)
+        work = asyncio.ensure_future(self._reserve(tuple(scopes), usd, tokens))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The script may run anyway; if it charged, nobody will settle: give the charge back.
+            self._adopt(self._release_abandoned(work))
+            raise
+
+    async def _reserve(self, scopes: tuple[BudgetScope, ...], usd: Decimal, tokens: int) -> Reservation:
+        nanos = _to_nanos(usd, ROUND_CEILING)
+        now = _utc(self._clock())
+        periods = tuple(period_key(s.limit.period, now) for s in scopes)
+        reservation = Reservation(uuid.uuid4().hex, scopes, usd, tokens, periods)
+        if not scopes:
+            return reservation  # no budget applies: nothing to check or hold
+        if nanos > _INT64_MAX or tokens > _INT64_MAX:
+            raise self._overflow(scopes[0])
+        ttls = [self._ttl_ms(period, now) for period in periods]
+        args: list[str | int] = [
+            reservation.id,
+            nanos,
+            tokens,
+            _micros(now),
+            # Held as long as its counters; a lifetime counter (TTL 0) holds it until settled or swept.
+            0 if 0 in ttls else max(ttls),
+        ]
+        for scope, ttl in zip(scopes, ttls, strict=True):
+            limit = scope.limit
+            args.append("" if limit.usd is None else _to_nanos(limit.usd, ROUND_FLOOR))
+            args.append("" if limit.tokens is None else limit.tokens)
+            args.append(ttl)
+        keys = [
+            self._reservation_key(reservation.id),
+            self._open_key,
+            *(self._usage_key(s, p) for s, p in zip(scopes, periods, strict=True)),
+        ]
+        result = await self._eval(_RESERVE_SCRIPT, keys, args, "reserving budget")
+        assert isinstance(result, list)
+        outcome = int(result[0])
+        if outcome == 1:
+            scope = scopes[int(result[1]) - 1]
+            unit, spent, reserved = _text(result[2]), int(_text(result[3])), int(_text(result[4]))
+            if unit == "usd":
+                assert scope.limit.usd is not None
+                raise BudgetExceeded(
+                    str(scope),
+                    limit=float(scope.limit.usd),
+                    used=float(_to_usd(spent + reserved)),
+                    requested=float(usd),
+                    unit="usd",
+                )
+            assert scope.limit.tokens is not None
+            raise BudgetExceeded(
+                str(scope), limit=scope.limit.tokens, used=spent + reserved, requested=tokens, unit="tokens"
+            )
+        if outcome == 2:
+            raise self._overflow(scopes[int(result[1]) - 1])
+        return reservation
+
+    async def _release_abandoned(self, work: asyncio.Future[Reservation]) -> None:
+        try:
+            reservation = await work
+        except Exception:
+            return  # refused or failed: nothing was charged
+        try:
+            await self._release(reservation)
+        except StoreError:
+            logger.warning("tether: a cancelled budget reservation is left for the sweep", exc_info=True)
+
+    # -- settle, release, sweep ------------------------------------------------------------
+
+    async def settle(self, reservation: Reservation, *, usd: Decimal, tokens: int) -> None:
+        """Replace the reservation by the real cost, in one Lua script.
+
+        As with ``SqlBudgetLedger.settle``: the real cost is recorded even above
+        the reservation and even after the reservation was swept, to the periods
+        it was charged to; settling twice counts twice (the safe side of a bug).
+
+        Raises:
+            ValueError: negative amounts.
+            StoreUnavailable: Redis cannot be reached (the reservation stays until swept).
+            StoreError: Redis failed, or a counter would exceed 64 bits.
+        """
+        _check_amounts(usd, tokens)
+        if not reservation.scopes:
+            return
+        await self._shielded(asyncio.ensure_future(self._settle(reservation, usd, tokens)), "settle")
+
+    async def _settle(self, reservation: Reservation, usd: Decimal, tokens: int) -> None:
+        nanos = _to_nanos(usd, ROUND_CEILING)
+        if nanos > _INT64_MAX or tokens > _INT64_MAX:
+            raise self._overflow(reservation.scopes[0])
+        now = _utc(self._clock())
+        keys = [
+            self._reservation_key(reservation.id),
+            self._open_key,
+            *(self._usage_key(s, p) for s, p in zip(reservation.scopes, reservation.periods, strict=True)),
+        ]
+        args: list[str | int] = [reservation.id, nanos, tokens, *(self._ttl_ms(p, now) for p in reservation.periods)]
+        result = await self._eval(_SETTLE_SCRIPT, keys, args, "settling budget")
+        assert isinstance(result, list)
+        if int(result[0]) == 2:
+            raise self._overflow(reservation.scopes[int(result[1]) - 1])
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give the reservation back; nothing happens if it is already settled, released or swept.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached (the reservation stays until swept).
+            StoreError: Redis failed.
+        """
+        if not reservation.scopes:
+            return
+        await self._shielded(asyncio.ensure_future(self._release(reservation)), "release")
+
+    async def _release(self, reservation: Reservation) -> None:
+        keys = [self._reservation_key(reservation.id), self._open_key]
+        await self._eval(_RELEASE_SCRIPT, keys, [reservation.id], "releasing budget")
+
+    async def sweep_stale(self, older_than: timedelta) -> int:
+        """Release reservations made more than ``older_than`` ago, e.g. by a process that died mid-call.
+
+        One script per 1,000 reservations, so Redis is never blocked for long.
+        As with ``SqlBudgetLedger.sweep_stale``, choose ``older_than`` well above
+        the longest call.
+
+        Returns:
+            How many reservations were released.
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+            StoreError: Redis failed.
+        """
+        cutoff = _micros(_utc(self._clock()) - older_than)
+        released = 0
+        while True:
+            result = await self._eval(
+                _SWEEP_SCRIPT,
+                [self._open_key],
+                [cutoff, _SWEEP_BATCH, self._reservation_key("")],
+                "sweeping stale budget reservations",
+            )
+            assert isinstance(result, list)
+            released += int(result[0])
+            if int(result[1]) < _SWEEP_BATCH:
+                return released
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def usage(self, scope: BudgetScope, *, at: datetime | None = None) -> BudgetUsage:
+        """The scope's usage in the period containing ``at`` (default: the clock's now).
+
+        Raises:
+            StoreUnavailable: Redis cannot be reached.
+            StoreError: Redis failed.
+        """
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        period = period_key(scope.limit.period, at if at is not None else self._clock())
+        if self._closed:
+            raise StoreError(f"budget ledger at {self.url} is closed")
+        try:
+            row = await self._client.hmget(self._usage_key(scope, period), list(_USAGE_FIELDS))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._unavailable(exc, "reading budget usage") from None
+        except RedisError as exc:
+            raise StoreError(f"reading budget usage failed: Redis at {self.url} answered: {self._scrub(exc)}") from None
+        spent, reserved, spent_tokens, reserved_tokens = (0 if v is None else int(_text(v)) for v in row)
+        return BudgetUsage(
+            scope=str(scope),
+            period=period,
+            spent_usd=_to_usd(spent),
+            reserved_usd=_to_usd(reserved),
+            spent_tokens=spent_tokens,
+            reserved_tokens=reserved_tokens,
+        )
+
+    async def aclose(self) -> None:
+        """Wait for settles and releases left running by cancelled callers, then close the client if owned."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._closed = True
+        if self._owns_client:
+            await self._client.aclose()
