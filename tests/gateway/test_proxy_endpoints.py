@@ -174,13 +174,15 @@ async def test_memory_stays_flat_over_many_requests() -> None:
                 await rounds(50)
                 gc.collect()
                 before = tracemalloc.get_traced_memory()[0]
-                await rounds(150)
+                await rounds(600)
                 gc.collect()
                 grown = tracemalloc.get_traced_memory()[0] - before
             finally:
                 tracemalloc.stop()
-        # 450 requests: 64 bytes kept per request would be ~29 kB.
-        assert grown < 24_000, f"memory grew by {grown:,} bytes over 450 requests"
+        # 1,800 requests: 64 bytes kept per request would be ~115 kB. Measured over fewer requests
+        # the bound flaked: bounded caches, breaker windows and writer buffers move by ~25 kB
+        # whatever the request count, so the window must be long enough for a leak to stand out.
+        assert grown < 64 * 1_800, f"memory grew by {grown:,} bytes over 1,800 requests"
 
 
 # --- the command ---------------------------------------------------------------------------------
