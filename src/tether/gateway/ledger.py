@@ -60,6 +60,7 @@ from tether.store._failures import translate_errors
 from tether.store._url import StoreURL, parse_store_url
 from tether.store.records import datetime_to_ns
 from tether.store.schema import costs
+from tether.trace.processor import RowWriter
 
 if TYPE_CHECKING:
     from tether.store import TraceStore
@@ -430,6 +431,10 @@ class CostLedger:
             with connection.begin():
                 connection.execute(_insert_or_ignore(connection.dialect.name), [dict(r) for r in rows])
 
+    def write_rows(self, rows: Sequence[Row], /) -> None:
+        """``write``, under the name ``RowWriter`` calls."""
+        self.write(rows)
+
     def record(self, records: Iterable[CostRecord]) -> None:
         """Insert records now, in the caller's thread (``CostWriter`` does it in the background)."""
         self.write([cost_row(r) for r in records])
@@ -608,8 +613,9 @@ class CostLedger:
 class CostWriter:
     """The gateway's ``cost_sink``: queues each ``CostRecord`` and stores them in batches from a thread.
 
-    Calling it never raises and never waits for the database. A record that
-    cannot be stored at all (a negative token count, a cost that is not a
+    Calling it never raises and never waits for the database (the batching is
+    ``tether.trace.processor.RowWriter``'s, shared with the span writer). A record
+    that cannot be stored at all (a negative token count, a cost that is not a
     number) is counted in ``rejected`` and logged once.
 
     Args:
@@ -619,8 +625,6 @@ class CostWriter:
         max_buffer: most rows kept waiting while the database is unreachable; older ones are dropped.
 
     Attributes:
-        written: rows stored so far.
-        dropped: rows lost because the buffer was full (or the writer shut down).
         rejected: records refused as malformed.
     """
 
@@ -632,29 +636,27 @@ class CostWriter:
         batch_size: int = DEFAULT_BATCH,
         max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
-        if not interval_s > 0 or batch_size < 1 or max_buffer < 1:
-            raise ValueError("interval_s must be > 0, and batch_size and max_buffer ≥ 1")
         self.ledger = store if isinstance(store, CostLedger) else CostLedger(store)
-        self._interval_s = interval_s
-        self._batch_size = batch_size
-        self._max_buffer = max_buffer
-        self._rows: list[Row] = []
-        self._lock = threading.Lock()  # guards _rows: the caller appends while the thread swaps and requeues
-        self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._failing = False
+        self._writer: RowWriter[Row] = RowWriter(
+            self.ledger, what="cost records", interval_s=interval_s, batch_size=batch_size, max_buffer=max_buffer
+        )
         self._warned_reject = False
-        self.written = 0
-        self.dropped = 0
         self.rejected = 0
-        self._thread = threading.Thread(target=self._run, name="tether-cost-writer", daemon=True)
-        self._thread.start()
 
     @property
     def pending(self) -> int:
         """Rows queued and not stored yet."""
-        return len(self._rows)
+        return self._writer.pending
+
+    @property
+    def written(self) -> int:
+        """Rows stored so far."""
+        return self._writer.written
+
+    @property
+    def dropped(self) -> int:
+        """Rows lost because the buffer was full (or the writer shut down)."""
+        return self._writer.dropped
 
     def __call__(self, record: CostRecord) -> None:
         """Queue one record; returns at once."""
@@ -666,72 +668,15 @@ class CostWriter:
             self._warned_reject = True
             logger.log(level, "tether: a cost record was not kept: %s", exc)
             return
-        with self._lock:
-            if self._stopped:
-                self.dropped += 1
-                return
-            self._rows.append(row)
-            overflow = len(self._rows) - self._max_buffer
-            if overflow > 0:
-                del self._rows[:overflow]
-                self.dropped += overflow
-            full = len(self._rows) >= self._batch_size
-        if full:
-            self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait(self._interval_s)
-            self._wake.clear()
-            self.flush()
+        self._writer.add(row)
 
     def flush(self) -> bool:
         """Store everything queued now; False if the database could not take it (it stays queued)."""
-        with self._flush_lock:
-            with self._lock:
-                rows, self._rows = self._rows, []
-            if not rows:
-                return True
-            for start in range(0, len(rows), self._batch_size):
-                batch = rows[start : start + self._batch_size]
-                try:
-                    self.ledger.write(batch)
-                except Exception as exc:  # never raise into the application
-                    self._requeue(rows[start:], exc)
-                    return False
-                self.written += len(batch)
-            if self._failing:
-                self._failing = False
-                logger.info("tether: cost ledger at %s is accepting records again", self.ledger.url)
-            return True
-
-    def _requeue(self, unwritten: list[Row], exc: Exception) -> None:
-        if not self._failing:
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            logger.warning(
-                "tether: %d cost records not stored yet (kept in memory, up to %d): %s",
-                len(unwritten),
-                self._max_buffer,
-                reason,
-            )
-        self._failing = True
-        with self._lock:
-            combined = unwritten + self._rows
-            overflow = len(combined) - self._max_buffer
-            if overflow > 0:
-                self.dropped += overflow
-                combined = combined[overflow:]
-            self._rows = combined
+        return self._writer.flush()
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop the writer after a last flush; records queued afterwards are dropped."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._wake.set()
-        self._thread.join(timeout=timeout_s)
-        if not self.flush():
-            logger.warning("tether: %d cost records could not be stored before shutdown", self.pending)
+        self._writer.shutdown(timeout_s)
 
     def __enter__(self) -> Self:
         return self

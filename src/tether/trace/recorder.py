@@ -36,7 +36,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 from tether.store._rows import build_row
 from tether.trace.exporter import STATUS_NAMES
-from tether.trace.processor import RowWriter
+from tether.trace.processor import Row, RowWriter
 
 __all__ = ["RecordingSpan", "RecordingTracer", "RecordingTracerProvider"]
 
@@ -69,7 +69,7 @@ class RecordingSpan(otel_trace.Span):
         parent: SpanContext | None,
         attributes: Attributes,
         start_ns: int,
-        writer: RowWriter,
+        writer: RowWriter[Row],
     ) -> None:
         self._name = name
         self._context = context
@@ -168,7 +168,7 @@ class RecordingSpan(otel_trace.Span):
 class RecordingTracer(otel_trace.Tracer):
     """Starts ``RecordingSpan``s; parents come from the OpenTelemetry context as usual."""
 
-    def __init__(self, writer: RowWriter) -> None:
+    def __init__(self, writer: RowWriter[Row]) -> None:
         self._writer = writer
         self._random = random.Random()
 
@@ -220,7 +220,7 @@ class RecordingTracer(otel_trace.Tracer):
 class RecordingTracerProvider(otel_trace.TracerProvider):
     """Hands out ``RecordingTracer``s that all write through one ``RowWriter``."""
 
-    def __init__(self, writer: RowWriter) -> None:
+    def __init__(self, writer: RowWriter[Row]) -> None:
         self.writer = writer
         self._tracer = RecordingTracer(writer)
 
