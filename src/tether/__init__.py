@@ -8,21 +8,29 @@ from importlib.metadata import version as _version
 
 from tether.config import Settings, load_settings
 from tether.errors import (
+    BudgetExceeded,
     ConfigError,
+    GatewayError,
     MalformedResponseError,
     ModelConnectionError,
     ModelError,
     ModelHTTPError,
     ModelTimeoutError,
+    NoDeploymentAvailable,
+    RateLimited,
     StoreError,
     StoreUnavailable,
     StreamInterrupted,
     TetherError,
     ToolDefinitionError,
     UnknownModelError,
+    UnknownPriceError,
+    UnknownRouteError,
     UserError,
 )
+from tether.gateway.config import GatewayConfig
 from tether.gateway.cost import Cost, price_usage
+from tether.gateway.gateway import CallContext, Gateway, GatewayModel
 from tether.messages import (
     FinishReason,
     Message,
@@ -46,6 +54,16 @@ __version__ = _version("tether")
 
 __all__ = [
     "Agent",
+    "BudgetExceeded",
+    "CallContext",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayError",
+    "GatewayModel",
+    "NoDeploymentAvailable",
+    "RateLimited",
+    "UnknownPriceError",
+    "UnknownRouteError",
     "ConfigError",
     "Cost",
     "FinishReason",

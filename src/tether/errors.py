@@ -12,10 +12,15 @@ failure of something tether talks to.
     │   ├── UnknownModelError      a model reference tether cannot resolve
     │   └── ToolDefinitionError    a @tool whose signature cannot be described
     │   ├── UnknownRouteError      a gateway route that tether.toml does not define
-    │   └── UnknownPriceError      a budgeted route asked to spend on a model with no known price
+    │   ├── UnknownPriceError      a budgeted route asked to spend on a model with no known price
+    │   ├── VirtualKeyExists       a virtual key with that name exists already
+    │   ├── UnknownVirtualKey      no virtual key has that name
+    │   └── VirtualKeyRevoked      the virtual key was revoked already
     ├── GatewayError               the gateway refused or could not place a call
     │   ├── BudgetExceeded         the call's maximum cost does not fit a budget (fails closed)
     │   ├── RateLimited            an RPM/TPM limit has no room (retry_after says when)
+    │   ├── RequestTooLarge        a request needs more tokens than its TPM limit allows in a minute
+    │   ├── RateLimitBackendUnavailable  the shared rate-limit store cannot be reached
     │   └── NoDeploymentAvailable  every deployment of every tier failed or is open-circuited
     ├── ModelError                 a model call failed at run time
     │   ├── ModelHTTPError         the provider answered with an HTTP error (status, body)
@@ -34,9 +39,12 @@ __all__ = [
     "ConfigError",
     "GatewayError",
     "NoDeploymentAvailable",
+    "RateLimitBackendUnavailable",
     "RateLimited",
+    "RequestTooLarge",
     "UnknownPriceError",
     "UnknownRouteError",
+    "UnknownVirtualKey",
     "MalformedResponseError",
     "ModelConnectionError",
     "ModelError",
@@ -49,6 +57,8 @@ __all__ = [
     "ToolDefinitionError",
     "UnknownModelError",
     "UserError",
+    "VirtualKeyExists",
+    "VirtualKeyRevoked",
 ]
 
 
@@ -136,6 +146,44 @@ class NoDeploymentAvailable(GatewayError):
         self.attempts = attempts
         detail = "; ".join(attempts) if attempts else "no deployment configured"
         super().__init__(f"route {route}: no deployment could answer ({detail})")
+
+
+class VirtualKeyExists(UserError):
+    """A virtual key with this name exists already (revoked keys keep their names)."""
+
+
+class UnknownVirtualKey(UserError):
+    """No virtual key has this name."""
+
+
+class VirtualKeyRevoked(UserError):
+    """The virtual key was revoked already."""
+
+
+class RateLimitBackendUnavailable(GatewayError):
+    """The shared rate-limit store cannot be reached or failed, so no limit can be checked."""
+
+
+class RequestTooLarge(GatewayError):
+    """A request needs more tokens than its TPM limit allows in a whole minute.
+
+    Unlike ``RateLimited`` there is no point retrying: the request could never fit.
+
+    Attributes:
+        scope: the limited scope, e.g. ``route:support``.
+        tokens: the request's estimated tokens.
+        tpm: the TPM limit.
+    """
+
+    def __init__(self, scope: str, *, tokens: int, tpm: int) -> None:
+        self.scope = scope
+        self.tokens = tokens
+        self.tpm = tpm
+        super().__init__(
+            f"request for {scope} needs about {tokens:,} tokens but tpm {tpm} allows at most {tpm:,} "
+            "tokens per minute, so it could never be sent: shorten the prompt or max_tokens, "
+            "or raise tpm in tether.toml"
+        )
 
 
 class ModelError(TetherError):

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from tether.errors import StoreError, UserError
+from tether.errors import StoreError, UnknownVirtualKey, UserError, VirtualKeyExists, VirtualKeyRevoked
 from tether.gateway.budget import BudgetLimit
 from tether.gateway.ratelimit import RateLimit
 from tether.store._failures import translate_errors
@@ -69,18 +69,6 @@ _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Anything else cannot be a secret this module made: refused without a lookup or a cache entry.
 _SECRET_SHAPE: Final = re.compile(rf"{SECRET_PREFIX}[A-Za-z0-9_-]{{20,200}}")
 _KNOWN_NAMES_SHOWN: Final = 20
-
-
-class VirtualKeyExists(UserError):
-    """A virtual key with this name exists already (revoked keys keep their names)."""
-
-
-class UnknownVirtualKey(UserError):
-    """No virtual key has this name."""
-
-
-class VirtualKeyRevoked(UserError):
-    """The virtual key was revoked already."""
 
 
 @dataclass(frozen=True)

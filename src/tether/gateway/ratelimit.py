@@ -43,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tether.errors import ConfigError, GatewayError, RateLimited
+from tether.errors import ConfigError, RateLimitBackendUnavailable, RateLimited, RequestTooLarge
 
 if TYPE_CHECKING:
     # redis is imported lazily: importing redis.asyncio costs ~0.5 s, which every
@@ -60,32 +60,6 @@ __all__ = [
     "RedisRateLimitBackend",
     "RequestTooLarge",
 ]
-
-
-class RateLimitBackendUnavailable(GatewayError):
-    """The shared rate-limit store cannot be reached or failed, so no limit can be checked."""
-
-
-class RequestTooLarge(GatewayError):
-    """A request needs more tokens than its TPM limit allows in a whole minute.
-
-    Unlike ``RateLimited`` there is no point retrying: the request could never fit.
-
-    Attributes:
-        scope: the limited scope, e.g. ``route:support``.
-        tokens: the request's estimated tokens.
-        tpm: the TPM limit.
-    """
-
-    def __init__(self, scope: str, *, tokens: int, tpm: int) -> None:
-        self.scope = scope
-        self.tokens = tokens
-        self.tpm = tpm
-        super().__init__(
-            f"request for {scope} needs about {tokens:,} tokens but tpm {tpm} allows at most {tpm:,} "
-            "tokens per minute, so it could never be sent: shorten the prompt or max_tokens, "
-            "or raise tpm in tether.toml"
-        )
 
 
 class RateLimit(BaseModel):
