@@ -258,5 +258,5 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: Gate
     nxt.add_row(
         "OTEL_EXPORTER_OTLP_ENDPOINT=…", "also send the spans to Phoenix, Langfuse, Jaeger or any OTLP collector"
     )
-    console.print("\n[bold]Where to look next[/] [dim](prefix with `uv run` outside the virtualenv)[/]")
+    console.print("\n[bold]Where to look next[/] [dim](run them as `.venv/bin/tether …` or `uv run tether …`)[/]")
     console.print(nxt)
