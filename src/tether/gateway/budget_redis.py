@@ -54,7 +54,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Final
 
-from tether.errors import BudgetExceeded, ConfigError, StoreError, StoreUnavailable
+from tether.errors import BudgetExceeded, StoreError, StoreUnavailable
+from tether.gateway._redis import client_display, connect
 from tether.gateway.budget import (
     LIFETIME,
     BudgetLedger,
@@ -70,7 +71,6 @@ from tether.gateway.budget import (
     _utc,
     period_key,
 )
-from tether.gateway.ratelimit import _client_display, _display_url
 
 if TYPE_CHECKING:
     # Imported lazily, as in ratelimit: redis.asyncio costs ~0.5 s that `import tether` must not pay.
@@ -304,36 +304,8 @@ class RedisBudgetLedger(BudgetLedger):
         max_connections: int = 64,
         retention: timedelta = timedelta(days=32),
     ) -> None:
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-        display = _display_url(url)
-        try:
-            # Blocking: past max_connections a call waits (up to timeout_s) for a free connection.
-            pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                socket_timeout=timeout_s,
-                # One retry, on a broken connection only (a stale pooled one); redis-py's default
-                # retries with back-off for minutes. A retried reserve is harmless (the script sees its
-                # id and charges nothing twice); a retried settle could at worst count a cost twice.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"invalid Redis URL {display}: {exc} — use redis://host:6379/0 ([gateway] redis_url in tether.toml)"
-            ) from None
-        self._init(
-            Redis.from_pool(pool), prefix=prefix, clock=clock, retention=retention, display=display, owns_client=True
-        )
+        client, display = connect(url, timeout_s=timeout_s, max_connections=max_connections)
+        self._init(client, prefix=prefix, clock=clock, retention=retention, display=display, owns_client=True)
 
     @classmethod
     def from_client(
@@ -360,7 +332,7 @@ class RedisBudgetLedger(BudgetLedger):
             prefix=prefix,
             clock=clock,
             retention=retention,
-            display=_client_display(client),
+            display=client_display(client),
             owns_client=close_client,
         )
         return ledger

@@ -39,11 +39,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tether.errors import ConfigError, RateLimitBackendUnavailable, RateLimited, RequestTooLarge
+from tether.errors import RateLimitBackendUnavailable, RateLimited, RequestTooLarge
+from tether.gateway._redis import client_display, connect
 
 if TYPE_CHECKING:
     # redis is imported lazily: importing redis.asyncio costs ~0.5 s, which every
@@ -260,28 +260,6 @@ return '0'
 _SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 
-def _display_url(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparseable Redis URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{port}" if port else "")
-    query = "&".join(p for p in parts.query.split("&") if p and not p.lower().startswith("password="))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-def _client_display(client: Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
-    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
 class RedisRateLimitBackend(RateLimitBackend):
     """Token buckets in Redis, shared by every replica, so N replicas keep one limit.
 
@@ -301,35 +279,7 @@ class RedisRateLimitBackend(RateLimitBackend):
     def __init__(
         self, url: str, *, prefix: str = "tether:rl:", timeout_s: float = 1.0, max_connections: int = 64
     ) -> None:
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-        display = _display_url(url)
-        try:
-            # Blocking: past max_connections a call waits for a free connection (up to
-            # timeout_s) instead of failing with "Too many connections" under a burst.
-            pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                socket_timeout=timeout_s,
-                # redis-py's default retries 10 times with back-off, minutes of hanging when
-                # Redis is down. Retry once, only on a broken connection (a stale pooled one):
-                # after a timeout the script may have run, and running it twice would take twice.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"invalid Redis URL {display}: {exc} — use redis://host:6379/0 ([gateway] redis_url in tether.toml)"
-            ) from None
-        client = Redis.from_pool(pool)
+        client, display = connect(url, timeout_s=timeout_s, max_connections=max_connections)
         self._init(client, prefix=prefix, display=display, owns_client=True)
 
     @classmethod
@@ -344,7 +294,7 @@ class RedisRateLimitBackend(RateLimitBackend):
             close_client: close the client in ``aclose``.
         """
         backend = cls.__new__(cls)
-        backend._init(client, prefix=prefix, display=_client_display(client), owns_client=close_client)
+        backend._init(client, prefix=prefix, display=client_display(client), owns_client=close_client)
         return backend
 
     def _init(self, client: Redis, *, prefix: str, display: str, owns_client: bool) -> None:
