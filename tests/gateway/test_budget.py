@@ -32,6 +32,7 @@ from tether.gateway.budget import (
     SqlBudgetLedger,
     period_key,
 )
+from tether.gateway.budget_lease import LeasedBudgetLedger
 from tether.store import open_store
 from tether.store._engine import create_store_engine
 from tether.store._url import parse_store_url
@@ -40,7 +41,7 @@ from tether.store.migrations import migrate
 # The store tests' fixture: a SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.
 store_url = store_fixtures.store_url
 
-Ledger = MemoryBudgetLedger | SqlBudgetLedger
+Ledger = MemoryBudgetLedger | SqlBudgetLedger | LeasedBudgetLedger
 
 T0 = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 CENT = Decimal("0.01")
@@ -60,7 +61,10 @@ class Clock:
         self.now += delta
 
 
-@pytest.fixture(params=["memory", *SQL_BACKENDS])
+LEASED = ["leased-memory", "leased-sqlite", pytest.param("leased-postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=["memory", *SQL_BACKENDS, *LEASED])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -74,10 +78,14 @@ def clock() -> Clock:
 async def ledger(backend: str, clock: Clock, request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
     """The backend's ledger on an empty budget; SQL ledgers on a freshly migrated database."""
     made: Ledger
-    if backend == "memory":
+    inner = backend.removeprefix("leased-")
+    if inner == "memory":
         made = MemoryBudgetLedger(clock=clock)
     else:
         made = SqlBudgetLedger.open(request.getfixturevalue("store_url"), clock=clock)
+    if backend.startswith("leased-"):
+        # Every ledger behaviour holds with leases too (each test's budget is small, so they are exercised).
+        made = LeasedBudgetLedger(made, clock=clock)
     yield made
     await made.aclose()
 

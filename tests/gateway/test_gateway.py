@@ -22,6 +22,7 @@ from tether.errors import (
     StreamInterrupted,
 )
 from tether.gateway.budget import BudgetScope, MemoryBudgetLedger
+from tether.gateway.budget_lease import LeasedBudgetLedger
 from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import CallContext, Gateway
 from tether.messages import Message, ModelRequest, ModelResponse, StopReason, Usage
@@ -225,11 +226,40 @@ async def test_a_burning_budget_steps_down_a_tier(make_gateway: Callable[..., Ga
         ["big", "small"],
     )
     ledger = MemoryBudgetLedger()
-    gateway = make_gateway(cfg, {"big": answering("big"), "small": answering("small")}, budgets=ledger)
+    now = [100.0]
+    gateway = make_gateway(
+        cfg, {"big": answering("big"), "small": answering("small")}, budgets=ledger, clock=lambda: now[0]
+    )
     assert (await gateway.complete(request(), CallContext(route="r"))).text == "big"
     scope = BudgetScope("route", "r", cfg.routes["r"].budget)  # type: ignore[arg-type]
     reservation = await ledger.reserve([scope], usd=Decimal("0.6"), tokens=0)
     await ledger.settle(reservation, usd=Decimal("0.6"), tokens=0)
+    # The burn is read at most once per budget_burn_refresh_s (1 s by default): not yet seen...
+    assert (await gateway.complete(request(), CallContext(route="r"))).text == "big"
+    # ...and seen once the read is that old.
+    now[0] += 1.0
+    assert (await gateway.complete(request(), CallContext(route="r"))).text == "small"
+
+
+async def test_the_burn_is_refreshed_in_the_background_before_it_is_stale(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    cfg = config(
+        {"r": {"tiers": [["big"], ["small"]], "budget": {"usd": 1}, "step_down": [{"budget_burn_over": 0.5}]}},
+        ["big", "small"],
+    )
+    ledger = MemoryBudgetLedger()
+    now = [100.0]
+    gateway = make_gateway(
+        cfg, {"big": answering("big"), "small": answering("small")}, budgets=ledger, clock=lambda: now[0]
+    )
+    assert (await gateway.complete(request(), CallContext(route="r"))).text == "big"
+    scope = BudgetScope("route", "r", cfg.routes["r"].budget)  # type: ignore[arg-type]
+    await ledger.settle(await ledger.reserve([scope], usd=Decimal("0.6"), tokens=0), usd=Decimal("0.6"), tokens=0)
+    now[0] += 0.6  # past half the refresh interval: this call uses the old read and refreshes it behind
+    assert (await gateway.complete(request(), CallContext(route="r"))).text == "big"
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
     assert (await gateway.complete(request(), CallContext(route="r"))).text == "small"
 
 
@@ -375,14 +405,30 @@ async def test_from_config_shares_budgets_through_the_store(tmp_path: Path) -> N
     with open_store(f"sqlite:///{tmp_path}/g.db") as store:
         first = Gateway.from_config(cfg, store=store, models={"a": answering()})
         second = Gateway.from_config(cfg, store=store, models={"a": answering()})
-        assert isinstance(first.budgets, SqlBudgetLedger)
+        assert isinstance(first.budgets, LeasedBudgetLedger) and isinstance(first.budgets.inner, SqlBudgetLedger)
         a = await first.complete(request(), CallContext(route="r"))
         await second.complete(request(), CallContext(route="r"))
         scope = BudgetScope("route", "r", cfg.routes["r"].budget)  # type: ignore[arg-type]
+        # Each replica charges its own lease; the first one's lease still holds its slice of the budget.
+        usage = await second.budgets.usage(scope)
+        assert usage.spent_usd == a.cost_usd and usage.reserved_usd > 0
+        await first.budgets.flush()  # what a lease spent reaches the shared ledger when it ends (<= 1 s)
         usage = await second.budgets.usage(scope)
         assert usage.spent_usd == 2 * (a.cost_usd or 0)  # both replicas charge one budget
+        assert usage.reserved_usd == 0  # the second replica's own lease counts as what it holds in flight: nothing
         await first.aclose()
         await second.aclose()
+
+
+async def test_leasing_can_be_turned_off(tmp_path: Path) -> None:
+    from tether.gateway.budget import SqlBudgetLedger
+    from tether.store import open_store
+
+    cfg = config({"r": {"tiers": [["a"]], "budget": {"usd": 1}}}, ["a"], gateway={"budget_lease_fraction": 0})
+    with open_store(f"sqlite:///{tmp_path}/g.db") as store:
+        gateway = Gateway.from_config(cfg, store=store, models={"a": answering()})
+        assert isinstance(gateway.budgets, SqlBudgetLedger)
+        await gateway.aclose()
 
 
 async def test_a_deferred_call_is_settled_when_its_stream_ends(make_gateway: Callable[..., Gateway]) -> None:
@@ -449,7 +495,7 @@ async def test_from_config_keeps_budgets_in_redis_when_configured(redis_url: str
         }
     )
     gateway = Gateway.from_config(cfg, models={"a": answering()})
-    assert isinstance(gateway.budgets, RedisBudgetLedger)
+    assert isinstance(gateway.budgets, LeasedBudgetLedger) and isinstance(gateway.budgets.inner, RedisBudgetLedger)
     assert isinstance(gateway.rate_limiter.backend, RedisRateLimitBackend)
     await gateway.aclose()
 

@@ -31,8 +31,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store_url(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[str]:
-    """A URL naming an empty database of the test's backend."""
-    if backend == "sqlite":
+    """A URL naming an empty database of the test's backend (``sqlite`` or ``postgresql``, maybe prefixed)."""
+    if backend.endswith("sqlite"):
         yield f"sqlite:///{tmp_path / 'data' / 'tether.db'}"
         return
     schema = f"tether_test_{uuid.uuid4().hex[:12]}"

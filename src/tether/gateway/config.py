@@ -188,6 +188,13 @@ class GatewaySettings(_Strict):
     # Where budgets are kept: "auto" = Redis when redis_url is set (fastest, shared),
     # else the store's database (shared, durable), else memory (one process only).
     budgets: Literal["auto", "redis", "database", "memory"] = "auto"
+    # Shared budgets are reserved from leases: slices of the budget this replica holds for up to
+    # budget_lease_s, so most calls are charged in memory (see tether.gateway.budget_lease).
+    # 0 charges every call to the shared ledger directly.
+    budget_lease_fraction: float = Field(default=0.01, ge=0, le=0.25)
+    budget_lease_s: float = Field(default=1.0, gt=0, le=60)
+    # How stale the budget burn read for step-down rules may be.
+    budget_burn_refresh_s: float = Field(default=1.0, ge=0, le=60)
 
 
 class GatewayConfig(_Strict):

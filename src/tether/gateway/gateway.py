@@ -54,6 +54,7 @@ from tether.gateway.budget import (
     Reservation,
     SqlBudgetLedger,
 )
+from tether.gateway.budget_lease import LeasedBudgetLedger
 from tether.gateway.config import DeploymentConfig, GatewayConfig, RouteConfig
 from tether.gateway.cost import CostRecord, Pricer
 from tether.gateway.faults import FaultyModel
@@ -173,7 +174,7 @@ class Gateway:
         models: models to use instead of building them from the config, by deployment name (tests, embedding).
         rng: randomness for weighted choice and jitter (seed it for reproducible tests).
         sleep: how to wait between retries (tests pass a fake).
-        clock: monotonic clock for the response cache.
+        clock: monotonic clock for the response cache and the budget burn's freshness.
         cost_sink: receives a ``CostRecord`` for every settled call (``tether cost`` reads them).
     """
 
@@ -200,6 +201,8 @@ class Gateway:
         self._sleep = sleep
         self._clock = clock
         self._cache = _ResponseCache(capacity=response_cache_size)
+        self._burns: dict[str, tuple[float, float]] = {}  # route -> (read at, burn)
+        self._burn_reads: dict[str, asyncio.Task[float]] = {}  # refreshes running in the background
         self.breaker_changes: list[tuple[str, BreakerState, BreakerState, str]] = []
         # Counters for reports and /metrics: retries, fallbacks, calls served and failed per deployment.
         self.stats: Counter[str] = Counter()
@@ -229,16 +232,23 @@ class Gateway:
             choice = settings.budgets
             if choice == "auto":
                 choice = "redis" if settings.redis_url else "database" if store is not None else "memory"
+            shared: BudgetLedger | None = None
             if choice == "redis":
                 if not settings.redis_url:
                     raise ConfigError('[gateway] budgets = "redis" needs [gateway] redis_url')
                 from tether.gateway.budget_redis import RedisBudgetLedger
 
-                kwargs["budgets"] = RedisBudgetLedger(settings.redis_url)
+                shared = RedisBudgetLedger(settings.redis_url)
             elif choice == "database":
                 if store is None:
                     raise ConfigError('[gateway] budgets = "database" needs a store (TETHER_DATABASE_URL)')
-                kwargs["budgets"] = SqlBudgetLedger(store)
+                shared = SqlBudgetLedger(store)
+            if shared is not None:
+                kwargs["budgets"] = (
+                    LeasedBudgetLedger(shared, fraction=settings.budget_lease_fraction, lease_s=settings.budget_lease_s)
+                    if settings.budget_lease_fraction > 0
+                    else shared
+                )
         if config.gateway.redis_url and "rate_limits" not in kwargs:
             kwargs["rate_limits"] = RedisRateLimitBackend(config.gateway.redis_url)
         return cls(config, **kwargs)
@@ -293,10 +303,38 @@ class Gateway:
         return scopes
 
     async def _burn(self, ctx: CallContext, route: RouteConfig) -> float | None:
+        """The route budget's burn (used / limit) for step-down rules, at most ``budget_burn_refresh_s`` old.
+
+        A read older than half that is refreshed in the background, so under steady traffic no call waits
+        for it; one older than all of it (after a quiet spell) is read before the call.
+        """
         if route.budget is None or route.budget.usd is None or not route.step_down:
             return None
-        usage = await self.budgets.usage(BudgetScope("route", ctx.route, route.budget))
-        return float((usage.spent_usd + usage.reserved_usd) / route.budget.usd)
+        refresh_s = self.config.gateway.budget_burn_refresh_s
+        now = self._clock()
+        cached = self._burns.get(ctx.route)
+        if cached is not None and now - cached[0] < refresh_s:
+            if now - cached[0] >= refresh_s / 2 and ctx.route not in self._burn_reads:
+                task = asyncio.get_running_loop().create_task(self._read_burn(ctx.route, route.budget))
+                self._burn_reads[ctx.route] = task
+                task.add_done_callback(functools.partial(self._burn_read_done, ctx.route))
+            return cached[1]
+        return await self._read_burn(ctx.route, route.budget)
+
+    async def _read_burn(self, route_name: str, budget: BudgetLimit) -> float:
+        read_at = self._clock()
+        usage = await self.budgets.usage(BudgetScope("route", route_name, budget))
+        assert budget.usd is not None
+        burn = float((usage.spent_usd + usage.reserved_usd) / budget.usd)
+        self._burns[route_name] = (read_at, burn)
+        return burn
+
+    def _burn_read_done(self, route_name: str, task: asyncio.Task[float]) -> None:
+        if self._burn_reads.get(route_name) is task:
+            del self._burn_reads[route_name]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The next call past the refresh interval reads it again, and fails closed if the ledger is down.
+            logger.warning("tether: reading the budget burn of route %s failed: %s", route_name, exc)
 
     def _cache_key(self, ctx: CallContext, request: ModelRequest) -> str:
         body = request.model_dump(mode="json", exclude={"metadata"})
@@ -497,6 +535,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Close every deployment's connections and the shared backends."""
+        for task in list(self._burn_reads.values()):
+            task.cancel()
         for deployment in self.deployments.values():
             await deployment.model.aclose()
         await self.rate_limiter.aclose()
