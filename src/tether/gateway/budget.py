@@ -17,8 +17,8 @@ After the call, ``settle`` replaces the reservation by the real cost, or
 
 Two ledgers:
 
-* ``MemoryBudgetLedger`` — one process; an ``asyncio.Lock`` makes each
-  operation atomic.
+* ``MemoryBudgetLedger`` — one process; each operation runs without
+  yielding to the event loop (under a lock, for threads), so it is atomic.
 * ``SqlBudgetLedger`` — the store's database (SQLite or PostgreSQL), shared by
   every process and gateway replica that uses it, so N replicas never get N
   times the budget.
@@ -194,11 +194,17 @@ class BudgetLedger(Protocol):
         ...
 
     async def settle(self, reservation: Reservation, *, usd: Decimal, tokens: int) -> None:
-        """Replace the reservation by the real cost, which may exceed it (it is recorded anyway)."""
+        """Replace the reservation by the real cost, which may exceed it (it is recorded anyway).
+
+        Once called, the settle happens even if the caller is cancelled while it waits.
+        """
         ...
 
     async def release(self, reservation: Reservation) -> None:
-        """Give the reservation back: the call never happened or used nothing. Idempotent."""
+        """Give the reservation back: the call never happened or used nothing. Idempotent.
+
+        Once called, the release happens even if the caller is cancelled while it waits.
+        """
         ...
 
     async def usage(self, scope: BudgetScope, *, at: datetime | None = None) -> BudgetUsage:
@@ -225,12 +231,12 @@ def _now() -> datetime:
 
 def period_key(period: Literal["day", "month"] | None, at: datetime) -> str:
     """The key of the period containing ``at``: ``"2026-11-21"``, ``"2026-11"`` or ``"all"``."""
+    if period is None:
+        return LIFETIME
     moment = _utc(at)
     if period == "day":
-        return moment.strftime("%Y-%m-%d")
-    if period == "month":
-        return moment.strftime("%Y-%m")
-    return LIFETIME
+        return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+    return f"{moment.year:04d}-{moment.month:02d}"
 
 
 def _to_nanos(usd: Decimal, rounding: str) -> int:
@@ -313,7 +319,7 @@ class MemoryBudgetLedger:
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or _now
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()  # no operation awaits inside it: atomic per loop, and across threads
         self._rows: dict[tuple[str, str], _Counters] = {}
         self._held: dict[str, _Held] = {}
 
@@ -325,7 +331,7 @@ class MemoryBudgetLedger:
         _check_amounts(usd, tokens)
         _check_scopes(scopes)
         nanos = _to_nanos(usd, ROUND_CEILING)
-        async with self._lock:
+        with self._lock:
             now = _utc(self._clock())
             periods = tuple(period_key(s.limit.period, now) for s in scopes)
             keys = tuple((str(s), p) for s, p in zip(scopes, periods, strict=True))
@@ -352,7 +358,7 @@ class MemoryBudgetLedger:
         """Record the real cost; see ``SqlBudgetLedger.settle`` for a settle after a sweep."""
         _check_amounts(usd, tokens)
         nanos = _to_nanos(usd, ROUND_CEILING)
-        async with self._lock:
+        with self._lock:
             self._give_back(reservation.id)
             for scope, period in zip(reservation.scopes, reservation.periods, strict=True):
                 row = self._row((str(scope), period))
@@ -361,18 +367,18 @@ class MemoryBudgetLedger:
 
     async def release(self, reservation: Reservation) -> None:
         """Give the reservation back; nothing happens if it is already settled or released."""
-        async with self._lock:
+        with self._lock:
             self._give_back(reservation.id)
 
     async def usage(self, scope: BudgetScope, *, at: datetime | None = None) -> BudgetUsage:
         """The scope's usage in the period containing ``at`` (default: the clock's now)."""
         period = period_key(scope.limit.period, at if at is not None else self._clock())
-        async with self._lock:
+        with self._lock:
             return self._rows.get((str(scope), period), _Counters()).usage(str(scope), period)
 
     async def sweep_stale(self, older_than: timedelta) -> int:
         """Release reservations made more than ``older_than`` ago; returns how many."""
-        async with self._lock:
+        with self._lock:
             cutoff = _utc(self._clock()) - older_than
             stale = [rid for rid, held in self._held.items() if held.created_at < cutoff]
             for rid in stale:

@@ -590,7 +590,8 @@ class Placement:
             await self._charge(usage)
             return
         if self._reservation is not None:
-            await asyncio.shield(self.gateway.budgets.release(self._reservation))
+            # Ledgers finish a release (and a settle) even if this task is cancelled meanwhile.
+            await self.gateway.budgets.release(self._reservation)
         for grant in self._grants:
             await self.gateway.rate_limiter.settle(grant, 0)
 
@@ -600,9 +601,7 @@ class Placement:
         cost = gateway.pricer.price(deployment.price_ref, model_name, usage)
         self.cost_usd = cost.usd
         if self._reservation is not None:
-            await asyncio.shield(
-                gateway.budgets.settle(self._reservation, usd=cost.usd or Decimal(0), tokens=usage.total_tokens)
-            )
+            await gateway.budgets.settle(self._reservation, usd=cost.usd or Decimal(0), tokens=usage.total_tokens)
         for grant in self._grants:
             await gateway.rate_limiter.settle(grant, usage.total_tokens)
         gateway._record(

@@ -610,22 +610,49 @@ class CostLedger:
 # -- the writer ------------------------------------------------------------------------------
 
 
+class _RecordSink:
+    """Turns records into rows in the writer's thread, so the gateway's call path only queues the record."""
+
+    def __init__(self, ledger: CostLedger) -> None:
+        self.ledger = ledger
+        self.rejected = 0
+        self._warned = False
+
+    @property
+    def url(self) -> str:
+        return self.ledger.url
+
+    def write_rows(self, records: Sequence[CostRecord], /) -> None:
+        rows: list[Row] = []
+        refused: list[Exception] = []
+        for record in records:
+            try:
+                rows.append(cost_row(record))
+            except Exception as exc:  # malformed: kept out, counted once it is clear the batch was stored
+                refused.append(exc)
+        if rows:
+            self.ledger.write_rows(rows)  # raises when the database fails: the batch stays queued, whole
+        if refused:
+            self.rejected += len(refused)
+            level = logging.DEBUG if self._warned else logging.WARNING
+            self._warned = True
+            logger.log(level, "tether: %d cost record(s) not kept: %s", len(refused), refused[0])
+
+
 class CostWriter:
     """The gateway's ``cost_sink``: queues each ``CostRecord`` and stores them in batches from a thread.
 
     Calling it never raises and never waits for the database (the batching is
-    ``tether.trace.processor.RowWriter``'s, shared with the span writer). A record
-    that cannot be stored at all (a negative token count, a cost that is not a
-    number) is counted in ``rejected`` and logged once.
+    ``tether.trace.processor.RowWriter``'s, shared with the span writer); records
+    become rows in the writer's thread. A record that cannot be stored at all (a
+    negative token count, a cost that is not a number) is counted in
+    ``rejected`` and logged once.
 
     Args:
         store: a ``TraceStore`` or an ``Engine`` on a migrated database, or a ``CostLedger``.
         interval_s: longest time a record waits before it is written.
         batch_size: rows per insert; a full batch wakes the writer early.
         max_buffer: most rows kept waiting while the database is unreachable; older ones are dropped.
-
-    Attributes:
-        rejected: records refused as malformed.
     """
 
     def __init__(
@@ -637,38 +664,34 @@ class CostWriter:
         max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         self.ledger = store if isinstance(store, CostLedger) else CostLedger(store)
-        self._writer: RowWriter[Row] = RowWriter(
-            self.ledger, what="cost records", interval_s=interval_s, batch_size=batch_size, max_buffer=max_buffer
+        self._sink = _RecordSink(self.ledger)
+        self._writer: RowWriter[CostRecord] = RowWriter(
+            self._sink, what="cost records", interval_s=interval_s, batch_size=batch_size, max_buffer=max_buffer
         )
-        self._warned_reject = False
-        self.rejected = 0
 
     @property
     def pending(self) -> int:
-        """Rows queued and not stored yet."""
+        """Records queued and not stored yet."""
         return self._writer.pending
 
     @property
     def written(self) -> int:
-        """Rows stored so far."""
-        return self._writer.written
+        """Records stored so far."""
+        return self._writer.written - self._sink.rejected
+
+    @property
+    def rejected(self) -> int:
+        """Records refused as malformed (counted when their batch is written)."""
+        return self._sink.rejected
 
     @property
     def dropped(self) -> int:
-        """Rows lost because the buffer was full (or the writer shut down)."""
+        """Records lost because the buffer was full (or the writer shut down)."""
         return self._writer.dropped
 
     def __call__(self, record: CostRecord) -> None:
         """Queue one record; returns at once."""
-        try:
-            row = cost_row(record)
-        except Exception as exc:  # never raise into the gateway
-            self.rejected += 1
-            level = logging.DEBUG if self._warned_reject else logging.WARNING
-            self._warned_reject = True
-            logger.log(level, "tether: a cost record was not kept: %s", exc)
-            return
-        self._writer.add(row)
+        self._writer.add(record)
 
     def flush(self) -> bool:
         """Store everything queued now; False if the database could not take it (it stays queued)."""
