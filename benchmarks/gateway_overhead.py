@@ -108,6 +108,8 @@ class Target:
     results: dict[tuple[str, int], WrkResult] = field(default_factory=dict)
     requests: int = 0
     rss: list[tuple[int, float]] = field(default_factory=list)  # (requests so far, MiB)
+    store: Path | None = None  # tether's SQLite store, read at each RSS sample
+    stored: list[tuple[int, int]] = field(default_factory=list)  # (spans, cost records) at each RSS sample
 
     def headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json"}
@@ -118,6 +120,8 @@ class Target:
     def sample_rss(self) -> None:
         if self.server is not None and self.server.alive():
             self.rss.append((self.requests, rss_mb(self.server.pid)))
+            if self.store is not None:
+                self.stored.append(stored_counts(self.store))
 
 
 class Bench:
@@ -152,6 +156,7 @@ class Bench:
     def start_tether(self, upstream_base: str) -> Target:
         target = Target("tether", "", None)
         database_url = f"sqlite:///{self.workdir / 'tether.db'}"
+        target.store = self.workdir / "tether.db"
         config = self.workdir / "tether.toml"
         config.write_text(tether_side.config_toml(upstream_base, database_url))
         tether_side.check_config(config)
@@ -229,6 +234,17 @@ def _env_with_pythonpath() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def stored_counts(db: Path) -> tuple[int, int]:
+    """(spans, cost records) in tether's store now: how far its background writers are behind the requests."""
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+            spans = conn.execute("SELECT count(*) FROM spans").fetchone()[0]
+            costs = conn.execute("SELECT count(*) FROM costs").fetchone()[0]
+    except sqlite3.Error:
+        return (-1, -1)
+    return int(spans), int(costs)
 
 
 def store_summary(db: Path) -> str:

@@ -2,7 +2,9 @@
 
 Passthrough (an ``anthropic``-kind deployment) forwards the client's bytes,
 ``cache_control`` blocks included; this module only reads what the gateway
-needs from them. Translation (an ``openai``- or ``sim``-kind deployment) turns
+needs from them, and, on a route with ``prompt_cache``, adds the adapter's
+three cache breakpoints to a request that has none
+(``with_cache_breakpoints``). Translation (an ``openai``- or ``sim``-kind deployment) turns
 the request into a ``ModelRequest`` and renders the ``ModelResponse`` back:
 
 - usage is split the way Anthropic reports it: ``input_tokens`` is the
@@ -50,7 +52,7 @@ from tether.messages import (
 )
 from tether.models.anthropic import _error_event, _usage
 
-__all__ = ["AnthropicWire"]
+__all__ = ["AnthropicWire", "with_cache_breakpoints"]
 
 _ERROR_TYPES: Final = {
     400: "invalid_request_error",
@@ -77,6 +79,108 @@ _CANNOT_TRANSLATE: Final = (
     "cannot be translated to the deployment's API format; use a route whose deployments speak the Anthropic format"
 )
 _SKIPPED_BLOCKS: Final = frozenset({"thinking", "redacted_thinking"})
+
+# The message content blocks that take ``cache_control`` (the Messages API's block params that have
+# the field). Not thinking and redacted_thinking; a type not listed here is left alone, since a
+# breakpoint the API refuses would fail the client's request.
+_CACHEABLE_BLOCKS: Final = frozenset(
+    {
+        "text",
+        "image",
+        "document",
+        "search_result",
+        "tool_use",
+        "tool_result",
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "container_upload",
+    }
+)
+_CACHE_CONTROL: Final = "cache_control"
+
+
+def _has_cache_control(value: object) -> bool:
+    """Whether a ``cache_control`` key appears anywhere in ``value`` (iterative: bodies nest deep)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if _CACHE_CONTROL in item:
+                return True
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return False
+
+
+def _cacheable(block: object, kinds: frozenset[str]) -> bool:
+    if not isinstance(block, dict) or block.get("type") not in kinds:
+        return False
+    # The API refuses a breakpoint on an empty text block.
+    return block.get("type") != "text" or (isinstance(block.get("text"), str) and bool(block["text"]))
+
+
+def _marked(block: dict[str, Any]) -> dict[str, Any]:
+    return {**block, _CACHE_CONTROL: {"type": "ephemeral"}}
+
+
+def with_cache_breakpoints(data: dict[str, Any], raw: bytes | None = None) -> dict[str, Any] | None:
+    """A Messages request with the adapter's cache breakpoints added, or None to send it as it is.
+
+    The breakpoints are ``tether.models.anthropic``'s three (its docstring says
+    why): on the last tool, on the last system block and on the last content
+    block of the last message — each ``{"type": "ephemeral"}``, at most three
+    of the API's four. A string ``system`` or message ``content`` becomes one
+    text block, as the adapter sends it. A target that is absent, empty, or
+    whose last block cannot carry ``cache_control`` (thinking blocks, empty
+    text, an unknown type) gets none.
+
+    None — the client's request goes upstream byte for byte — when nothing
+    could be marked, or when the request has a ``cache_control`` anywhere
+    (top level included): the client placed its own breakpoints, and they are
+    always kept exactly as sent.
+
+    ``data`` is never modified: what changes is copied (it may be sent to
+    another deployment as it is). ``raw``, the body ``data`` was parsed from,
+    only lets a body that cannot contain the key skip the search for it.
+    """
+    may_have_key = raw is None or _CACHE_CONTROL.encode() in raw or b"\\u" in raw
+    if may_have_key and _has_cache_control(data):
+        return None
+    out = dict(data)
+    added = 0
+    tools = data.get("tools")
+    if isinstance(tools, list) and tools:
+        last = tools[-1]
+        # Every tool type takes cache_control; a deferred tool is not part of the cached prefix.
+        if isinstance(last, dict) and last.get("defer_loading") is not True:
+            out["tools"] = [*tools[:-1], _marked(last)]
+            added += 1
+    system = data.get("system")
+    if isinstance(system, str) and system:
+        out["system"] = [_marked({"type": "text", "text": system})]
+        added += 1
+    elif isinstance(system, list) and system and _cacheable(system[-1], frozenset({"text"})):
+        out["system"] = [*system[:-1], _marked(system[-1])]
+        added += 1
+    messages = data.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        message = messages[-1]
+        content = message.get("content")
+        blocks: list[Any] | None = None
+        if isinstance(content, str) and content:
+            blocks = [_marked({"type": "text", "text": content})]
+        elif isinstance(content, list) and content and _cacheable(content[-1], _CACHEABLE_BLOCKS):
+            blocks = [*content[:-1], _marked(content[-1])]
+        if blocks is not None:
+            out["messages"] = [*messages[:-1], {**message, "content": blocks}]
+            added += 1
+    return out if added else None
 
 
 def _error_type(status: int) -> str:

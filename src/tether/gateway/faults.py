@@ -12,12 +12,20 @@ Order within a call: latency, then one roll each for error, timeout and
 malformed body (the first that fires is raised), then the real call; a stream
 also rolls for a cut.
 
+Callers that make the provider call themselves — the proxy's passthrough path,
+which forwards the client's bytes instead of calling ``inner`` — call
+``inject()`` first: it takes the call's number, sleeps, raises, and rolls for
+a cut exactly as ``complete`` and ``stream`` do, and returns where the caller
+must cut its stream (None: do not cut).
+
 Reproducibility. Every call takes the next number from the model's call
 counter when it starts, before any await, and each decision of that call draws
 from its own ``random.Random`` seeded with a blake2b hash of (``seed``, the
 inner model's ``provider:model``, call number, decision name), as the
 simulated model does. So for a given seed, model and order in which calls
-start, the same calls fail the same way, in any process; each decision is
+start (through ``complete``, ``stream`` or ``inject``: they share the
+counter, so a proxy's passthrough and translated calls to one deployment are
+one sequence), the same calls fail the same way, in any process; each decision is
 drawn apart, so turning on one fault does not move where another fires; and
 two deployments with the same seed fail independently. Rates of 0 and 1 are
 exact.
@@ -191,11 +199,7 @@ class FaultyModel(Model):
         never ends in success.
         """
         faults = self.faults
-        cut = False
-        if faults.active:
-            call = self._next_call()
-            await self._before(call)
-            cut = call.roll("stream_cut", faults.stream_cut_rate)
+        cut = await self.inject() is not None
         events = self.inner.stream(request)
         sent = 0
         text: list[str] = []
@@ -219,6 +223,27 @@ class FaultyModel(Model):
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    async def inject(self) -> int | None:
+        """The faults of one call whose provider request the caller makes itself (the proxy's passthrough).
+
+        Takes the next call number (before any await), sleeps the injected
+        latency and raises the first injected failure that fires, exactly as
+        ``complete`` and ``stream`` do before calling ``inner``; a caller that
+        gets an exception must not make the provider call.
+
+        Returns:
+            ``stream_cut_after`` when this call's stream must be cut (the same
+            seeded roll ``stream`` makes; a caller that does not stream ignores
+            it): relay that many events, or stop just before the end marker if
+            there are fewer, then fail the stream. None: do not cut.
+        """
+        faults = self.faults
+        if not faults.active:
+            return None
+        call = self._next_call()
+        await self._before(call)
+        return faults.stream_cut_after if call.roll("stream_cut", faults.stream_cut_rate) else None
 
     async def aclose(self) -> None:
         """Close ``inner``."""

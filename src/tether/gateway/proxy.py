@@ -22,6 +22,13 @@ route (= the body's ``model``; 404), the key's routes (403), then
   request to an ``openai`` provider, an Anthropic one to ``anthropic``): the
   client's bytes go upstream with only ``model`` replaced, through one shared
   aiohttp session; the answer comes back unchanged; usage is read from it.
+  Two exceptions: an Anthropic request with no ``cache_control`` of its own,
+  on a route with ``prompt_cache`` (the default), gets the adapter's three
+  cache breakpoints (``with_cache_breakpoints``); and a deployment with
+  ``faults`` injects them here too (``FaultyModel.inject``): an injected
+  failure is raised before anything goes upstream and is handled as the
+  upstream's own, and a stream to be cut is cut after ``stream_cut_after``
+  events (or just before its end marker) like an upstream that broke.
 - **translation** otherwise (either format to ``sim``, OpenAI ⇄ Anthropic):
   the body becomes a ``ModelRequest`` for the deployment's model, and its
   ``ModelResponse`` is rendered back in the client's format.
@@ -97,9 +104,10 @@ from tether.gateway._wire import (
     estimate_tokens,
     rewrite_body,
 )
-from tether.gateway._wire_anthropic import AnthropicWire
+from tether.gateway._wire_anthropic import AnthropicWire, with_cache_breakpoints
 from tether.gateway._wire_openai import OpenAIWire
 from tether.gateway.config import RouteConfig
+from tether.gateway.faults import FaultyModel
 from tether.gateway.gateway import CallContext, Deployment, Gateway, Placement
 from tether.gateway.keys import KeyVerifier, VirtualKey
 from tether.gateway.ratelimit import RateLimitBackendUnavailable, RequestTooLarge
@@ -200,6 +208,9 @@ class _Call:
     input_estimate: int = 0
     tags: tuple[str, ...] = ()
     translated: ModelRequest | None = None
+    # The Anthropic body passthrough sends (prompt-cache breakpoints added when due) and its parse,
+    # worked out at the first passthrough attempt.
+    passthrough: tuple[bytes, dict[str, Any]] | None = None
     # Every failed attempt: says whether "nothing answered" was a bad gateway (502), and whether
     # an HTTP error came from a passthrough upstream (its body is then already in the client's format).
     failures: list[_Failure] = field(default_factory=list)
@@ -275,7 +286,14 @@ class _PassthroughStream:
     simulated = False
 
     def __init__(
-        self, response: aiohttp.ClientResponse, tracker: PassthroughTracker, wire: Wire, deployment: str, provider: str
+        self,
+        response: aiohttp.ClientResponse,
+        tracker: PassthroughTracker,
+        wire: Wire,
+        deployment: str,
+        provider: str,
+        *,
+        cut_after: int | None = None,
     ) -> None:
         self._response = response
         self.headers = kept_headers(response.headers)
@@ -283,6 +301,8 @@ class _PassthroughStream:
         self._wire = wire
         self._deployment = deployment
         self._provider = provider
+        # An injected fault (FaultyModel.inject): the events to relay before the stream is cut.
+        self._cut_after = cut_after
         self.failure: BaseException | None = None
         self._chunks = self._relay()
 
@@ -307,30 +327,48 @@ class _PassthroughStream:
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         tracker, content = self._tracker, self._response.content
+        cut_after = self._cut_after
         splitter = SSESplitter()
         reason = "the connection closed"
+        relayed = 0
+        cut = cut_after == 0
         try:
-            while not tracker.done:
+            while not cut and not tracker.done:
                 data = await content.readany()
                 if not data:
                     break
                 for block in splitter.feed(data):
                     out = tracker.feed(block)
+                    if cut_after is not None and tracker.done:
+                        cut = True  # a cut stream never ends in success: it stops before its end marker
+                        break
                     if out is not None:
                         yield out
+                        relayed += 1
                     if tracker.failure is not None:
                         # The upstream's own error event has gone to the client: that is its end.
                         self.failure = tracker.failure
                         return
+                    if cut_after is not None and relayed >= cut_after:
+                        cut = True
+                        break
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = type(exc).__name__  # aiohttp's text may name the upstream's address; this goes to the client
-        if tracker.done:
+        if cut:
+            # As an upstream that broke: close() drops the connection, the usage so far is billed.
+            self.failure = StreamInterrupted(
+                f"injected fault: the stream from deployment {self._deployment} ({self._provider}) was cut "
+                f"after {relayed} events",
+                provider=self._provider,
+            )
+        elif tracker.done:
             return
-        self.failure = StreamInterrupted(
-            f"the stream from deployment {self._deployment} ({self._provider}) ended before the answer was "
-            f"complete ({reason})",
-            provider=self._provider,
-        )
+        else:
+            self.failure = StreamInterrupted(
+                f"the stream from deployment {self._deployment} ({self._provider}) ended before the answer was "
+                f"complete ({reason})",
+                provider=self._provider,
+            )
         yield self._wire.stream_error(502, str(self.failure))
 
     async def close(self) -> None:
@@ -839,7 +877,12 @@ class _Proxy:
         target = self.targets[deployment.name]
         wire = call.wire
         if target.kind == wire.api:
-            return await self._passthrough(call, target)
+            cut_after = None
+            if isinstance(deployment.model, FaultyModel):
+                # The deployment's faults, as its model would inject them: an injected failure is
+                # raised here, before anything goes upstream, and is handled as the upstream's own.
+                cut_after = await deployment.model.inject()
+            return await self._passthrough(call, target, cut_after=cut_after if call.stream else None)
         request = call.translated
         assert request is not None  # parsed up front whenever the route has such a deployment
         route = call.route_config
@@ -893,12 +936,15 @@ class _Proxy:
                 headers["x-api-key"] = key
         return headers, [key] if key else []
 
-    async def _passthrough(self, call: _Call, target: _Target) -> _Complete | _Stream:
+    async def _passthrough(self, call: _Call, target: _Target, *, cut_after: int | None = None) -> _Complete | _Stream:
         wire = call.wire
         headers, secrets = self._upstream_headers(call, target)
+        body, data = call.body, call.data
+        if wire.api == "anthropic":
+            body, data = self._anthropic_body(call)
         # OpenAI streams report usage only when asked; tether always asks, and hides the
         # usage chunk from a client that did not.
-        body = rewrite_body(call.body, call.data, target.model, include_usage=call.stream and wire.api == "openai")
+        body = rewrite_body(body, data, target.model, include_usage=call.stream and wire.api == "openai")
         url = target.urls[wire.api]
         if call.stream:
             response = await self.upstream.open(
@@ -912,7 +958,7 @@ class _Proxy:
                 stream=True,
             )
             tracker = wire.tracker(include_usage=call.include_usage)
-            return _PassthroughStream(response, tracker, wire, target.name, target.kind)
+            return _PassthroughStream(response, tracker, wire, target.name, target.kind, cut_after=cut_after)
         reply = await self.upstream.post(
             url,
             body,
@@ -938,6 +984,18 @@ class _Proxy:
             finish_reason=_finish_reason(wire.api, reply.data),
             simulated=False,
         )
+
+    @staticmethod
+    def _anthropic_body(call: _Call) -> tuple[bytes, dict[str, Any]]:
+        """The Anthropic request to pass through: with the route's prompt-cache breakpoints when due."""
+        if call.passthrough is None:
+            route = call.route_config
+            marked = None
+            if route is None or route.prompt_cache:
+                marked = with_cache_breakpoints(call.data, call.body)
+            # Re-serialised only when breakpoints were added: otherwise the client's bytes go as they are.
+            call.passthrough = (orjson.dumps(marked), marked) if marked is not None else (call.body, call.data)
+        return call.passthrough
 
     async def _relay(
         self, call: _Call, stream: _Stream, placement: Placement, span: Span, receive: Receive, send: Send
