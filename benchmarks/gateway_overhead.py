@@ -383,6 +383,10 @@ def _rss_row(t: Target, is_tether: bool) -> dict[str, Any]:
         f"VmRSS of its process tree {first:.1f} MiB after warm-up ({n0:,} requests) -> {last:.1f} MiB after "
         f"{n1:,} requests ({pct:+.1f}%); peak {max(mb for _, mb in t.rss):.1f} MiB; samples: {trail} MiB"
     )
+    if t.stored:
+        # Rows the background writers still held at each sample: a growing backlog is memory too.
+        backlog = ", ".join(f"{max(n - costs, 0):,}" for (n, _), (_, costs) in zip(t.rss, t.stored, strict=False))
+        notes += f"; cost records not yet stored at each sample: {backlog}"
     if is_tether and n1 < RSS_REQUESTS:
         notes += f"; only {n1:,} of the {RSS_REQUESTS:,} requests went through in the time allowed"
         flat = False

@@ -127,13 +127,14 @@ async def test_what_a_lease_spent_reaches_the_shared_ledger_when_it_ends(store_u
         before = await shared_usage(store_url, budget)
         assert (before.spent_usd, before.reserved_usd) == (0, Decimal("0.10"))  # the lease, held whole
 
-        for _ in range(250):  # the lease ends within 0.05-0.075 s; its report is a transaction away
+        # The lease is renewed after 0.05-0.075 s and reported; its successor, idle, ends a period later.
+        for _ in range(250):
             after = await shared_usage(store_url, budget)
-            if after.spent_usd:
+            if after.reserved_usd == 0:
                 break
             await asyncio.sleep(0.02)
         assert (after.spent_usd, after.reserved_usd, after.spent_tokens) == (Decimal("0.07"), 0, 7)
-        assert ledger.stats.closed == 1
+        assert ledger.stats.leases == ledger.stats.closed == 2
     finally:
         await ledger.aclose()
 
@@ -340,6 +341,25 @@ def test_a_replica_that_dies_loses_at_most_its_open_lease(store_url: str, tmp_pa
 # --- in flight, cancelled, failing ------------------------------------------------------------------------------
 
 
+async def test_a_busy_lease_is_renewed_before_it_ends_so_callers_never_wait(
+    counted: tuple[LeasedBudgetLedger, Counting],
+) -> None:
+    ledger, inner = counted
+    ledger.lease_s = 0.05
+    budget = route("100")
+    await spend(ledger, budget)
+    inner.gate = asyncio.Event()  # from the second lease on, the shared ledger answers only when let
+    for _ in range(20):  # the lease passes its age while calls keep coming: its successor is asked for...
+        await spend(ledger, budget)
+        await asyncio.sleep(0.01)
+    assert inner.reserves == 2
+    inner.gate.set()  # ...and, once granted, takes over; the old lease is reported
+    await asyncio.sleep(0.01)
+    await spend(ledger, budget)
+    assert ledger.stats.leases == 2 and ledger.stats.closed >= 1
+    assert (await ledger.usage(budget)).spent_usd == Decimal("0.22")
+
+
 async def test_a_lease_with_calls_in_flight_is_reported_once_they_settle() -> None:
     inner = Counting()
     ledger = LeasedBudgetLedger(inner, lease_s=0.02, clock=lambda: T0)
@@ -347,13 +367,12 @@ async def test_a_lease_with_calls_in_flight_is_reported_once_they_settle() -> No
     try:
         slow = await ledger.reserve([budget], usd=CENT, tokens=1)
         await spend(ledger, budget)
-        await asyncio.sleep(0.1)  # the lease has ended, but a call is still on it
-        assert inner.settles == 0
-        assert (await inner.usage(budget)).reserved_usd == Decimal("0.10")
+        await asyncio.sleep(0.1)  # the lease has ended (its idle successor too), but a call is still on it
+        usage = await inner.usage(budget)
+        assert (usage.spent_usd, usage.reserved_usd) == (0, Decimal("0.10"))
 
         await ledger.settle(slow, usd=Decimal("0.02"), tokens=3)
         await ledger.flush()
-        assert inner.settles == 1
         usage = await inner.usage(budget)
         assert (usage.spent_usd, usage.reserved_usd, usage.spent_tokens) == (Decimal("0.03"), 0, 4)
     finally:

@@ -489,3 +489,26 @@ async def test_the_writer_is_the_gateways_cost_sink(store: TraceStore) -> None:
     assert [(g.key, g.calls) for g in report.groups] == [("sonnet", 3)]
     assert report.total.cost_nanousd == sum(nanos(c) for c in spent)  # each call rounded up to the nano-dollar
     assert [(r.key, r.agent) for r in report.top_runs] == [("r1", "oncall")]
+
+
+def test_a_large_batch_is_stored_whole_with_every_field_and_a_rewrite_changes_nothing(
+    store: TraceStore, ledger: CostLedger
+) -> None:
+    # More rows than one multi-row statement takes on SQLite (tether.store._bulk), odd sized.
+    records = [
+        record(run_id=f"run-{i}", usage=Usage(input_tokens=1000 + i, output_tokens=i, cache_read_tokens=i // 2))
+        for i in range(1234)
+    ]
+    rows = [cost_row(r) for r in records]
+    ledger.write(rows)
+    ledger.write(rows[:600])  # the same ids again: skipped
+
+    assert stored(store) == 1234
+    with store.engine.connect() as connection:
+        got = connection.execute(
+            sa.text(
+                "SELECT input_tokens, output_tokens, cache_read_tokens, cost_nanousd FROM costs "
+                "WHERE run_id = 'run-777'"
+            )
+        ).one()
+    assert tuple(got) == (1777, 777, 388, rows[777]["cost_nanousd"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -105,6 +106,11 @@ def serve(
             )
 
             async def run() -> None:
+                # Everything loaded so far (modules, price data, config) lives as long as the process: out of
+                # the collector's way, so a full collection scans only what requests allocate (measured: the
+                # c=64 p99 tail is its pauses otherwise).
+                gc.collect()
+                gc.freeze()
                 try:
                     await server.serve(sockets=[sock])
                 finally:

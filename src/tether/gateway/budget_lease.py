@@ -53,6 +53,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -100,6 +101,7 @@ class _Lease:
     """A slice of one budget, held in the shared ledger as ``held``; calls are charged to it in memory."""
 
     key: _Key
+    scope: BudgetScope
     held: Reservation
     cap_nanos: int | None  # None: the budget has no USD limit, so no USD check here
     cap_tokens: int | None
@@ -110,6 +112,9 @@ class _Lease:
     spent_nanos: int = 0  # calls settled since the lease began
     spent_tokens: int = 0
     inflight: int = 0
+    calls: int = 0  # calls it took, and the largest of them: the size of its successor
+    largest_nanos: int = 0
+    largest_tokens: int = 0
     active: bool = True  # new calls may draw on it
     closing: bool = False
 
@@ -201,8 +206,8 @@ class LeasedBudgetLedger:
         self._holds: dict[str, _Hold] = {}
         self._state: _LoopState | None = None
         # Lease changes in the shared ledger, for ``usage``: bumped when one starts and when it ends.
-        self._version = 0
-        self._changing = 0
+        self._version: Counter[str] = Counter()  # per scope
+        self._changing: Counter[str] = Counter()
         self._closed = False
         self._id_prefix = uuid.uuid4().hex[:20]
         self._ids = itertools.count()
@@ -248,12 +253,22 @@ class LeasedBudgetLedger:
             self._rotate(time.monotonic())
 
     def _rotate(self, now: float) -> None:
-        """End every lease older than ``lease_s``: it takes no new calls and is reported once its calls settle."""
+        """End every lease older than ``lease_s``: it takes no new calls and is reported once its calls settle.
+
+        A lease that took calls is renewed first: its successor is asked for while it still serves calls, and
+        it ends when the successor is in place, so steady traffic never waits for the shared ledger.
+        """
         state = self._state
         if state is None:
             return
         for key, lease in list(self._leases.items()):
-            if now - lease.born >= self.lease_s:
+            if now - lease.born < self.lease_s or key in self._acquiring:
+                continue
+            if lease.calls and not self._closed:
+                task = state.loop.create_task(self._renew(state, key, lease))
+                self._acquiring[key] = task
+                task.add_done_callback(functools.partial(self._acquired, key))
+            else:
                 self._retire(state, key, lease)
         if self._pending_reports:
             stranded, self._pending_reports = self._pending_reports, []
@@ -275,7 +290,7 @@ class LeasedBudgetLedger:
 
     async def _settle_lease(self, lease: _Lease) -> None:
         """Replace the lease's reservation in the shared ledger by what its calls spent."""
-        self._begin_change()
+        self._begin_change(lease.key[0])
         try:
             for attempt in range(5):
                 try:
@@ -296,7 +311,7 @@ class LeasedBudgetLedger:
                     await asyncio.sleep(0.2 * 2**attempt)
         finally:
             self._forget(lease)
-            self._end_change()
+            self._end_change(lease.key[0])
             self.stats.closed += 1
 
     def _forget(self, lease: _Lease) -> None:
@@ -307,13 +322,15 @@ class LeasedBudgetLedger:
             if not leases:
                 del self._open[lease.key]
 
-    def _begin_change(self) -> None:
-        self._version += 1
-        self._changing += 1
+    def _begin_change(self, scope: str) -> None:
+        self._version[scope] += 1
+        self._changing[scope] += 1
 
-    def _end_change(self) -> None:
-        self._version += 1
-        self._changing -= 1
+    def _end_change(self, scope: str) -> None:
+        self._version[scope] += 1
+        self._changing[scope] -= 1
+        if not self._changing[scope]:
+            del self._changing[scope]
 
     # -- taking a lease ------------------------------------------------------------------------------------
 
@@ -350,15 +367,25 @@ class LeasedBudgetLedger:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter got it; none may have been left to
 
-    async def _take(self, state: _LoopState, scope: BudgetScope, key: _Key, nanos: int, tokens: int) -> _Lease | None:
-        # Our own active lease holds room the shared ledger counts as used: give it back before asking for more.
+    async def _renew(self, state: _LoopState, key: _Key, old: _Lease) -> _Lease | None:
+        try:
+            lease = await self._take(state, old.scope, key, old.largest_nanos, old.largest_tokens, renew=True)
+        finally:
+            if old.active:  # no successor (the budget runs low, or the ledger failed): it ends all the same
+                self._retire(state, key, old)
+        return lease
+
+    async def _take(
+        self, state: _LoopState, scope: BudgetScope, key: _Key, nanos: int, tokens: int, *, renew: bool = False
+    ) -> _Lease | None:
         old = self._leases.get(key)
-        if old is not None:
+        if old is not None and not renew:
+            # Our own active lease holds room the shared ledger counts as used: give it back before asking for more.
             self._retire(state, key, old)
         want_nanos, want_tokens = self._wanted(scope, nanos, tokens)
         limit = scope.limit
         for _ in range(_LEASE_ATTEMPTS):
-            self._begin_change()
+            self._begin_change(key[0])
             try:
                 held = await self.inner.reserve([scope], usd=_to_usd(want_nanos), tokens=want_tokens)
             except BudgetExceeded as refused:
@@ -380,10 +407,11 @@ class LeasedBudgetLedger:
                     return None
                 continue
             finally:
-                self._end_change()
+                self._end_change(key[0])
             lease_key = (key[0], held.periods[0])
             lease = _Lease(
                 key=lease_key,
+                scope=scope,
                 held=held,
                 cap_nanos=want_nanos if limit.usd is not None else None,
                 cap_tokens=want_tokens if limit.tokens is not None else None,
@@ -396,7 +424,10 @@ class LeasedBudgetLedger:
                 # The period rolled over while asking (or the ledger closed): not a lease for this call.
                 self._retire(state, lease_key, lease)
                 return None
+            previous = self._leases.get(key)
             self._leases[key] = lease
+            if previous is not None:
+                self._retire(state, key, previous)
             return lease
         return None
 
@@ -426,6 +457,9 @@ class LeasedBudgetLedger:
                     lease.reserved_nanos += nanos
                     lease.reserved_tokens += tokens
                     lease.inflight += 1
+                    lease.calls += 1
+                    lease.largest_nanos = max(lease.largest_nanos, nanos)
+                    lease.largest_tokens = max(lease.largest_tokens, tokens)
                     parts.append(_Part(lease, nanos, tokens))
                     periods.append(lease.key[1])
                 else:
@@ -520,12 +554,12 @@ class LeasedBudgetLedger:
         key = (str(scope), period_key(scope.limit.period, when))
         for attempt in range(_USAGE_ATTEMPTS):
             last = attempt == _USAGE_ATTEMPTS - 1
-            if self._changing and not last:
-                await asyncio.sleep(0.001)  # a lease is being taken or reported: read once it is done
+            if self._changing[key[0]] and not last:
+                await asyncio.sleep(0.001)  # one of its leases is being taken or reported: read once it is done
                 continue
-            version = self._version
+            version = self._version[key[0]]
             shared = await self.inner.usage(scope, at=at)
-            if version == self._version or last:
+            if version == self._version[key[0]] or last:
                 break
         # Every lease the shared ledger still holds for us, those being reported included.
         leases = self._open.get(key, [])

@@ -25,6 +25,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import math
 import random
 import time
 from collections import Counter, OrderedDict
@@ -313,13 +314,16 @@ class Gateway:
         refresh_s = self.config.gateway.budget_burn_refresh_s
         now = self._clock()
         cached = self._burns.get(ctx.route)
-        if cached is not None and now - cached[0] < refresh_s:
-            if now - cached[0] >= refresh_s / 2 and ctx.route not in self._burn_reads:
-                task = asyncio.get_running_loop().create_task(self._read_burn(ctx.route, route.budget))
-                self._burn_reads[ctx.route] = task
-                task.add_done_callback(functools.partial(self._burn_read_done, ctx.route))
+        age = now - cached[0] if cached is not None else math.inf
+        task = self._burn_reads.get(ctx.route)
+        if task is None and age >= refresh_s / 2:
+            task = asyncio.get_running_loop().create_task(self._read_burn(ctx.route, route.budget))
+            self._burn_reads[ctx.route] = task
+            task.add_done_callback(functools.partial(self._burn_read_done, ctx.route))
+        if cached is not None and age < refresh_s:
             return cached[1]
-        return await self._read_burn(ctx.route, route.budget)
+        assert task is not None
+        return await asyncio.shield(task)  # one read for every caller that needs it now
 
     async def _read_burn(self, route_name: str, budget: BudgetLimit) -> float:
         read_at = self._clock()
@@ -333,7 +337,7 @@ class Gateway:
         if self._burn_reads.get(route_name) is task:
             del self._burn_reads[route_name]
         if not task.cancelled() and (exc := task.exception()) is not None:
-            # The next call past the refresh interval reads it again, and fails closed if the ledger is down.
+            # Its waiters got the error; the next call past the refresh interval reads it again.
             logger.warning("tether: reading the budget burn of route %s failed: %s", route_name, exc)
 
     def _cache_key(self, ctx: CallContext, request: ModelRequest) -> str:

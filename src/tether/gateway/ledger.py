@@ -48,13 +48,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self, get_args
 
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
-from sqlalchemy import Connection, Engine, Insert, Select, and_, case, func, select
+from sqlalchemy import Connection, Dialect, Engine, Insert, Select, and_, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from tether.gateway.cost import CONFIGURED_PRICE_VERSION, CostRecord, Pricer
 from tether.messages import Usage
 from tether.models.base import PriceRef
+from tether.store._bulk import insert_rows
 from tether.store._engine import SQLITE_BEGIN
 from tether.store._failures import translate_errors
 from tether.store._url import StoreURL, parse_store_url
@@ -337,6 +338,13 @@ def _saving_per_token(pricer: Pricer, ref: PriceRef | None, model: str, prompt_t
 # -- the ledger ------------------------------------------------------------------------------
 
 
+@functools.cache
+def _sqlite_insert(dialect: Dialect) -> tuple[str, tuple[str, ...]]:
+    """The one-row SQLite insert, compiled once, and the columns its ``?`` take, in order."""
+    compiled = _insert_or_ignore("sqlite").compile(dialect=dialect, column_keys=[c.name for c in costs.columns])
+    return compiled.string, tuple(compiled.positiontup or ())
+
+
 def _insert_or_ignore(dialect_name: str) -> Insert:
     if dialect_name == "postgresql":
         return postgresql.insert(costs).on_conflict_do_nothing(index_elements=["id"])
@@ -429,7 +437,11 @@ class CostLedger:
             # IMMEDIATE: take SQLite's write lock up front, waiting up to the busy timeout.
             connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
             with connection.begin():
-                connection.execute(_insert_or_ignore(connection.dialect.name), [dict(r) for r in rows])
+                if connection.dialect.name == "sqlite":
+                    sql, names = _sqlite_insert(connection.dialect)
+                    insert_rows(connection, sql, len(names), [tuple(r[n] for n in names) for r in rows])
+                else:
+                    connection.execute(_insert_or_ignore(connection.dialect.name), [dict(r) for r in rows])
 
     def write_rows(self, rows: Sequence[Row], /) -> None:
         """``write``, under the name ``RowWriter`` calls."""

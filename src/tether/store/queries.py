@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Dialect, Insert, and_, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
+from tether.store._bulk import insert_rows
 from tether.store._rows import INSERT_COLUMNS, record_from_row
 from tether.store.records import SpanRecord
 from tether.store.schema import spans
@@ -65,7 +66,9 @@ def _compiled_insert(dialect: Dialect) -> _CompiledInsert:
 
 
 def insert_spans(connection: Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """Insert rows (in ``INSERT_COLUMNS`` order) with one executemany; existing spans are skipped.
+    """Insert rows (in ``INSERT_COLUMNS`` order); existing spans are skipped.
+
+    On SQLite, a few multi-row statements (``tether.store._bulk``); elsewhere one executemany.
 
     The Core statement is compiled once per dialect and run with
     ``exec_driver_sql``: per-row parameter processing in ``execute`` costs
@@ -74,7 +77,9 @@ def insert_spans(connection: Connection, rows: Sequence[tuple[object, ...]]) -> 
     if not rows:
         return
     insert = _compiled_insert(connection.dialect)
-    if insert.positional:  # SQLite's "?" placeholders take the tuples as they are
+    if connection.dialect.name == "sqlite":  # multi-row statements: see tether.store._bulk
+        insert_rows(connection, insert.sql, len(INSERT_COLUMNS), rows)
+    elif insert.positional:
         connection.exec_driver_sql(insert.sql, list(rows))
     else:  # psycopg's "%(name)s" placeholders take dicts
         connection.exec_driver_sql(insert.sql, [dict(zip(INSERT_COLUMNS, row, strict=True)) for row in rows])
