@@ -337,21 +337,29 @@ class _PassthroughStream:
                 data = await content.readany()
                 if not data:
                     break
+                # Events that arrived together go to the client together: one write instead of one per event.
+                batch: list[bytes] = []
+                failed = False
                 for block in splitter.feed(data):
                     out = tracker.feed(block)
                     if cut_after is not None and tracker.done:
                         cut = True  # a cut stream never ends in success: it stops before its end marker
                         break
                     if out is not None:
-                        yield out
+                        batch.append(out)
                         relayed += 1
                     if tracker.failure is not None:
-                        # The upstream's own error event has gone to the client: that is its end.
-                        self.failure = tracker.failure
-                        return
+                        failed = True
+                        break
                     if cut_after is not None and relayed >= cut_after:
                         cut = True
                         break
+                if batch:
+                    yield b"".join(batch)
+                if failed:
+                    # The upstream's own error event has gone to the client: that is its end.
+                    self.failure = tracker.failure
+                    return
         except (aiohttp.ClientError, TimeoutError) as exc:
             reason = type(exc).__name__  # aiohttp's text may name the upstream's address; this goes to the client
         if cut:
@@ -1005,23 +1013,38 @@ class _Proxy:
         Whatever happens here — the client leaving, the server stopping, a failed send — the
         call is settled and the upstream released exactly once, in the ``finally``.
         """
-        tasks: list[asyncio.Future[None]] = []
-        gone = True  # until the stream has been relayed to its end
+        pumped = False  # the stream was relayed to its end
+        left = False  # the client went away first
+        watcher: asyncio.Future[None] | None = None
         try:
             call.response_started = True
             call.status = 200
             await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, *stream.headers]})
-            pump = asyncio.ensure_future(self._pump(call.wire, stream, send))
-            tasks = [pump, asyncio.ensure_future(_wait_for_disconnect(receive))]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            # The pump still running means the client went away (or the server is stopping).
-            gone = not pump.done()
-        finally:
-            for task in tasks:
-                task.cancel()  # stops reading the upstream if the pump is still at it
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # The relay runs in this task; a watcher cancels it if the client leaves (one task, not two).
+            relay = asyncio.current_task()
+            assert relay is not None
+
+            def client_left(_: asyncio.Future[None]) -> None:
+                nonlocal left
+                if not pumped and not _.cancelled():
+                    left = True
+                    relay.cancel()  # stops reading the upstream
+
+            watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+            watcher.add_done_callback(client_left)
             try:
-                await self._settle(call, stream, placement, span, gone=gone)
+                await self._pump(call.wire, stream, send)
+                pumped = True
+            except asyncio.CancelledError:
+                if not left:
+                    raise  # cancelled from outside (the server is stopping): settled below all the same
+                relay.uncancel()  # our own cancellation: the client left
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            try:
+                # Not relayed to its end: the client went away (or the server is stopping).
+                await self._settle(call, stream, placement, span, gone=not pumped)
             finally:
                 span.end()
 
