@@ -28,6 +28,8 @@ from opentelemetry.util.types import AttributeValue
 
 from tether.errors import BudgetExceeded, GatewayError, ModelError, StreamInterrupted, UnknownPriceError
 from tether.gateway.cost import PRICE_DATA_VERSION, Cost, price_usage
+from tether.guard.guard import Guard, RunGuard
+from tether.guard.types import Decision, Verdict
 from tether.messages import (
     Message,
     ModelRequest,
@@ -64,6 +66,8 @@ class RunState:
     cost_known: bool = True
     last_call: tuple[str, bytes] | None = None
     repeats: int = 0
+    guard_denials: int = 0
+    guard: RunGuard | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,20 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.stop_reason in (StopReason.COMPLETED, StopReason.DONE_CONDITION)
+
+
+def _record_decision(span: Span, decision: Decision, risk: str) -> None:
+    """The guard's decision on the tool's span (a later decision, e.g. an approval, overwrites it)."""
+    attributes: dict[str, AttributeValue] = {
+        sc.TETHER_TOOL_RISK: risk,
+        sc.TETHER_GUARD_DECISION: decision.verdict.value,
+        sc.TETHER_GUARD_REASON: decision.reason,
+    }
+    if decision.rule is not None:
+        attributes[sc.TETHER_GUARD_RULE] = decision.rule
+    span.set_attributes(attributes)
+    if decision.verdict is Verdict.NEEDS_APPROVAL:
+        span.add_event("tether.guard.approval_requested", {"reason": decision.reason})
 
 
 class _Stop(Exception):
@@ -121,6 +139,9 @@ class Agent:
         tracer: OpenTelemetry tracer; the global one by default (a no-op until
             ``tether.trace.configure`` is called).
         payload_chars: cap on tool input/output and task text kept on spans.
+        guard: authorizes every tool call before it runs (policy, risk, taint) and scans untrusted
+            tool output; by default ``Guard()``: the agent's own tools, irreversible ones refused
+            unless an approver is configured.
     """
 
     def __init__(
@@ -137,6 +158,7 @@ class Agent:
         stream: bool = False,
         tracer: Tracer | None = None,
         payload_chars: int = sc.MAX_PAYLOAD_CHARS,
+        guard: Guard | None = None,
     ) -> None:
         self.name = name
         self.model = resolve_model(model) if isinstance(model, str) else model
@@ -156,6 +178,8 @@ class Agent:
         self._tracer = tracer
         self.payload_chars = payload_chars
         self._specs = tuple(t.spec for t in self.tools.values())
+        self.guard = guard or Guard()
+        self.guard.bind(name, self.tools)
 
     @property
     def tracer(self) -> Tracer:
@@ -168,6 +192,7 @@ class Agent:
     async def run(self, task: str, *, run_id: str | None = None) -> RunResult:
         """Run the agent on ``task`` until it answers or a limit stops it."""
         state = RunState(run_id=run_id or uuid.uuid4().hex[:16], agent=self.name, task=task)
+        state.guard = RunGuard(state.run_id, self.name)
         state.messages.append(Message.user(task))
         started = time.perf_counter()
         tracer = self.tracer
@@ -408,13 +433,41 @@ class Agent:
         if call.raw_arguments is not None:
             message = "arguments are not a JSON object; send the arguments again as valid JSON"
             return error("invalid_arguments", message, received=_cap(call.raw_arguments, 512)), True
-        context = ToolContext(run_id=state.run_id, agent=self.name, turn=state.turns, call_id=call.id)
         try:
-            value = await tool.invoke(call.arguments, context)
+            kwargs = tool.validate(call.arguments)
         except ToolArgumentsError as exc:
             return error("invalid_arguments", str(exc), problems=exc.problems, schema=tool.spec.input_schema), True
+        # The guard decides before anything runs; a call it does not allow never reaches the tool.
+        span = otel_trace.get_current_span()
+        assert state.guard is not None
+        decision = self.guard.authorize(state.guard, tool.name, tool.risk, call.arguments)
+        if decision.verdict is Verdict.NEEDS_APPROVAL:
+            _record_decision(span, decision, tool.risk)
+            decision = await self.guard.decide(state.guard, tool.name, call.arguments, decision)
+        _record_decision(span, decision, tool.risk)
+        if not decision.allowed:
+            state.guard_denials += 1
+            kind = "approval_rejected" if decision.verdict is Verdict.REJECTED else "denied"
+            return error(kind, decision.reason), False
+        context = ToolContext(run_id=state.run_id, agent=self.name, turn=state.turns, call_id=call.id)
+        try:
+            value = await tool.run(kwargs, context)
         except Exception as exc:
             # A failing tool is the model's information, not the run's end: it can retry or change course.
             state.tool_errors += 1
             return error("tool_failed", f"{type(exc).__name__}: {exc}"), False
-        return ToolResult(call_id=call.id, name=call.name, output=render_output(value)), False
+        output = render_output(value)
+        for finding in self.guard.inspect(state.guard, tool.name, output, untrusted=tool.untrusted_output):
+            span.add_event(
+                sc.EVENT_GUARD_FINDING,
+                {
+                    "detector": finding.detector,
+                    "kind": finding.kind,
+                    "severity": finding.severity,
+                    "message": finding.message,
+                    "evidence": finding.evidence[:200],
+                },
+            )
+        if state.guard.tainted_by is not None:
+            span.set_attribute(sc.TETHER_GUARD_TAINTED, True)
+        return ToolResult(call_id=call.id, name=call.name, output=output), False

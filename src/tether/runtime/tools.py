@@ -7,7 +7,14 @@ pydantic from the type hints (parameter descriptions come from the docstring's
 a worker thread so a slow tool cannot stall other runs on the event loop.
 
 A parameter annotated ``ToolContext`` is filled in by the runtime and is not
-shown to the model.
+shown to the model; it carries the call's identity and the credentials the
+policy grants this (agent, tool) — never seen by the model.
+
+The guard reads three declarations: ``risk`` (``read``, ``write`` or
+``irreversible``: irreversible calls need a person's approval by default),
+``untrusted_output`` (the tool returns content from outside — web pages, tickets,
+e-mail — so the run is tainted once it has read it), and ``secrets`` (names of
+the credentials the tool needs, injected at call time).
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, get_type_hints, overload
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_type_hints, overload
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tether.errors import ToolDefinitionError
+from tether.guard.types import Risk
 from tether.messages import ToolSpec
 
 __all__ = ["Tool", "ToolArgumentsError", "ToolContext", "tool"]
@@ -42,6 +50,8 @@ class ToolContext:
     agent: str
     turn: int
     call_id: str
+    #: The credentials this (agent, tool) is granted, by name; never shown in repr, spans or logs.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def idempotency_key(self) -> str:
@@ -86,11 +96,19 @@ class Tool:
         *,
         name: str | None = None,
         description: str | None = None,
+        risk: Risk = "read",
+        untrusted_output: bool = False,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.func = func
         self.name = name or func.__name__
         if not _TOOL_NAME.match(self.name):
             raise ToolDefinitionError(f"tool name {self.name!r} is not allowed: use 1-64 letters, digits, '_' or '-'")
+        if risk not in get_args(Risk):
+            raise ToolDefinitionError(f"tool {self.name}: risk {risk!r} is not one of read, write, irreversible")
+        self.risk: Risk = risk
+        self.untrusted_output = untrusted_output
+        self.secrets: tuple[str, ...] = tuple(secrets)
         doc_description, arg_docs = _doc_parts(func.__doc__)
         self.description = description if description is not None else doc_description
         self.is_async = inspect.iscoroutinefunction(func)
@@ -140,7 +158,11 @@ class Tool:
 
     async def invoke(self, arguments: dict[str, Any], context: ToolContext) -> Any:
         """Validate the arguments and run the function; returns what it returned."""
-        kwargs = self.validate(arguments)
+        return await self.run(self.validate(arguments), context)
+
+    async def run(self, kwargs: dict[str, Any], context: ToolContext) -> Any:
+        """Run the function on arguments ``validate`` returned (the guard decides in between)."""
+        kwargs = dict(kwargs)
         if self._context_param is not None:
             kwargs[self._context_param] = context
         if self.is_async:
@@ -168,7 +190,14 @@ def tool(func: Callable[..., Any], /) -> Tool: ...
 
 
 @overload
-def tool(*, name: str | None = None, description: str | None = None) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    risk: Risk = "read",
+    untrusted_output: bool = False,
+    secrets: Iterable[str] = (),
+) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
 def tool(
@@ -177,13 +206,26 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
+    risk: Risk = "read",
+    untrusted_output: bool = False,
+    secrets: Iterable[str] = (),
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Make a function a tool: ``@tool`` or ``@tool(name=..., description=...)``."""
+    """Make a function a tool: ``@tool`` or ``@tool(risk="irreversible", secrets=["pagerduty"])``.
+
+    Args:
+        name: the name the model sees (default: the function's).
+        description: what the model is told it does (default: the docstring's first paragraph).
+        risk: ``read`` (default), ``write`` or ``irreversible``; irreversible calls need approval by default.
+        untrusted_output: its output comes from outside (web, tickets, e-mail): reading it taints the run.
+        secrets: names of the credentials it needs, injected into ``ToolContext.secrets`` at call time.
+    """
     if func is not None:
         return Tool(func)
 
     def wrap(f: Callable[..., Any]) -> Tool:
-        return Tool(f, name=name, description=description)
+        return Tool(
+            f, name=name, description=description, risk=risk, untrusted_output=untrusted_output, secrets=secrets
+        )
 
     return wrap
 

@@ -179,10 +179,116 @@ def _m0003_create_keys_and_costs(connection: Connection) -> None:
     metadata.create_all(connection)
 
 
+def _m0004_create_guard(connection: Connection) -> None:
+    metadata = MetaData()
+    Table(
+        "guard_audit",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("time_ns", BigInteger, nullable=False),
+        Column("run_id", Text, nullable=False),
+        Column("agent", Text, nullable=False),
+        Column("tool", Text, nullable=False),
+        Column("call_id", Text, nullable=False),
+        Column("decision", String(24), nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("rule", Text),
+        Column("arguments", Text),
+        Column("trace_id", String(32)),
+        Column("span_id", String(16)),
+        Index("ix_guard_audit_run", "run_id"),
+        Index("ix_guard_audit_agent_time", "agent", "time_ns"),
+    )
+    Table(
+        "approvals",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("run_id", Text, nullable=False),
+        Column("agent", Text, nullable=False),
+        Column("tool", Text, nullable=False),
+        Column("call_id", Text, nullable=False),
+        Column("arguments", Text, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("context", Text, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("decided_by", Text),
+        Column("decision_reason", Text),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Column("decided_at", DateTime(timezone=True)),
+        Index("ix_approvals_status", "status"),
+        Index("ux_approvals_call", "run_id", "call_id", unique=True),
+    )
+    Table(
+        "tool_ledger",
+        metadata,
+        Column("idempotency_key", Text, primary_key=True),
+        Column("run_id", Text, nullable=False),
+        Column("agent", Text, nullable=False),
+        Column("tool", Text, nullable=False),
+        Column("arguments_hash", String(64), nullable=False),
+        Column("state", String(16), nullable=False),
+        Column("output", Text),
+        Column("is_error", Boolean),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Index("ix_tool_ledger_run", "run_id"),
+    )
+    Table(
+        "checkpoints",
+        metadata,
+        Column("run_id", Text, primary_key=True),
+        Column("agent", Text, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("state", Text, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Index("ix_checkpoints_status", "status"),
+    )
+    Table(
+        "kills",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("target_kind", String(8), nullable=False),
+        Column("target", Text, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("requested_by", Text),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Index("ix_kills_created_at", "created_at"),
+    )
+    Table(
+        "incidents",
+        metadata,
+        Column("id", String(32), primary_key=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("severity", String(8), nullable=False),
+        Column("kind", String(32), nullable=False),
+        Column("run_id", Text, nullable=False),
+        Column("agent", Text, nullable=False),
+        Column("tool", Text),
+        Column("summary", Text, nullable=False),
+        Column("evidence", Text),
+        Column("trace_id", String(32)),
+        Column("span_id", String(16)),
+        Column("status", String(16), nullable=False),
+        Index("ix_incidents_agent", "agent", "created_at"),
+        Index("ix_incidents_status", "status"),
+    )
+    Table(
+        "quarantines",
+        metadata,
+        Column("agent", Text, primary_key=True),
+        Column("reason", Text, nullable=False),
+        Column("since", DateTime(timezone=True), nullable=False),
+        Column("released_at", DateTime(timezone=True)),
+        Column("released_by", Text),
+    )
+    metadata.create_all(connection)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create spans", _m0001_create_spans),
     Migration(2, "create budgets", _m0002_create_budgets),
     Migration(3, "create virtual keys and costs", _m0003_create_keys_and_costs),
+    Migration(4, "create guard audit, approvals, tool ledger, checkpoints, kills, incidents", _m0004_create_guard),
 )
 
 

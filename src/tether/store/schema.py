@@ -41,12 +41,19 @@ from sqlalchemy import BigInteger, Boolean, Column, DateTime, Double, Index, Int
 
 __all__ = [
     "RUN_ID_TYPE",
+    "approvals",
     "budget_reservations",
     "budget_usage",
+    "checkpoints",
     "costs",
+    "guard_audit",
+    "incidents",
+    "kills",
     "metadata",
+    "quarantines",
     "schema_migrations",
     "spans",
+    "tool_ledger",
     "virtual_keys",
 ]
 
@@ -161,4 +168,118 @@ costs = Table(
     Index("ix_costs_day", "day"),
     Index("ix_costs_route_day", "route", "day"),
     Index("ix_costs_key_day", "key", "day"),
+)
+
+# Every guard decision on a tool call (allowed, denied, needs approval, approved, rejected), append-only.
+guard_audit = Table(
+    "guard_audit",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("time_ns", BigInteger, nullable=False),
+    Column("run_id", Text, nullable=False),
+    Column("agent", Text, nullable=False),
+    Column("tool", Text, nullable=False),
+    Column("call_id", Text, nullable=False),
+    Column("decision", String(24), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("rule", Text),
+    Column("arguments", Text),
+    Column("trace_id", String(32)),
+    Column("span_id", String(16)),
+    Index("ix_guard_audit_run", "run_id"),
+    Index("ix_guard_audit_agent_time", "agent", "time_ns"),
+)
+
+# Tool calls waiting for (or given) a person's decision; undecided ones expire to a denial.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("run_id", Text, nullable=False),
+    Column("agent", Text, nullable=False),
+    Column("tool", Text, nullable=False),
+    Column("call_id", Text, nullable=False),
+    Column("arguments", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("context", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("decided_by", Text),
+    Column("decision_reason", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True)),
+    Index("ix_approvals_status", "status"),
+    Index("ux_approvals_call", "run_id", "call_id", unique=True),
+)
+
+# The exactly-once ledger of tool calls with effects: intent -> started -> done | failed | unknown.
+tool_ledger = Table(
+    "tool_ledger",
+    metadata,
+    Column("idempotency_key", Text, primary_key=True),
+    Column("run_id", Text, nullable=False),
+    Column("agent", Text, nullable=False),
+    Column("tool", Text, nullable=False),
+    Column("arguments_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("output", Text),
+    Column("is_error", Boolean),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_tool_ledger_run", "run_id"),
+)
+
+# A paused (or running) run's state, so it resumes in any process without repeating a done call.
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("agent", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_checkpoints_status", "status"),
+)
+
+# Kill requests: a run, an agent's runs, or all runs; a run stops for any made after it started.
+kills = Table(
+    "kills",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("target_kind", String(8), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("requested_by", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_kills_created_at", "created_at"),
+)
+
+# Findings of the guard's detectors and policy, with the run, agent and evidence.
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("run_id", Text, nullable=False),
+    Column("agent", Text, nullable=False),
+    Column("tool", Text),
+    Column("summary", Text, nullable=False),
+    Column("evidence", Text),
+    Column("trace_id", String(32)),
+    Column("span_id", String(16)),
+    Column("status", String(16), nullable=False),
+    Index("ix_incidents_agent", "agent", "created_at"),
+    Index("ix_incidents_status", "status"),
+)
+
+# Agents whose write and irreversible tools are denied until released.
+quarantines = Table(
+    "quarantines",
+    metadata,
+    Column("agent", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+    Column("released_by", Text),
 )

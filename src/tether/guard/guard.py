@@ -1,0 +1,147 @@
+"""The guard: the boundary every tool call crosses, before it runs, failing closed.
+
+For each call the agent loop asks ``authorize`` (after the call's arguments have
+been validated against the tool's schema, before anything runs)::
+
+    quarantined agent and a write/irreversible tool?  → denied
+    tool not granted to the agent?                    → denied
+    an argument outside its constraint?               → denied (a policy violation)
+    approval "always", an irreversible tool, or a
+    write/irreversible tool in a tainted run?         → needs approval
+    otherwise                                         → allowed
+
+and, after a tool whose output is untrusted has run, ``inspect`` scans the
+output with the detectors and taints the run. Decisions and findings go on the
+tool's span (``tether.guard.*``) for the trace.
+
+Not built yet (issue 4 is in progress): the approval queue with checkpointed
+pause and resume, the audit table writer, incidents in the store and
+quarantine across processes. Until the approval queue exists, a call that
+needs approval is **rejected** unless an ``approver`` is given — failing
+closed, never running an unapproved irreversible call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.guard.policy import Policy, ToolRule
+from tether.guard.types import Decision, Detector, Finding, Verdict
+
+__all__ = ["Approver", "Guard", "RunGuard"]
+
+#: Decides a call that needs approval: (agent, tool name, arguments, reason) -> approved?
+Approver = Callable[[str, str, Mapping[str, Any], str], Awaitable[bool]]
+
+
+@dataclass
+class RunGuard:
+    """What the guard knows about one run: whether it has read untrusted content, and its findings."""
+
+    run_id: str
+    agent: str
+    tainted_by: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+
+class Guard:
+    """Authorizes tool calls by policy, risk and taint; scans untrusted output.
+
+    Args:
+        policy: the grants; ``Policy.open()`` (each agent's own tools, default approvals) when None.
+        detectors: scanners for untrusted tool output (e.g. ``RuleScanner()``).
+        approver: decides calls that need approval; without one they are rejected (fail closed).
+    """
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        *,
+        detectors: Sequence[Detector] = (),
+        approver: Approver | None = None,
+    ) -> None:
+        self.policy = policy or Policy.open()
+        self.detectors = tuple(detectors)
+        self.approver = approver
+        self.quarantined: dict[str, str] = {}  # agent -> why
+
+    def bind(self, agent: str, tools: Mapping[str, Any]) -> None:
+        """Check the policy against the tools the agent has (an unknown tool is a ``PolicyError``)."""
+        self.policy.check_tools(agent, tools)
+
+    def _rule(self, agent: str, tool: str) -> tuple[ToolRule | None, str | None]:
+        grants = self.policy.for_agent(agent)
+        if grants is None:
+            if self.policy.default_allow_own_tools:
+                return ToolRule(), None
+            return None, f"agent {agent!r} has no grants in the policy: add [guard.agents.{agent}.tools]"
+        if tool in grants.deny:
+            return None, f"tool {tool!r} is denied to agent {agent!r} by the policy"
+        rule = grants.tools.get(tool)
+        if rule is None:
+            return None, f"tool {tool!r} is not granted to agent {agent!r}: grant it in [guard.agents.{agent}.tools]"
+        return rule, None
+
+    def authorize(self, run: RunGuard, tool: str, risk: str, arguments: Mapping[str, Any]) -> Decision:
+        """The decision for one call, before it runs. Pure and fast: no I/O."""
+        agent = run.agent
+        consequential = risk in ("write", "irreversible")
+        if consequential and agent in self.quarantined:
+            return Decision(
+                Verdict.DENIED,
+                f"agent {agent!r} is quarantined ({self.quarantined[agent]}): its {risk} tools are denied until "
+                f"released with `tether incidents release {agent}`",
+                rule="quarantine",
+            )
+        rule, why = self._rule(agent, tool)
+        if rule is None:
+            assert why is not None
+            return Decision(Verdict.DENIED, why, rule=f"agents.{agent}")
+        violation = rule.violation(arguments)
+        if violation is not None:
+            finding = Finding("policy", "policy_violation", "high", f"{tool}: {violation}")
+            return Decision(
+                Verdict.DENIED,
+                f"argument outside the policy: {violation}",
+                rule=f"agents.{agent}.tools.{tool}",
+                findings=(finding,),
+            )
+        where = f"agents.{agent}.tools.{tool}"
+        if rule.approval == "always":
+            return Decision(Verdict.NEEDS_APPROVAL, f"the policy requires approval for {tool}", rule=where)
+        if rule.approval == "default":
+            if risk == "irreversible":
+                return Decision(Verdict.NEEDS_APPROVAL, f"{tool} is irreversible: a person must approve it")
+            if consequential and run.tainted_by is not None and self.policy.taint_requires_approval:
+                return Decision(
+                    Verdict.NEEDS_APPROVAL,
+                    f"the run has read untrusted content (from {run.tainted_by}): {risk} calls need approval",
+                    rule="taint",
+                )
+        return Decision(Verdict.ALLOWED, "granted by the policy" if rule.when or where else "granted", rule=where)
+
+    async def decide(self, run: RunGuard, tool: str, arguments: Mapping[str, Any], pending: Decision) -> Decision:
+        """Resolve a ``needs_approval`` decision: the approver's answer, or a rejection without one."""
+        if self.approver is None:
+            return Decision(
+                Verdict.REJECTED,
+                f"{pending.reason}; no approval channel is configured, so it is refused",
+                rule=pending.rule,
+            )
+        approved = await self.approver(run.agent, tool, arguments, pending.reason)
+        verdict = Verdict.APPROVED if approved else Verdict.REJECTED
+        return Decision(verdict, f"{pending.reason}; {verdict.value} by the approver", rule=pending.rule)
+
+    def inspect(self, run: RunGuard, tool: str, output: str, *, untrusted: bool) -> list[Finding]:
+        """Scan a tool's output when it is untrusted; taint the run. Returns the findings."""
+        if not untrusted:
+            return []
+        if run.tainted_by is None:
+            run.tainted_by = tool
+        findings: list[Finding] = []
+        for detector in self.detectors:
+            findings.extend(detector.scan(output, source=f"tool:{tool}"))
+        run.findings.extend(findings)
+        return findings
