@@ -31,6 +31,11 @@ from tether.errors import (
 from tether.gateway.config import GatewayConfig
 from tether.gateway.cost import Cost, price_usage
 from tether.gateway.gateway import CallContext, Gateway, GatewayModel
+from tether.guard.approvals import ApprovalStore
+from tether.guard.credentials import CredentialBroker
+from tether.guard.guard import Guard
+from tether.guard.killswitch import KillSwitch
+from tether.guard.policy import AgentPolicy, Policy, ToolRule
 from tether.messages import (
     FinishReason,
     Message,
@@ -54,6 +59,13 @@ __version__ = _version("tether")
 
 __all__ = [
     "Agent",
+    "AgentPolicy",
+    "ApprovalStore",
+    "CredentialBroker",
+    "Guard",
+    "KillSwitch",
+    "Policy",
+    "ToolRule",
     "BudgetExceeded",
     "CallContext",
     "Gateway",

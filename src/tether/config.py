@@ -13,6 +13,9 @@ Environment variables:
                            (default ``sqlite:///.tether/tether.db``)
 ``TETHER_TRACE_PAYLOAD_CHARS``  cap on tool input/output text kept on spans by the CLI's
                            agents (default 4096; in code, ``Agent(payload_chars=...)``)
+``TETHER_KILL_FILE``       a file an operator touches to kill runs: empty or ``all``
+                           kills every run; lines ``run:<id>`` / ``agent:<name>`` kill
+                           those (read by ``tether.guard.killswitch.KillSwitch``)
 =========================  ===========================================================
 
 The standard ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, protocol)

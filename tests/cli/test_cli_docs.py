@@ -21,6 +21,11 @@ COMMANDS = (
     ["keys", "list", "--help"],
     ["keys", "revoke", "--help"],
     ["cost", "--help"],
+    ["kill", "--help"],
+    ["approvals", "--help"],
+    ["approvals", "list", "--help"],
+    ["approvals", "approve", "--help"],
+    ["approvals", "deny", "--help"],
 )
 
 

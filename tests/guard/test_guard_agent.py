@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tether.guard.approvals import ApprovalRequest
 from tether.guard.guard import Guard
 from tether.guard.policy import AgentPolicy, Policy, ToolRule
 from tether.guard.types import Finding
@@ -86,9 +87,9 @@ def test_by_default_own_tools_run_and_irreversible_ones_are_refused_without_an_a
 def test_an_approver_decides_irreversible_calls() -> None:
     asked: list[tuple[str, str]] = []
 
-    async def approver(agent: str, tool: str, arguments: Mapping[str, Any], reason: str) -> bool:
-        asked.append((agent, tool))
-        return arguments.get("table") == "scratch"
+    async def approver(request: ApprovalRequest) -> bool:
+        asked.append((request.agent, request.tool))
+        return request.arguments.get("table") == "scratch"
 
     _, capture = run(Guard(approver=approver), ("drop_table", {"table": "users"}), ("drop_table", {"table": "scratch"}))
 
@@ -139,3 +140,61 @@ def test_a_quarantined_agent_keeps_its_read_tools_only() -> None:
 
     assert RAN == ["read_logs:api"]
     assert "quarantined" in tool_spans(capture)[1][sc.TETHER_GUARD_REASON]
+
+
+async def test_a_kill_ends_a_run_waiting_on_a_slow_model_and_keeps_its_trace() -> None:
+    import asyncio
+    import time
+
+    from tether.guard.killswitch import KillSwitch
+    from tether.messages import ModelRequest, ModelResponse, StopReason
+    from tether.testing import FunctionModel
+
+    calls = 0
+    hanging = asyncio.Event()
+
+    async def slow(request: ModelRequest) -> ModelResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return tool_response(("read_logs", {"service": "api"}))
+        hanging.set()
+        await asyncio.sleep(60)  # the second model call hangs
+        raise AssertionError("never answers")
+
+    switch = KillSwitch()
+    capture = SpanCapture()
+    agent = Agent("oncall", FunctionModel(slow), tools=[read_logs], tracer=capture.tracer, kill_switch=switch)
+    try:
+        task = asyncio.create_task(agent.run("help", run_id="run-kill-1"))
+        await asyncio.wait_for(hanging.wait(), 5)
+        killed_at = time.monotonic()
+        switch.kill(run_id="run-kill-1", reason="runaway", requested_by="test")
+        result = await asyncio.wait_for(task, 5)
+    finally:
+        switch.close()
+
+    assert time.monotonic() - killed_at < 1.0
+    assert result.stop_reason is StopReason.KILLED and "runaway" in (result.error or "")
+    names = [s.name for s in capture.spans]
+    assert "execute_tool read_logs" in names and sum(n.startswith("chat") for n in names) == 2  # partial trace kept
+    root = next(s for s in capture.spans if s.name.startswith("invoke_agent"))
+    assert dict(root.attributes or {})[sc.TETHER_STOP_REASON] == "killed"
+
+
+async def test_a_kill_for_another_run_changes_nothing() -> None:
+    from tether.guard.killswitch import KillSwitch
+
+    switch = KillSwitch()
+    agent = Agent(
+        "oncall",
+        ScriptedModel([tool_response(("read_logs", {"service": "api"}))]),
+        tools=[read_logs],
+        kill_switch=switch,
+    )
+    try:
+        switch.kill(agent="someone-else", reason="x")
+        result = await agent.run("help")
+    finally:
+        switch.close()
+    assert result.ok

@@ -8,9 +8,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from tether.cli import approvals as approvals_cmd
 from tether.cli import cost as cost_cmd
 from tether.cli import gateway as gateway_cmd
 from tether.cli import keys as keys_cmd
+from tether.cli import kill as kill_cmd
 from tether.cli import runs as runs_cmd
 from tether.cli.demo import demo
 from tether.errors import TetherError
@@ -29,6 +31,8 @@ app.add_typer(gateway_cmd.app, name="gateway")
 app.command("demo")(demo)
 app.add_typer(keys_cmd.app, name="keys")
 app.command("cost")(cost_cmd.cost)
+app.command("kill")(kill_cmd.kill)
+app.add_typer(approvals_cmd.app, name="approvals")
 
 
 def main() -> None:

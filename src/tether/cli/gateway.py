@@ -20,6 +20,7 @@ from tether.gateway.gateway import Gateway
 from tether.gateway.keys import KeyStore, KeyVerifier
 from tether.gateway.ledger import CostWriter
 from tether.gateway.proxy import create_app
+from tether.guard.killswitch import KillStore, kill_route
 from tether.store import open_store
 from tether.trace.setup import configure_tracing
 
@@ -60,7 +61,7 @@ def serve(
         str | None, typer.Option(help="store URL for traces, budgets, keys and costs (default: TETHER_DATABASE_URL)")
     ] = None,
 ) -> None:
-    """Serve POST /v1/chat/completions and /v1/messages (plus /v1/models, /healthz, /metrics).
+    """Serve POST /v1/chat/completions and /v1/messages (plus /v1/models, /healthz, /metrics, POST /v1/kill).
 
     Point an OpenAI SDK at http://HOST:PORT/v1, or an Anthropic SDK at
     http://HOST:PORT, with a virtual key from 'tether keys create' as the API
@@ -82,7 +83,14 @@ def serve(
             # says), so replicas enforce one copy of every limit instead of each its own.
             gateway = Gateway.from_config(settings, store=store, cost_sink=costs)
             keys: KeyVerifier | None = None if no_auth else KeyStore(store)
-            application = create_app(gateway, keys=keys, require_keys=not no_auth, tracer=tracing.tracer)
+            application = create_app(
+                gateway,
+                keys=keys,
+                require_keys=not no_auth,
+                tracer=tracing.tracer,
+                # Kills go through the same virtual keys as model calls (none with --no-auth).
+                extra_routes=[kill_route(KillStore(store), keys=keys)],
+            )
             bound_host, bound_port = sock.getsockname()[:2]
             url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
             auth = "[red]OFF (--no-auth)[/]" if no_auth else "[green]on[/] (virtual keys)"

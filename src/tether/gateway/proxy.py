@@ -12,6 +12,7 @@ Endpoints::
                                 (Anthropic's list format when anthropic-version is sent)
     GET  /healthz               200, with every circuit breaker's state
     GET  /metrics               Prometheus text (see tether.gateway._metrics)
+    POST /v1/kill               with ``tether gateway serve``: a kill (tether.guard.killswitch.kill_route)
 
 One request, in order: the virtual key (``Authorization: Bearer`` or
 ``x-api-key``; 401), the body (JSON object, at most 32 MiB; 400/413), the
@@ -58,7 +59,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -74,7 +75,7 @@ from opentelemetry.util.types import AttributeValue
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from tether.errors import (
@@ -1228,6 +1229,7 @@ def create_app(
     keys: KeyVerifier | None,
     require_keys: bool = True,
     tracer: Tracer | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> ProxyApp:
     """The proxy as an ASGI app; see ``ProxyApp``.
 
@@ -1236,6 +1238,8 @@ def create_app(
         keys: verifies virtual keys; may be None only with ``require_keys=False``.
         require_keys: False skips authentication (local development, ``--no-auth``).
         tracer: where the ``chat`` spans go; OpenTelemetry's global tracer when None.
+        extra_routes: more endpoints on the same port (``tether gateway serve`` adds
+            ``POST /v1/kill``); they do their own authentication.
 
     Raises:
         ConfigError: keys are required but no verifier was given.
@@ -1256,11 +1260,12 @@ def create_app(
         finally:
             await proxy.upstream.aclose()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v1/chat/completions", _ChatEndpoint(proxy, proxy.wires["openai"]), methods=["POST"]),
         Route("/v1/messages", _ChatEndpoint(proxy, proxy.wires["anthropic"]), methods=["POST"]),
         Route("/v1/models", proxy.models, methods=["GET"]),
         Route("/healthz", proxy.healthz, methods=["GET"]),
         Route("/metrics", proxy.metrics_page, methods=["GET"]),
+        *extra_routes,
     ]
     return ProxyApp(proxy, Starlette(routes=routes, lifespan=lifespan))

@@ -27,13 +27,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.guard.approvals import ApprovalRequest, ApprovalStatus, StoredApproval
+from tether.guard.credentials import CredentialBroker, CredentialNotGranted, Scrubber, default_scrubber
 from tether.guard.policy import Policy, ToolRule
 from tether.guard.types import Decision, Detector, Finding, Verdict
 
 __all__ = ["Approver", "Guard", "RunGuard"]
 
-#: Decides a call that needs approval: (agent, tool name, arguments, reason) -> approved?
-Approver = Callable[[str, str, Mapping[str, Any], str], Awaitable[bool]]
+#: Decides a call that needs approval: True/False, or the stored request once a person decided it
+#: (``ApprovalStore.approver()``).
+Approver = Callable[[ApprovalRequest], Awaitable[bool | StoredApproval]]
 
 
 @dataclass
@@ -53,6 +56,9 @@ class Guard:
         policy: the grants; ``Policy.open()`` (each agent's own tools, default approvals) when None.
         detectors: scanners for untrusted tool output (e.g. ``RuleScanner()``).
         approver: decides calls that need approval; without one they are rejected (fail closed).
+        credentials: hands each (agent, tool) the secrets it declares and is granted, at call time.
+        scrubber: removes known secret values from what goes back to the model (the process-wide one by
+            default, which the credentials register every value they hand out with).
     """
 
     def __init__(
@@ -61,10 +67,14 @@ class Guard:
         *,
         detectors: Sequence[Detector] = (),
         approver: Approver | None = None,
+        credentials: CredentialBroker | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self.policy = policy or Policy.open()
         self.detectors = tuple(detectors)
         self.approver = approver
+        self.credentials = credentials
+        self.scrubber = scrubber or default_scrubber()
         self.quarantined: dict[str, str] = {}  # agent -> why
 
     def bind(self, agent: str, tools: Mapping[str, Any]) -> None:
@@ -122,7 +132,15 @@ class Guard:
                 )
         return Decision(Verdict.ALLOWED, "granted by the policy" if rule.when or where else "granted", rule=where)
 
-    async def decide(self, run: RunGuard, tool: str, arguments: Mapping[str, Any], pending: Decision) -> Decision:
+    async def decide(
+        self,
+        run: RunGuard,
+        tool: str,
+        call_id: str,
+        arguments: Mapping[str, Any],
+        pending: Decision,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
         """Resolve a ``needs_approval`` decision: the approver's answer, or a rejection without one."""
         if self.approver is None:
             return Decision(
@@ -130,9 +148,41 @@ class Guard:
                 f"{pending.reason}; no approval channel is configured, so it is refused",
                 rule=pending.rule,
             )
-        approved = await self.approver(run.agent, tool, arguments, pending.reason)
-        verdict = Verdict.APPROVED if approved else Verdict.REJECTED
-        return Decision(verdict, f"{pending.reason}; {verdict.value} by the approver", rule=pending.rule)
+        request = ApprovalRequest(
+            run_id=run.run_id,
+            agent=run.agent,
+            tool=tool,
+            call_id=call_id,
+            arguments=arguments,
+            reason=pending.reason,
+            context={"tainted_by": run.tainted_by, **(context or {})},
+        )
+        answer = await self.approver(request)
+        if isinstance(answer, StoredApproval):
+            approved = answer.status is ApprovalStatus.APPROVED
+            who = answer.decided_by or "nobody"
+            why = f": {answer.decision_reason}" if answer.decision_reason else ""
+            outcome = "expired, so refused" if answer.status is ApprovalStatus.EXPIRED else f"{answer.status.value}"
+            reason = f"{pending.reason}; {outcome} by {who} (approval {answer.id}){why}"
+        else:
+            approved = bool(answer)
+            reason = f"{pending.reason}; {'approved' if approved else 'rejected'} by the approver"
+        return Decision(Verdict.APPROVED if approved else Verdict.REJECTED, reason, rule=pending.rule)
+
+    def secrets_for(self, agent: str, tool: str, declared: Sequence[str]) -> tuple[Mapping[str, str], str | None]:
+        """The secrets a call receives, or why it may not have them (the call is then denied).
+
+        Raises:
+            SecretUnavailable: a granted secret cannot be read (a configuration problem, not the model's).
+        """
+        if not declared:
+            return {}, None
+        if self.credentials is None:
+            return {}, f"{tool} needs credentials ({', '.join(declared)}) but no credential broker is configured"
+        try:
+            return self.credentials.for_call(agent, tool, declared), None
+        except CredentialNotGranted as exc:
+            return {}, str(exc)
 
     def inspect(self, run: RunGuard, tool: str, output: str, *, untrusted: bool) -> list[Finding]:
         """Scan a tool's output when it is untrusted; taint the run. Returns the findings."""

@@ -14,6 +14,7 @@ hallucinated tool calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +30,7 @@ from opentelemetry.util.types import AttributeValue
 from tether.errors import BudgetExceeded, GatewayError, ModelError, StreamInterrupted, UnknownPriceError
 from tether.gateway.cost import PRICE_DATA_VERSION, Cost, price_usage
 from tether.guard.guard import Guard, RunGuard
+from tether.guard.killswitch import KillSwitch, RunWatch
 from tether.guard.types import Decision, Verdict
 from tether.messages import (
     Message,
@@ -142,6 +144,8 @@ class Agent:
         guard: authorizes every tool call before it runs (policy, risk, taint) and scans untrusted
             tool output; by default ``Guard()``: the agent's own tools, irreversible ones refused
             unless an approver is configured.
+        kill_switch: ends a run with StopReason ``killed`` when a kill targets it, its agent or all runs
+            (``tether kill``, the HTTP endpoint, a kill file), even while it waits on a model call.
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class Agent:
         tracer: Tracer | None = None,
         payload_chars: int = sc.MAX_PAYLOAD_CHARS,
         guard: Guard | None = None,
+        kill_switch: KillSwitch | None = None,
     ) -> None:
         self.name = name
         self.model = resolve_model(model) if isinstance(model, str) else model
@@ -179,6 +184,7 @@ class Agent:
         self.payload_chars = payload_chars
         self._specs = tuple(t.spec for t in self.tools.values())
         self.guard = guard or Guard()
+        self.kill_switch = kill_switch
         self.guard.bind(name, self.tools)
 
     @property
@@ -216,9 +222,22 @@ class Agent:
             output = ""
             error: str | None = None
             try:
-                async with asyncio.timeout(self.limits.timeout_s):
-                    output = await self._loop(state, tracer)
-                reason = StopReason.COMPLETED
+                finished = False
+                watch: RunWatch | None = None
+                async with contextlib.AsyncExitStack() as stack:
+                    if self.kill_switch is not None:
+                        # A kill cancels this task wherever it waits (a model call, a tool); the watch takes
+                        # its own cancellation back, so the run ends here as killed, its trace kept.
+                        watch = await stack.enter_async_context(
+                            self.kill_switch.watch(run_id=state.run_id, agent=self.name)
+                        )
+                    async with asyncio.timeout(self.limits.timeout_s):
+                        output = await self._loop(state, tracer)
+                        finished = True
+                if watch is not None and watch.killed and not finished:
+                    reason, error = StopReason.KILLED, watch.reason or "killed"
+                else:
+                    reason = StopReason.COMPLETED
             except _Stop as stop:
                 reason, error = stop.reason, stop.error
             except TimeoutError:
@@ -443,20 +462,28 @@ class Agent:
         decision = self.guard.authorize(state.guard, tool.name, tool.risk, call.arguments)
         if decision.verdict is Verdict.NEEDS_APPROVAL:
             _record_decision(span, decision, tool.risk)
-            decision = await self.guard.decide(state.guard, tool.name, call.arguments, decision)
+            about = {"task": _cap(state.task, 500), "turn": state.turns}
+            decision = await self.guard.decide(state.guard, tool.name, call.id, call.arguments, decision, about)
         _record_decision(span, decision, tool.risk)
         if not decision.allowed:
             state.guard_denials += 1
             kind = "approval_rejected" if decision.verdict is Verdict.REJECTED else "denied"
             return error(kind, decision.reason), False
-        context = ToolContext(run_id=state.run_id, agent=self.name, turn=state.turns, call_id=call.id)
+        secrets, refused = self.guard.secrets_for(self.name, tool.name, tool.secrets)
+        if refused is not None:
+            state.guard_denials += 1
+            span.set_attributes({sc.TETHER_GUARD_DECISION: Verdict.DENIED.value, sc.TETHER_GUARD_REASON: refused})
+            return error("denied", refused), False
+        context = ToolContext(run_id=state.run_id, agent=self.name, turn=state.turns, call_id=call.id, secrets=secrets)
+        scrub = self.guard.scrubber.scrub
         try:
             value = await tool.run(kwargs, context)
         except Exception as exc:
             # A failing tool is the model's information, not the run's end: it can retry or change course.
             state.tool_errors += 1
-            return error("tool_failed", f"{type(exc).__name__}: {exc}"), False
-        output = render_output(value)
+            return error("tool_failed", scrub(f"{type(exc).__name__}: {exc}")), False
+        # Secrets never reach the model: a tool that echoes one gives back its name instead.
+        output = scrub(render_output(value))
         for finding in self.guard.inspect(state.guard, tool.name, output, untrusted=tool.untrusted_output):
             span.add_event(
                 sc.EVENT_GUARD_FINDING,

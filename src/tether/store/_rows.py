@@ -9,12 +9,14 @@ from typing import Any, Final
 import orjson
 from sqlalchemy import RowMapping
 
+from tether.guard.credentials import default_scrubber
 from tether.store.records import SpanRecord
 from tether.trace import semconv
 
 __all__ = ["INSERT_COLUMNS", "build_row", "record_from_row", "row_from_record"]
 
 _INT64_MAX: Final = 2**63 - 1
+_SCRUBBER: Final = default_scrubber()
 
 # The order of ``row_from_record``'s tuple: every column of ``spans``.
 INSERT_COLUMNS: Final = (
@@ -89,7 +91,23 @@ def build_row(
     The one place a row is built: ``row_from_record`` and the tracing fast paths
     (``tether.trace.exporter.span_to_row``, the recorder) all call it. orjson
     encodes the SDK's attribute tuples as JSON arrays directly.
+
+    Known secret values are scrubbed here, so no span reaches the store with
+    one, whichever path built it (``tether.guard.credentials``). With none
+    registered that costs one attribute check; with some, one search over the
+    encoded row, and a rebuild only when it finds one.
     """
+    attrs_json = _json(attrs)
+    events_json = _json(events) if events else "[]"
+    if _SCRUBBER.active and _SCRUBBER.contains_secret(
+        f"{name}\x00{status_message or ''}\x00{attrs_json}\x00{events_json}"
+    ):
+        name = _SCRUBBER.scrub(name)
+        status_message = _SCRUBBER.scrub(status_message) if status_message else status_message
+        attrs = _SCRUBBER.scrub_mapping(attrs)
+        events = [_SCRUBBER.scrub_mapping(event) for event in events]
+        attrs_json = _json(attrs)
+        events_json = _json(events) if events else "[]"
     simulated = attrs.get(semconv.TETHER_SIMULATED)
     return (
         trace_id,
@@ -103,8 +121,8 @@ def build_row(
         end_ns - start_ns,
         status,
         _text(status_message or None),
-        _json(attrs),
-        _json(events) if events else "[]",
+        attrs_json,
+        events_json,
         _text(attrs.get(semconv.GEN_AI_AGENT_NAME)),
         _text(attrs.get(semconv.GEN_AI_REQUEST_MODEL)),
         _text(attrs.get(semconv.GEN_AI_TOOL_NAME)),

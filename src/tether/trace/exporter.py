@@ -8,20 +8,23 @@ successful export logs that the store is back.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
+import orjson
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import Link, Status, StatusCode
 
+from tether.guard.credentials import Scrubber, default_scrubber
 from tether.store import SpanRecord, TraceStore
 from tether.store._rows import build_row
 from tether.trace import semconv
 
-__all__ = ["STATUS_NAMES", "StoreSpanExporter", "span_to_record", "span_to_row"]
+__all__ = ["STATUS_NAMES", "ScrubbingSpanExporter", "StoreSpanExporter", "scrub_span", "span_to_record", "span_to_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,3 +167,98 @@ def span_to_row(span: ReadableSpan) -> tuple[object, ...]:
         span.status.description,
         [{"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events],
     )
+
+
+def scrub_span(span: ReadableSpan, scrubber: Scrubber) -> ReadableSpan:
+    """``span`` with known secret values scrubbed from its name, attributes, events, links and status.
+
+    SDK spans are immutable once ended, so a span holding a secret is copied;
+    one without any is returned as it is.
+    """
+    if not scrubber.active:
+        return span
+    original = span.attributes or {}  # a new read-only view at each access: keep this one
+    # One search over everything the span holds; the field-by-field copy only when it finds something.
+    everything: list[Any] = [
+        span.name,
+        span.status.description,
+        dict(original),
+        [[event.name, dict(event.attributes or {})] for event in span.events],
+        [dict(link.attributes or {}) for link in span.links],
+    ]
+    try:
+        text = orjson.dumps(everything, default=str).decode()
+    except orjson.JSONEncodeError:  # integers beyond 64 bits
+        text = json.dumps(everything, default=str, ensure_ascii=False)
+    if not scrubber.contains_secret(text):
+        return span
+    name = scrubber.scrub(span.name)
+    attributes = scrubber.scrub_mapping(original)
+    changed = name is not span.name or attributes is not original
+    events: list[Event] = []
+    for event in span.events:
+        event_attrs = event.attributes or {}
+        event_name, clean_attrs = scrubber.scrub(event.name), scrubber.scrub_mapping(event_attrs)
+        if event_name is event.name and clean_attrs is event_attrs:
+            events.append(event)
+        else:
+            changed = True
+            events.append(Event(event_name, clean_attrs, event.timestamp))
+    links: list[Link] = []
+    for link in span.links:
+        link_attrs = link.attributes or {}
+        clean_link_attrs = scrubber.scrub_mapping(link_attrs)
+        if clean_link_attrs is not link_attrs:
+            changed = True
+            link = Link(link.context, clean_link_attrs)
+        links.append(link)
+    status = span.status
+    if status.description:
+        description = scrubber.scrub(status.description)
+        if description is not status.description:
+            changed = True
+            status = Status(status.status_code, description)
+    if not changed:
+        return span
+    return ReadableSpan(
+        name=name,
+        context=span.get_span_context(),
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=events,
+        links=links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class ScrubbingSpanExporter(SpanExporter):
+    """Wraps an exporter (OTLP, in-memory…) so spans leave the process without known secret values.
+
+    A wrapper rather than a span processor because the SDK hands every processor
+    the same immutable span: scrubbed copies must go to this exporter only. It runs
+    where the exporter runs (the batch processor's thread), off the request path.
+
+    Args:
+        exporter: where the scrubbed spans go.
+        scrubber: which values to scrub (default: the process-wide scrubber).
+    """
+
+    def __init__(self, exporter: SpanExporter, scrubber: Scrubber | None = None) -> None:
+        self.exporter = exporter
+        self._scrubber = scrubber or default_scrubber()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._scrubber.active:
+            spans = [scrub_span(span, self._scrubber) for span in spans]
+        return self.exporter.export(spans)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)

@@ -10,6 +10,10 @@ fraction of the SDK's per-span cost. When spans must also leave the process
 SDK's ``TracerProvider`` is used, with the store fed by ``StoreSpanProcessor``
 and the exporters by ``BatchSpanProcessor``; the store receives the same rows
 either way (tests compare the two paths).
+
+Known secret values never leave through either: rows are scrubbed where they
+are built, every exporter is wrapped in ``ScrubbingSpanExporter``, and log
+records are scrubbed as they are created (``tether.guard.credentials``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Tracer
 
+from tether.guard.credentials import install_log_scrubbing
 from tether.store import TraceStore
+from tether.trace.exporter import ScrubbingSpanExporter
 from tether.trace.processor import RowWriter, StoreSpanProcessor
 from tether.trace.recorder import RecordingTracerProvider
 
@@ -88,6 +94,7 @@ def configure_tracing(
         set_global: also install it as OpenTelemetry's global provider, so other
             instrumentation in the process joins the same traces. Only once per process.
     """
+    install_log_scrubbing()
     otlp = otlp_configured()
     if store is not None and not otlp and not extra_exporters:
         writer = RowWriter(store)
@@ -107,10 +114,10 @@ def configure_tracing(
     if otlp:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(processor(OTLPSpanExporter()))
+        provider.add_span_processor(processor(ScrubbingSpanExporter(OTLPSpanExporter())))
         names.append("otlp")
     for exporter in extra_exporters or ():
-        provider.add_span_processor(processor(exporter))
+        provider.add_span_processor(processor(ScrubbingSpanExporter(exporter)))
         names.append(type(exporter).__name__)
     if set_global:
         otel_trace.set_tracer_provider(provider)

@@ -1,0 +1,129 @@
+"""``tether approvals``: list the tool calls waiting for a person, and approve or deny them (once)."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tether.cli import _format as fmt
+from tether.guard.approvals import ApprovalStatus, ApprovalStore, StoredApproval
+from tether.store import open_store
+
+app = typer.Typer(help="Tool calls waiting for a person's approval: list, approve, deny.", no_args_is_help=True)
+
+DatabaseOption = Annotated[
+    str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
+]
+
+
+def _dump(data: Any) -> None:
+    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def approval_to_dict(a: StoredApproval) -> dict[str, object]:
+    return {
+        "id": a.id,
+        "status": a.status.value,
+        "run_id": a.run_id,
+        "agent": a.agent,
+        "tool": a.tool,
+        "call_id": a.call_id,
+        "arguments": a.arguments,
+        "reason": a.reason,
+        "context": a.context,
+        "created_at": a.created_at.isoformat(),
+        "expires_at": a.expires_at.isoformat(),
+        "decided_at": a.decided_at.isoformat() if a.decided_at else None,
+        "decided_by": a.decided_by,
+        "decision_reason": a.decision_reason,
+    }
+
+
+_STATUS_STYLE = {
+    ApprovalStatus.PENDING: "yellow",
+    ApprovalStatus.APPROVED: "green",
+    ApprovalStatus.DENIED: "red",
+    ApprovalStatus.EXPIRED: "red",
+}
+
+
+@app.command("list")
+def list_approvals(
+    everything: Annotated[bool, typer.Option("--all", help="decided and expired requests too")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """Requests waiting for a decision (oldest first): agent, tool, arguments, why, and when they expire."""
+    store = open_store(database)
+    try:
+        found = ApprovalStore(store).list(status=None if everything else ApprovalStatus.PENDING)
+    finally:
+        store.close()
+    if as_json:
+        _dump([approval_to_dict(a) for a in found])
+        return
+    console = fmt.console()
+    if not found:
+        console.print("no tool calls are waiting for approval" + ("" if everything else " [dim](history: --all)[/]"))
+        return
+    table = Table(title=f"{len(found)} approval request(s)", title_justify="left", header_style="bold")
+    for column in ("id", "status", "agent", "tool", "arguments", "why", "expires"):
+        table.add_column(column, overflow="fold")
+    for a in found:
+        style = _STATUS_STYLE[a.status]
+        table.add_row(
+            f"[cyan]{a.id}[/]",
+            f"[{style}]{a.status.value}[/]",
+            escape(a.agent),
+            escape(a.tool),
+            escape(orjson.dumps(a.arguments).decode()[:200]),
+            escape(a.reason),
+            a.expires_at.astimezone().strftime("%H:%M:%S"),
+        )
+    console.print(table)
+    console.print("[dim]decide with[/] tether approvals approve ID [dim]or[/] tether approvals deny ID --reason '…'")
+
+
+def _decide(approval_id: str, approve: bool, reason: str, by: str | None, database: str | None, as_json: bool) -> None:
+    store = open_store(database)
+    try:
+        decided = ApprovalStore(store).decide(approval_id, approve=approve, by=by or getpass.getuser(), reason=reason)
+    finally:
+        store.close()
+    if as_json:
+        _dump(approval_to_dict(decided))
+        return
+    verb = "[green]approved[/]" if approve else "[red]denied[/]"
+    fmt.console().print(
+        f"{verb} {escape(decided.tool)} for agent {escape(decided.agent)} (run {escape(decided.run_id)}); "
+        f"the run goes on — see [bold]tether runs show {escape(decided.run_id)}[/]"
+    )
+
+
+@app.command("approve")
+def approve(
+    approval_id: Annotated[str, typer.Argument(help="the request's id (tether approvals list)")],
+    reason: Annotated[str, typer.Option(help="why, for the audit")] = "",
+    by: Annotated[str | None, typer.Option(help="who decides (default: your user name)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """Approve a waiting call: it runs once. A request is decided once; deciding it again is an error."""
+    _decide(approval_id, True, reason, by, database, as_json)
+
+
+@app.command("deny")
+def deny(
+    approval_id: Annotated[str, typer.Argument(help="the request's id (tether approvals list)")],
+    reason: Annotated[str, typer.Option(help="why — the agent is told")] = "",
+    by: Annotated[str | None, typer.Option(help="who decides (default: your user name)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """Deny a waiting call: it never runs, and the agent is told why."""
+    _decide(approval_id, False, reason, by, database, as_json)

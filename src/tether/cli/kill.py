@@ -1,0 +1,84 @@
+"""``tether kill``: stop a run, an agent's runs, or every run — wherever they run."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from typing import Annotated
+
+import orjson
+import typer
+from rich.markup import escape
+
+from tether.cli import _format as fmt
+from tether.errors import ConfigError, UserError
+from tether.guard.killswitch import DEFAULT_POLL_INTERVAL_S, Kill, KillStore, new_kill
+from tether.store import open_store
+
+__all__ = ["kill"]
+
+
+def _requested_by() -> str:
+    """``user@host``, as the audit trail records who pulled the switch."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container with an unnamed uid)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _confirmation(kill: Kill) -> str:
+    within = f"within ~{DEFAULT_POLL_INTERVAL_S * 1000:.0f} ms"
+    if kill.target_kind == "run":
+        what = f"run [bold cyan]{escape(kill.target)}[/] stops {within}"
+        see = f"tether runs show {escape(kill.target)}"
+    elif kill.target_kind == "agent":
+        what = f"every running run of agent [bold cyan]{escape(kill.target)}[/] stops {within}"
+        see = f"tether runs list --agent {escape(kill.target)} --stop killed"
+    else:
+        what = f"[bold]every running run[/] stops {within}"
+        see = "tether runs list --stop killed"
+    return (
+        f"[red]killed[/] · {what} (runs started later are not affected) · "
+        f"reason: {escape(kill.reason)} · see it with [bold]{see}[/] [dim](kill {kill.id[:12]})[/]"
+    )
+
+
+def kill(
+    run_id: Annotated[str | None, typer.Argument(help="the run's full id (as tether runs list shows it)")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", help="kill every running run of this agent")] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="kill every running run of every agent")] = False,
+    reason: Annotated[str | None, typer.Option(help="why: kept with the kill and on the run's trace")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the kill as JSON")] = False,
+    database: Annotated[
+        str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
+    ] = None,
+) -> None:
+    """Kill a run (RUN_ID), an agent's runs (--agent) or every run (--all): exactly one.
+
+    Every process on the same database stops the runs it names at once — model
+    calls and tools in flight are cancelled, the trace so far is kept, and the
+    run ends with stop reason 'killed'. Runs started after the kill are not
+    affected. Without a database, touch the kill file instead (TETHER_KILL_FILE).
+    """
+    given = [flag for flag, value in (("RUN_ID", run_id), ("--agent", agent), ("--all", all_runs)) if value]
+    if len(given) != 1:
+        detail = f"got {' and '.join(given)}" if given else "got none"
+        raise ConfigError(
+            f"tether kill needs exactly one target — a RUN_ID, --agent NAME or --all — {detail}: "
+            "e.g. tether kill 3f9a0c2e41d7b6a5, tether kill --agent oncall, tether kill --all"
+        )
+    kind = "all" if all_runs else "agent" if agent else "run"
+    try:
+        record = new_kill(kind, run_id or agent, reason, _requested_by())
+    except UserError as exc:
+        raise ConfigError(str(exc)) from None
+    store = open_store(database)
+    try:
+        KillStore(store).add(record)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(orjson.dumps(record.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    fmt.console().print(_confirmation(record), highlight=False, soft_wrap=True)

@@ -1,0 +1,296 @@
+"""Human approval of tool calls: requests persisted in the store, decided by a person, expiring to a denial.
+
+A call that needs approval is written to the ``approvals`` table as
+``pending`` with everything a person needs to decide — agent, tool, arguments,
+the guard's reason and the run's context — and the run waits. ``tether
+approvals list / approve ID / deny ID --reason`` (or the HTTP API) decides it;
+each request can be decided once: approving an unknown or already decided
+request is an error, never a second execution. An undecided request expires at
+its deadline and counts as a denial::
+
+    approvals = ApprovalStore(store)
+    guard = Guard(policy, approver=approvals.approver(timeout_s=900))
+
+``ApprovalStore.approver()`` is the guard's approver: it records the request
+and polls for the decision (every ``poll_s``), so a decision made in any
+process — the CLI, another replica — reaches the waiting run.
+
+Arguments are stored as the model sent them (after the guard's scrubbing of
+known secrets, once the credentials module is wired in); the decision, who made
+it and why are kept for the audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
+
+from tether.errors import StoreError, UserError
+from tether.store._failures import translate_errors
+from tether.store._url import StoreURL, parse_store_url
+from tether.store.schema import approvals
+
+if TYPE_CHECKING:
+    from tether.store import TraceStore
+
+__all__ = [
+    "ApprovalAlreadyDecided",
+    "ApprovalRequest",
+    "ApprovalStatus",
+    "ApprovalStore",
+    "StoredApproval",
+    "UnknownApproval",
+]
+
+_ARGUMENTS_CHARS = 16_000
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
+class UnknownApproval(UserError):
+    """No approval request has this id."""
+
+
+class ApprovalAlreadyDecided(UserError):
+    """The request was decided (or expired) already: a decision is made once."""
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """What the guard asks a person to decide.
+
+    Attributes:
+        run_id: the run waiting on it.
+        agent: the agent that wants to make the call.
+        tool: the tool.
+        call_id: the model's id for the call (one request per call).
+        arguments: the call's arguments, as the model sent them.
+        reason: why approval is needed (the guard's reason).
+        context: what else helps a person decide: the run's task, the turn, what tainted it.
+    """
+
+    run_id: str
+    agent: str
+    tool: str
+    call_id: str
+    arguments: Mapping[str, Any]
+    reason: str
+    context: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredApproval:
+    """A request as stored, with its decision once there is one."""
+
+    id: str
+    run_id: str
+    agent: str
+    tool: str
+    call_id: str
+    arguments: dict[str, Any]
+    reason: str
+    context: dict[str, Any]
+    status: ApprovalStatus
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_reason: str | None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _from_row(row: RowMapping) -> StoredApproval:
+    return StoredApproval(
+        id=row["id"],
+        run_id=row["run_id"],
+        agent=row["agent"],
+        tool=row["tool"],
+        call_id=row["call_id"],
+        arguments=orjson.loads(row["arguments"]),
+        reason=row["reason"],
+        context=orjson.loads(row["context"]),
+        status=ApprovalStatus(row["status"]),
+        created_at=_utc(row["created_at"]),
+        expires_at=_utc(row["expires_at"]),
+        decided_at=_utc(row["decided_at"]) if row["decided_at"] is not None else None,
+        decided_by=row["decided_by"],
+        decision_reason=row["decision_reason"],
+    )
+
+
+class ApprovalStore:
+    """Approval requests in the store's database (table ``approvals``), shared by every process.
+
+    Args:
+        store: a ``TraceStore`` or an ``Engine`` on a migrated database.
+        clock: the current time (tests pass a fake one).
+    """
+
+    def __init__(self, store: TraceStore | Engine, *, clock: Any = None) -> None:
+        engine = store if isinstance(store, Engine) else store.engine
+        self._engine = engine
+        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
+        )
+
+    @contextlib.contextmanager
+    def _connect(self, action: str) -> Iterator[Connection]:
+        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
+            yield connection
+
+    def _now(self) -> datetime:
+        return _utc(self._clock())
+
+    def request(self, request: ApprovalRequest, *, timeout_s: float) -> StoredApproval:
+        """Record a pending request; the same (run, call) asked again returns the existing one.
+
+        Raises:
+            StoreError: the database failed (the call must not run).
+        """
+        now = self._now()
+        arguments = orjson.dumps(dict(request.arguments), option=orjson.OPT_SORT_KEYS).decode()
+        if len(arguments) > _ARGUMENTS_CHARS:
+            arguments = orjson.dumps({"_truncated": arguments[:_ARGUMENTS_CHARS]}).decode()
+        row = {
+            "id": uuid.uuid4().hex,
+            "run_id": request.run_id,
+            "agent": request.agent,
+            "tool": request.tool,
+            "call_id": request.call_id,
+            "arguments": arguments,
+            "reason": request.reason,
+            "context": orjson.dumps(dict(request.context), default=str).decode(),
+            "status": ApprovalStatus.PENDING.value,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=timeout_s),
+        }
+        with self._connect("recording an approval request") as connection, connection.begin():
+            existing = self._find_call(connection, request.run_id, request.call_id)
+            if existing is not None:
+                return existing
+            connection.execute(insert(approvals).values(**row))
+            found = self._find_call(connection, request.run_id, request.call_id)
+        assert found is not None
+        return found
+
+    @staticmethod
+    def _find_call(connection: Connection, run_id: str, call_id: str) -> StoredApproval | None:
+        row = (
+            connection.execute(select(approvals).where(approvals.c.run_id == run_id, approvals.c.call_id == call_id))
+            .mappings()
+            .one_or_none()
+        )
+        return _from_row(row) if row is not None else None
+
+    def get(self, approval_id: str) -> StoredApproval:
+        """The request with this id (expired first if its deadline has passed).
+
+        Raises:
+            UnknownApproval: no request has this id.
+        """
+        self.expire()
+        with self._connect("reading an approval request") as connection:
+            row = connection.execute(select(approvals).where(approvals.c.id == approval_id)).mappings().one_or_none()
+        if row is None:
+            raise UnknownApproval(
+                f"no approval request has id {approval_id!r}: `tether approvals list` shows the pending ones"
+            )
+        return _from_row(row)
+
+    def list(self, *, status: ApprovalStatus | None = ApprovalStatus.PENDING, limit: int = 100) -> list[StoredApproval]:
+        """Requests, oldest first; pending ones by default (expired ones are marked first)."""
+        self.expire()
+        query = select(approvals).order_by(approvals.c.created_at, approvals.c.id).limit(limit)
+        if status is not None:
+            query = query.where(approvals.c.status == status.value)
+        with self._connect("listing approval requests") as connection:
+            rows = connection.execute(query).mappings().all()
+        return [_from_row(row) for row in rows]
+
+    def decide(self, approval_id: str, *, approve: bool, by: str, reason: str = "") -> StoredApproval:
+        """Approve or deny a pending request, once.
+
+        Raises:
+            UnknownApproval: no request has this id.
+            ApprovalAlreadyDecided: it was decided or expired already; nothing changes.
+        """
+        self.expire()
+        status = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
+        now = self._now()
+        with self._connect("deciding an approval request") as connection, connection.begin():
+            # Only a pending row changes: two people deciding at once cannot both win.
+            changed = connection.execute(
+                update(approvals)
+                .where(approvals.c.id == approval_id, approvals.c.status == ApprovalStatus.PENDING.value)
+                .values(status=status.value, decided_at=now, decided_by=by, decision_reason=reason or None)
+            ).rowcount
+        stored = self.get(approval_id)
+        if changed != 1:
+            when = f" at {stored.decided_at:%Y-%m-%d %H:%M:%S} UTC" if stored.decided_at else ""
+            who = f" by {stored.decided_by}" if stored.decided_by else ""
+            raise ApprovalAlreadyDecided(
+                f"approval {approval_id} is already {stored.status.value}{who}{when}: a request is decided once"
+            )
+        return stored
+
+    def expire(self) -> int:
+        """Mark pending requests past their deadline as expired (a denial); returns how many."""
+        now = self._now()
+        with self._connect("expiring approval requests") as connection, connection.begin():
+            return int(
+                connection.execute(
+                    update(approvals)
+                    .where(approvals.c.status == ApprovalStatus.PENDING.value, approvals.c.expires_at < now)
+                    .values(status=ApprovalStatus.EXPIRED.value, decided_at=now, decided_by="timeout")
+                ).rowcount
+            )
+
+    async def wait(self, approval_id: str, *, poll_s: float = 0.25) -> StoredApproval:
+        """Wait until the request is decided or expires; returns it decided."""
+        while True:
+            stored = await asyncio.to_thread(self.get, approval_id)
+            if stored.status is not ApprovalStatus.PENDING:
+                return stored
+            await asyncio.sleep(poll_s)
+
+    def approver(self, *, timeout_s: float = 900.0, poll_s: float = 0.25) -> StoreApprover:
+        """The guard's approver backed by this store."""
+        return StoreApprover(self, timeout_s=timeout_s, poll_s=poll_s)
+
+
+class StoreApprover:
+    """Records each request and waits for a person's decision; expiry is a denial."""
+
+    def __init__(self, store: ApprovalStore, *, timeout_s: float, poll_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"an approval timeout must be > 0 s, got {timeout_s}")
+        self.store = store
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+
+    async def __call__(self, request: ApprovalRequest) -> StoredApproval:
+        try:
+            stored = await asyncio.to_thread(self.store.request, request, timeout_s=self.timeout_s)
+        except StoreError:
+            raise
+        return await self.store.wait(stored.id, poll_s=self.poll_s)

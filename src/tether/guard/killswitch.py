@@ -1,0 +1,949 @@
+"""The kill switch: stop a run, an agent's runs, or every run, from anywhere, now.
+
+Four ways to ask, one effect::
+
+    tether kill 3f9a0c2e41d7b6a5            # a run (its full id)
+    tether kill --agent oncall              # every running run of an agent
+    tether kill --all --reason "incident 4411"
+    curl -X POST http://gateway:4000/v1/kill -H 'authorization: Bearer tk-…' -d '{"agent": "oncall"}'
+    echo agent:oncall > "$TETHER_KILL_FILE" # or just: touch "$TETHER_KILL_FILE" (= all)
+
+The first three write a row to the store's ``kills`` table (``KillStore``),
+which every process and replica on the same database reads; the file is for an
+operator on the machine (and keeps working when the database does not). In
+code, ``KillSwitch.kill`` does the same as the CLI and also stops matching runs
+of its own process at once.
+
+A run is watched for the length of its work::
+
+    switch = KillSwitch(store)                     # one per process, shared by every run
+    async with switch.watch(run_id=run_id, agent="oncall") as watch:
+        output = await loop()                      # cancelled when a kill for it arrives
+    if watch.killed:
+        ...                                        # end the run with StopReason.KILLED, watch.reason
+
+What a kill matches: a run is killed by any kill **created after the run
+started** that names its run id, its agent, or all runs. A kill made before a
+run starts does not stop it (``tether kill --agent X`` stops X's runs, it does
+not ban X) — with one exception: while the kill file says ``all`` (or is
+empty), new runs are refused too: they are killed the moment they start.
+
+How it arrives: one poller thread per switch (not per run) reads the rows
+created since its last read (``created_at >= …``, on the ``created_at``
+index) every ``poll_interval_s`` (25 ms), and checks every watching run
+against them in memory; a second thread ``os.stat``-s the kill file on the
+same beat, so a slow or dead database never delays the file. Both idle while
+no run is watched. Threads rather than an asyncio task, so one switch serves
+runs on any event loop (``Agent.run_sync`` makes a new loop per run): a kill
+reaches a run's loop with ``call_soon_threadsafe`` and cancels the task that
+entered ``watch`` — whatever it awaits (a model call, a tool, a sleep) raises
+``CancelledError`` there, and its spans end as the stack unwinds, so the
+partial trace is kept. Kill latency is the poll interval plus a query plus one
+loop turn (measured ~15-30 ms on SQLite).
+
+Cancellation follows Python 3.11's rules: the watch counts its own cancel
+request and takes it back with ``Task.uncancel()`` on the way out, so an outer
+``asyncio.timeout``, ``TaskGroup`` or a caller's own cancel still gets its
+cancellation. ``RunWatch.__aexit__`` swallows the ``CancelledError`` only when
+the kill was the only cancellation; if someone else cancelled too, it
+propagates (``watch.killed`` still says the run was killed).
+
+When the store cannot be read the switch does not go quiet: it logs an error
+at once and again every 30 s while it lasts, retries with backoff (up to 1 s),
+reports ``store_error``, and reads every kill made meanwhile when the store is
+back (its read cursor only moves on success), so those kills still stop the
+runs they name. Runs are not refused meanwhile (that would turn a database
+blip into an outage); the kill file and in-process kills keep working.
+
+Replicas compare kill times from their own clocks: keep machine clocks in sync
+(NTP). Rows are re-read for ``overlap_s`` seconds (5 s) and told apart by id,
+so a kill whose transaction commits late, or whose writer's clock is a little
+behind, is not missed.
+
+The kill file (``kill_file=`` or ``TETHER_KILL_FILE``): its appearance, or any
+change of its modification time, size or inode, is a kill. Lines: ``all``,
+``run:<id>``, ``agent:<name>``; blank lines and ``# comments`` are ignored; a
+file with no valid line (empty, or unreadable) means all once it has stayed so
+for 50 ms (``echo agent:x > file`` creates an empty file first). Keep it on a
+local file system: a file kill counts as made at the file's modification time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
+
+import orjson
+from sqlalchemy import Connection, Engine, RowMapping, insert, select
+
+from tether.errors import StoreError, UserError
+from tether.store._failures import translate_errors
+from tether.store._url import StoreURL, parse_store_url
+from tether.store.schema import kills
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    from tether.gateway.keys import KeyVerifier
+    from tether.store import TraceStore
+
+__all__ = [
+    "DEFAULT_POLL_INTERVAL_S",
+    "KILL_FILE_ENV",
+    "Kill",
+    "KillStore",
+    "KillSwitch",
+    "RunWatch",
+    "TargetKind",
+    "kill_route",
+    "new_kill",
+    "parse_kill_file",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How often the store and the kill file are checked while a run is watched.
+DEFAULT_POLL_INTERVAL_S: Final = 0.025
+#: How far back each read of the store reaches again (late commits, small clock skew).
+DEFAULT_OVERLAP_S: Final = 5.0
+#: The environment variable naming the kill file.
+KILL_FILE_ENV: Final = "TETHER_KILL_FILE"
+
+TargetKind = Literal["run", "agent", "all"]
+KillSource = Literal["store", "file", "local"]
+
+_TARGET_KINDS: Final = frozenset(get_args(TargetKind))
+_ALL_TARGET: Final = "*"  # the ``target`` column of a kill of all runs
+_MAX_TARGET: Final = 256
+_MAX_REASON: Final = 1_000
+_DEFAULT_REASON: Final = "no reason given"
+_MAX_BACKOFF_S: Final = 1.0
+_ERROR_REPEAT_S: Final = 30.0
+# A file's modification time comes from a coarse kernel clock (one jiffy, 1-10 ms) that may lag
+# behind time.time(): a file kill counts as made this much after its mtime, so that a run started
+# just before the file was touched is not spared.
+_MTIME_SLACK_S: Final = 0.02
+# A file with no valid line means all, but so does a file caught between its creation and its
+# first write (``echo agent:x > KILL`` truncates, then writes): such a file must stay so this long.
+_SETTLE_S: Final = 0.05
+_MAX_BODY: Final = 64 * 1024
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """One kill request.
+
+    Attributes:
+        id: unique id (32 hex characters for kills in the store; ``file:…`` for the kill file).
+        target_kind: ``run``, ``agent`` or ``all``.
+        target: the run id or agent name; ``*`` for all.
+        reason: why, as the person who asked said it.
+        requested_by: who asked (``alice@host``, ``key:ops-bot``, ``kill file …``), if known.
+        created_at: when it was made (UTC); it stops runs that started at or before this moment.
+        source: where this process learned of it: ``store``, ``file`` or ``local`` (``KillSwitch.kill``).
+    """
+
+    id: str
+    target_kind: TargetKind
+    target: str
+    reason: str
+    requested_by: str | None
+    created_at: datetime
+    source: KillSource = "store"
+
+    def matches(self, run_id: str, agent: str) -> bool:
+        """Whether it names this run, this run's agent, or all runs (whatever their start)."""
+        if self.target_kind == "all":
+            return True
+        return self.target == (run_id if self.target_kind == "run" else agent)
+
+    @property
+    def what(self) -> str:
+        """``run 3f9a…``, ``agent oncall`` or ``all runs``."""
+        return "all runs" if self.target_kind == "all" else f"{self.target_kind} {self.target}"
+
+    @property
+    def message(self) -> str:
+        """One line for a span, a log or a person: what, who, why."""
+        by = f" by {self.requested_by}" if self.requested_by else ""
+        return f"killed ({self.what}{by}): {self.reason}"
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON values (the CLI's and the HTTP endpoint's answer)."""
+        return {
+            "id": self.id,
+            "target_kind": self.target_kind,
+            "target": self.target,
+            "reason": self.reason,
+            "requested_by": self.requested_by,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def new_kill(
+    target_kind: str,
+    target: str | None,
+    reason: str | None = None,
+    requested_by: str | None = None,
+    *,
+    source: KillSource = "store",
+    created_at: datetime | None = None,
+) -> Kill:
+    """A checked ``Kill`` with a fresh id, made now.
+
+    Raises:
+        UserError: the kind is not run/agent/all, or a run/agent kill has no target.
+    """
+    if target_kind not in _TARGET_KINDS:
+        raise UserError(f"invalid kill target kind {target_kind!r}: use 'run', 'agent' or 'all'")
+    kind = cast(TargetKind, target_kind)
+    if kind == "all":
+        target = _ALL_TARGET
+    else:
+        target = target.strip() if isinstance(target, str) else ""
+        if not target:
+            raise UserError(f"a kill of a {kind} needs the {'run id' if kind == 'run' else 'agent name'}")
+        if len(target) > _MAX_TARGET:
+            raise UserError(f"the {kind} to kill is longer than {_MAX_TARGET} characters: is it really a {kind}?")
+    text = " ".join(reason.split()) if isinstance(reason, str) else ""
+    if len(text) > _MAX_REASON:
+        text = text[:_MAX_REASON] + "…"
+    return Kill(
+        id=uuid.uuid4().hex,
+        target_kind=kind,
+        target=target,
+        reason=text or _DEFAULT_REASON,
+        requested_by=requested_by,
+        created_at=created_at if created_at is not None else _now(),
+        source=source,
+    )
+
+
+def _kill_from_row(row: RowMapping) -> Kill:
+    kind = row["target_kind"]
+    return Kill(
+        id=row["id"],
+        target_kind=kind if kind in _TARGET_KINDS else "all",  # an unknown kind from a newer tether: stop everything
+        target=row["target"],
+        reason=row["reason"],
+        requested_by=row["requested_by"],
+        created_at=_utc(row["created_at"]),
+    )
+
+
+class KillStore:
+    """Kill requests in the store's database (table ``kills``), on SQLite or PostgreSQL.
+
+    Args:
+        store: the ``TraceStore`` whose database (and connection pool) to use,
+            or an ``Engine`` on a migrated database. The caller keeps ownership.
+    """
+
+    def __init__(self, store: TraceStore | Engine) -> None:
+        engine = store if isinstance(store, Engine) else store.engine
+        self._engine = engine
+        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
+        # An in-memory SQLite database is one connection shared by all threads: take turns on it.
+        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
+        )
+
+    @property
+    def url(self) -> str:
+        """The database's URL without its password."""
+        return self._where.display
+
+    def __repr__(self) -> str:
+        return f"KillStore({self.url!r})"
+
+    @contextlib.contextmanager
+    def _connect(self, action: str) -> Iterator[Connection]:
+        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
+            yield connection
+
+    def kill(
+        self, target_kind: TargetKind, target: str | None, reason: str | None = None, requested_by: str | None = None
+    ) -> str:
+        """Record a kill and return its id; every switch on this database acts on it within a poll.
+
+        Args:
+            target_kind: ``run``, ``agent`` or ``all``.
+            target: the run id or agent name (ignored for ``all``).
+            reason: why, for the trace and the audit (default: "no reason given").
+            requested_by: who asked.
+
+        Raises:
+            UserError: the target is malformed.
+            StoreError: the database failed.
+        """
+        kill = new_kill(target_kind, target, reason, requested_by)
+        self.add(kill)
+        return kill.id
+
+    def add(self, kill: Kill) -> None:
+        """Record a prepared kill (``KillSwitch.kill`` records the one it applied locally).
+
+        Raises:
+            StoreError: the database failed.
+        """
+        row = {
+            "id": kill.id,
+            "target_kind": kill.target_kind,
+            "target": kill.target,
+            "reason": kill.reason,
+            "requested_by": kill.requested_by,
+            "created_at": kill.created_at,
+        }
+        with self._connect("recording a kill") as connection, connection.begin():
+            connection.execute(insert(kills), [row])
+
+    def list(self, *, limit: int = 50, since: datetime | None = None) -> builtins.list[Kill]:
+        """Kills, newest first: at most ``limit``, made at or after ``since`` (naive means UTC)."""
+        query = select(kills).order_by(kills.c.created_at.desc(), kills.c.id).limit(limit)
+        if since is not None:
+            query = query.where(kills.c.created_at >= _utc(since))
+        with self._connect("listing kills") as connection:
+            rows = connection.execute(query).mappings().all()
+        return [_kill_from_row(row) for row in rows]
+
+    def made_since(self, moment: datetime) -> builtins.list[Kill]:
+        """Kills made at or after ``moment``, oldest first (the poller's read)."""
+        query = select(kills).where(kills.c.created_at >= _utc(moment)).order_by(kills.c.created_at, kills.c.id)
+        with self._connect("reading kills") as connection:
+            rows = connection.execute(query).mappings().all()
+        return [_kill_from_row(row) for row in rows]
+
+
+# --- the kill file ------------------------------------------------------------------------------
+
+
+def parse_kill_file(text: str) -> tuple[builtins.list[tuple[TargetKind, str]], builtins.list[str]]:
+    """The targets a kill file names, and its lines that name none.
+
+    No valid line at all (an empty file, only comments or nonsense) means all
+    runs: whoever made the file wanted something stopped.
+    """
+    targets, invalid = _parse_lines(text)
+    return targets or [("all", _ALL_TARGET)], invalid
+
+
+def _parse_lines(text: str) -> tuple[builtins.list[tuple[TargetKind, str]], builtins.list[str]]:
+    targets: list[tuple[TargetKind, str]] = []
+    invalid: list[str] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        kind, sep, target = line.partition(":")
+        kind, target = kind.strip().lower(), target.strip()
+        if not sep and kind == "all":
+            targets.append(("all", _ALL_TARGET))
+        elif sep and kind in ("run", "agent") and target:
+            targets.append(("run" if kind == "run" else "agent", target))
+        else:
+            invalid.append(raw.strip())
+    return targets, invalid
+
+
+def _file_signature(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        # It is there, we just cannot look at it properly: its presence is what counts.
+        return (-1, -1, -1, -1)
+    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+
+
+def _read_kill_file(path: Path) -> tuple[builtins.list[tuple[TargetKind, str]], bool] | None:
+    """The targets the file names now, and whether it named them (False: all, for want of a valid line).
+
+    None if the file is gone.
+    """
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.warning("kill file %s exists but cannot be read (%s): killing all runs", path, exc.strerror or exc)
+        return [("all", _ALL_TARGET)], False
+    targets, invalid = _parse_lines(text)
+    if invalid:
+        logger.warning(
+            "kill file %s: ignored %d line(s) that are not 'all', 'run:<id>' or 'agent:<name>': %s",
+            path,
+            len(invalid),
+            "; ".join(repr(line[:80]) for line in invalid[:5]),
+        )
+    if not targets:
+        return [("all", _ALL_TARGET)], False
+    return targets, True
+
+
+def _file_kill_time(mtime: datetime, previous_check: datetime | None, observed: datetime) -> datetime:
+    """When a change of the kill file counts as made: never later than seen, never much before its mtime."""
+    slack = timedelta(seconds=_MTIME_SLACK_S)
+    if previous_check is not None and mtime < previous_check - slack:
+        # Older than our last look, yet changed since: a back-dated mtime (touch -d). It is news now.
+        return observed
+    return min(observed, mtime + slack)
+
+
+# --- watching runs ------------------------------------------------------------------------------
+
+
+class RunWatch:
+    """One run under the kill switch; an async context manager (see ``KillSwitch.watch``).
+
+    Attributes:
+        run_id: the run's id.
+        agent: the run's agent.
+        started_at: when the watch began (UTC); kills made before it do not stop the run.
+        kill: the kill that stopped the run, or None.
+    """
+
+    def __init__(self, switch: KillSwitch, run_id: str, agent: str) -> None:
+        self._switch = switch
+        self.run_id = run_id
+        self.agent = agent
+        self.started_at: datetime = _now()
+        self.kill: Kill | None = None
+        self._state: Literal["new", "entered", "exited"] = "new"
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cancelling = 0
+
+    @property
+    def killed(self) -> bool:
+        """Whether a kill stopped (or refused) this run."""
+        return self.kill is not None
+
+    @property
+    def reason(self) -> str | None:
+        """The kill's one-line message (what, who, why), or None."""
+        return self.kill.message if self.kill is not None else None
+
+    def __repr__(self) -> str:
+        return f"RunWatch(run_id={self.run_id!r}, agent={self.agent!r}, killed={self.killed})"
+
+    async def __aenter__(self) -> RunWatch:
+        if self._state != "new":
+            raise RuntimeError("a RunWatch can be entered once: call KillSwitch.watch for each run")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("KillSwitch.watch must be entered from inside an asyncio task")
+        self._task = task
+        self._loop = asyncio.get_running_loop()
+        self._cancelling = task.cancelling()
+        self._state = "entered"
+        self._switch._register(self)  # sets started_at
+        refusal = self._switch._refusal()
+        if refusal is not None:
+            self._deliver(refusal)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        # Before any await: a kill that lands from now on is dropped by _deliver.
+        self._state = "exited"
+        self._switch._unregister(self)
+        task = self._task
+        if self.kill is None or task is None:
+            return False
+        cancelled = exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+        absorbed = False
+        if not cancelled:
+            # The body ended (or failed) before an await delivered our cancel: take it here, or
+            # it would hit the caller's next await after the run is over.
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                absorbed = True
+        # Take back our own cancel request; anything left is someone else's (a timeout, a TaskGroup, the caller).
+        others = task.uncancel() > self._cancelling
+        if cancelled:
+            return not others
+        if absorbed and others:
+            raise asyncio.CancelledError
+        return False
+
+    # Called on the run's own event loop (call_soon_threadsafe, or directly from __aenter__).
+    def _deliver(self, kill: Kill) -> None:
+        if self._state != "entered" or self.kill is not None or self._task is None:
+            return
+        self.kill = kill
+        self._task.cancel(msg=kill.message)
+
+    # Called from any thread.
+    def _schedule(self, kill: Kill) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the run is long over
+            loop.call_soon_threadsafe(self._deliver, kill)
+
+
+class KillSwitch:
+    """Stops watched runs when a kill names them; one per process, shared by every run.
+
+    Args:
+        store: where kills are recorded and read (a ``TraceStore``, an ``Engine``
+            on a migrated database, or a ``KillStore``); None for in-process
+            kills and the kill file only. The caller keeps ownership.
+        kill_file: the kill file's path; None reads ``TETHER_KILL_FILE`` (no
+            file when unset or empty).
+        poll_interval_s: how often the store and the file are checked while a run is watched.
+        overlap_s: how far back each read of the store reaches again.
+    """
+
+    def __init__(
+        self,
+        store: TraceStore | Engine | KillStore | None = None,
+        *,
+        kill_file: str | os.PathLike[str] | None = None,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        overlap_s: float = DEFAULT_OVERLAP_S,
+    ) -> None:
+        if not poll_interval_s > 0:
+            raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
+        if not overlap_s >= 0:
+            raise ValueError(f"overlap_s must be ≥ 0, got {overlap_s!r}")
+        self._kills = store if isinstance(store, KillStore) or store is None else KillStore(store)
+        if kill_file is None:
+            kill_file = os.environ.get(KILL_FILE_ENV) or None
+        self._file = Path(kill_file) if kill_file is not None else None
+        self._interval = poll_interval_s
+        self._overlap = timedelta(seconds=overlap_s)
+        self._lock = threading.Lock()
+        self._watches: set[RunWatch] = set()
+        self._by_run: dict[str, set[RunWatch]] = {}
+        self._by_agent: dict[str, set[RunWatch]] = {}
+        self._active = threading.Event()  # set while a run is watched (or to wake the threads to stop)
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        # Store poller state (its thread only, except _seen, shared with kill()).
+        self._seen: dict[str, datetime] = {}
+        self._last_read: datetime | None = None
+        self._failing_since: float | None = None
+        self._last_error_log = 0.0
+        self._store_error: str | None = None
+        # File watcher state (its thread only).
+        self._file_signature: tuple[int, int, int, int] | None = None
+        self._file_checked: datetime | None = None
+        self._file_pending: tuple[float, list[Kill]] | None = None  # an unnamed "all", waiting to settle
+
+    @property
+    def kill_file(self) -> Path | None:
+        """The kill file watched, if any."""
+        return self._file
+
+    @property
+    def store_error(self) -> str | None:
+        """Why the last read of the store failed, while it keeps failing; None when reads work."""
+        return self._store_error
+
+    @property
+    def watching(self) -> int:
+        """How many runs are watched now."""
+        with self._lock:
+            return len(self._watches)
+
+    def __repr__(self) -> str:
+        store = self._kills.url if self._kills is not None else None
+        return f"KillSwitch(store={store!r}, kill_file={str(self._file) if self._file else None!r})"
+
+    # --- asking for kills -----------------------------------------------------------------
+
+    def kill(
+        self,
+        *,
+        run_id: str | None = None,
+        agent: str | None = None,
+        all: bool = False,  # the CLI's and the endpoint's word for it, builtin or not
+        reason: str | None = None,
+        requested_by: str | None = None,
+    ) -> Kill:
+        """Kill a run, an agent's runs, or all runs: here at once, elsewhere within a poll.
+
+        Matching runs of this process are stopped first; then the kill is
+        recorded in the store (if any) for every other process and replica.
+
+        Args:
+            run_id: the run to kill.
+            agent: the agent whose runs to kill.
+            all: kill every run.
+            reason: why, for the trace and the audit.
+            requested_by: who asked.
+
+        Raises:
+            UserError: not exactly one of ``run_id``, ``agent`` and ``all`` was given.
+            StoreError: the kill could not be recorded (runs of this process were stopped all the same).
+        """
+        kind, target = _one_target(run_id=run_id, agent=agent, all_runs=all)
+        kill = new_kill(kind, target, reason, requested_by, source="local")
+        with self._lock:
+            self._seen[kill.id] = kill.created_at
+        self._apply(kill)
+        if self._kills is not None:
+            try:
+                self._kills.add(kill)
+            except StoreError as exc:
+                raise type(exc)(
+                    f"the kill of {kill.what} stopped the runs of this process, but other processes will not see it: "
+                    f"{exc}"
+                ) from exc
+        return kill
+
+    # --- watching runs --------------------------------------------------------------------
+
+    def watch(self, *, run_id: str, agent: str) -> RunWatch:
+        """A context manager that cancels the entering task when a kill names this run.
+
+        ::
+
+            async with switch.watch(run_id=state.run_id, agent=self.name) as watch:
+                output = await self._loop(state, tracer)
+            if watch.killed:
+                reason, error = StopReason.KILLED, watch.reason
+        """
+        if not isinstance(run_id, str) or not run_id or not isinstance(agent, str):
+            raise UserError("KillSwitch.watch needs the run's id and its agent's name")
+        if self._stopped.is_set():
+            raise RuntimeError("this KillSwitch is closed: make a new one")
+        return RunWatch(self, run_id, agent)
+
+    def close(self) -> None:
+        """Stop the poller threads; runs still watched are no longer stopped by the store or the file."""
+        self._stopped.set()
+        self._active.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+    def __enter__(self) -> KillSwitch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _register(self, watch: RunWatch) -> None:
+        with self._lock:
+            # Under the lock: a kill applied before this line was made before the run started.
+            watch.started_at = _now()
+            self._watches.add(watch)
+            self._by_run.setdefault(watch.run_id, set()).add(watch)
+            self._by_agent.setdefault(watch.agent, set()).add(watch)
+            self._active.set()
+            if not self._threads and not self._stopped.is_set():
+                self._start_threads()
+
+    def _unregister(self, watch: RunWatch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+            for index, key in ((self._by_run, watch.run_id), (self._by_agent, watch.agent)):
+                group = index.get(key)
+                if group is not None:
+                    group.discard(watch)
+                    if not group:
+                        del index[key]
+            if not self._watches and not self._stopped.is_set():
+                self._active.clear()
+
+    def _refusal(self) -> Kill | None:
+        """The kill for a run starting now: only a kill file that says ``all`` refuses new runs."""
+        if self._file is None or (signature := _file_signature(self._file)) is None:
+            return None
+        found = _read_kill_file(self._file)
+        if found is None or ("all", _ALL_TARGET) not in found[0]:
+            return None
+        if not found[1] and time.time_ns() - signature[1] < _SETTLE_S * 1e9:
+            return None  # maybe a file being written: the watcher decides once it has settled
+        by = f"kill file {self._file}"
+        return new_kill("all", None, f"{by} says all: new runs are refused", by, source="file")
+
+    def _apply(self, kill: Kill) -> None:
+        with self._lock:
+            if kill.target_kind == "all":
+                candidates = list(self._watches)
+            else:
+                index = self._by_run if kill.target_kind == "run" else self._by_agent
+                candidates = list(index.get(kill.target, ()))
+            targets = [w for w in candidates if w.started_at <= kill.created_at and w.kill is None]
+        for watch in targets:
+            watch._schedule(kill)
+
+    # --- the poller threads ---------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        sources: list[tuple[str, Callable[[], bool]]] = []
+        if self._kills is not None:
+            sources.append(("store", self._poll_store))
+        if self._file is not None:
+            sources.append(("file", self._check_file))
+        for name, poll in sources:
+            thread = threading.Thread(target=self._run, args=(poll,), name=f"tether-killswitch-{name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, poll: Callable[[], bool]) -> None:
+        delay = self._interval
+        while True:
+            self._active.wait()
+            if self._stopped.is_set():
+                return
+            began = time.monotonic()
+            try:
+                ok = poll()
+            except Exception:  # a bug here must not stop the switch for the life of the process
+                logger.exception("kill switch: unexpected error while checking for kills; retrying")
+                ok = False
+            delay = self._interval if ok else min(_MAX_BACKOFF_S, max(self._interval, delay * 2))
+            self._stopped.wait(max(0.0, delay - (time.monotonic() - began)))
+
+    def _earliest_start(self) -> datetime | None:
+        with self._lock:
+            return min((w.started_at for w in self._watches), default=None)
+
+    def _poll_store(self) -> bool:
+        assert self._kills is not None
+        earliest = self._earliest_start()
+        if earliest is None:
+            return True
+        began = _now()
+        # Kills older than every watched run cannot stop any of them; those already read
+        # (minus the overlap) need not be read again.
+        since = earliest if self._last_read is None else max(earliest, self._last_read - self._overlap)
+        try:
+            found = self._kills.made_since(since)
+        except Exception as exc:
+            self._store_failed(exc)
+            return False
+        self._store_recovered()
+        self._last_read = began
+        with self._lock:
+            fresh = [k for k in found if k.id not in self._seen]
+            for kill in fresh:
+                self._seen[kill.id] = kill.created_at
+            horizon = since - self._overlap
+            for kill_id in [i for i, made in self._seen.items() if made < horizon]:
+                del self._seen[kill_id]
+        for kill in fresh:
+            self._apply(kill)
+        return True
+
+    def _store_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        assert self._kills is not None
+        self._store_error = str(exc) or type(exc).__name__
+        if self._failing_since is None:
+            self._failing_since = now
+            self._last_error_log = now
+            logger.error(
+                "kill switch cannot read kills from %s: %s — kills made with 'tether kill' or POST /v1/kill are NOT "
+                "seen by this process until it can (the kill file and in-process kills still work); retrying",
+                self._kills.url,
+                self._store_error,
+            )
+        elif now - self._last_error_log >= _ERROR_REPEAT_S:
+            self._last_error_log = now
+            logger.error(
+                "kill switch still cannot read kills from %s after %.0f s: %s; retrying",
+                self._kills.url,
+                now - self._failing_since,
+                self._store_error,
+            )
+
+    def _store_recovered(self) -> None:
+        if self._failing_since is None:
+            return
+        assert self._kills is not None
+        logger.warning(
+            "kill switch reads kills from %s again after %.1f s of failures; kills made meanwhile apply now",
+            self._kills.url,
+            time.monotonic() - self._failing_since,
+        )
+        self._failing_since = None
+        self._store_error = None
+
+    def _check_file(self) -> bool:
+        assert self._file is not None
+        observed = _now()
+        previous_check, self._file_checked = self._file_checked, observed
+        signature = _file_signature(self._file)
+        if signature == self._file_signature:
+            pending = self._file_pending
+            if pending is not None and time.monotonic() - pending[0] >= _SETTLE_S:
+                self._file_pending = None
+                for kill in pending[1]:
+                    self._apply(kill)
+            return True
+        self._file_signature = signature
+        self._file_pending = None
+        if signature is None:
+            return True
+        found = _read_kill_file(self._file)
+        if found is None:
+            return True
+        mtime_ns = signature[1]
+        made = (
+            _file_kill_time(datetime.fromtimestamp(mtime_ns / 1e9, UTC), previous_check, observed)
+            if mtime_ns >= 0
+            else observed
+        )
+        by = f"kill file {self._file}"
+        targets, named = found
+        kills = [
+            replace(
+                new_kill(kind, target, f"{by} names {'all runs' if kind == 'all' else f'{kind} {target}'}", by),
+                id=f"file:{mtime_ns:x}",
+                created_at=made,
+                source="file",
+            )
+            for kind, target in targets
+        ]
+        if named:
+            for kill in kills:
+                self._apply(kill)
+        else:
+            self._file_pending = (time.monotonic(), kills)
+        return True
+
+
+def _one_target(*, run_id: str | None, agent: str | None, all_runs: bool) -> tuple[TargetKind, str | None]:
+    given = [name for name, value in (("run_id", run_id), ("agent", agent), ("all", all_runs)) if value]
+    if len(given) != 1:
+        listed = ", ".join(given) if given else "none"
+        raise UserError(f"a kill needs exactly one target — a run id, an agent, or all — got {listed}")
+    if all_runs:
+        return "all", None
+    return ("run", run_id) if run_id else ("agent", agent)
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+def _secret_of(request: Request) -> str | None:
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def kill_route(kills: KillStore, *, keys: KeyVerifier | None, path: str = "/v1/kill") -> Route:
+    """``POST /v1/kill``: record a kill; every switch on the database acts on it within a poll.
+
+    Body: ``{"run_id": "…"}``, ``{"agent": "…"}`` or ``{"all": true}``, with an
+    optional ``"reason"``. Answers 202 with the kill (``id``, ``target_kind``,
+    ``target``, ``reason``, ``requested_by``, ``created_at``); 400 for a bad
+    body; 401 without a valid virtual key (when ``keys`` is given: the same
+    keys as the proxy, ``Authorization: Bearer`` or ``x-api-key``); 503 when
+    the database fails. Any valid key may kill any run: a kill is refused for
+    nobody who may talk to the gateway.
+
+    Args:
+        kills: where kills are recorded.
+        keys: verifies virtual keys; None accepts every request (``--no-auth``).
+        path: where to mount it.
+    """
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    def answer(status: int, body: dict[str, object]) -> Response:
+        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+    def refuse(status: int, kind: str, message: str) -> Response:
+        return answer(status, {"error": {"type": kind, "message": message}})
+
+    async def endpoint(request: Request) -> Response:
+        requested_by = "http (no auth)"
+        if keys is not None:
+            secret = _secret_of(request)
+            if secret is None:
+                return refuse(
+                    401,
+                    "authentication_error",
+                    "missing API key: send a tether virtual key as 'Authorization: Bearer <key>'",
+                )
+            try:
+                key = await keys.verify(secret)
+            except StoreError as exc:
+                return refuse(503, "store_unavailable", f"cannot verify the key: {exc}")
+            if key is None:
+                return refuse(401, "authentication_error", "invalid API key: unknown or revoked tether virtual key")
+            requested_by = f"key:{key.name}"
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > _MAX_BODY:
+                return refuse(413, "invalid_request", f"the body is larger than {_MAX_BODY // 1024} KiB")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            return refuse(
+                400,
+                "invalid_request",
+                'the body must be a JSON object: {"run_id": "..."}, {"agent": "..."} or {"all": true}, '
+                'with an optional "reason"',
+            )
+        unknown = sorted(set(data) - {"run_id", "agent", "all", "reason"})
+        if unknown:
+            return refuse(
+                400, "invalid_request", f"unknown field(s) {', '.join(unknown)}: use run_id, agent or all, and reason"
+            )
+        run_id, agent, all_runs, reason = (
+            data.get("run_id"),
+            data.get("agent"),
+            data.get("all", False),
+            data.get("reason"),
+        )
+        for name, value in (("run_id", run_id), ("agent", agent), ("reason", reason)):
+            if value is not None and not isinstance(value, str):
+                return refuse(400, "invalid_request", f"{name} must be a string")
+        if not isinstance(all_runs, bool):
+            return refuse(400, "invalid_request", "all must be true or false")
+        try:
+            kind, target = _one_target(run_id=run_id, agent=agent, all_runs=all_runs)
+            kill = new_kill(kind, target, reason, requested_by)
+        except UserError as exc:
+            return refuse(400, "invalid_request", str(exc))
+        try:
+            await asyncio.to_thread(kills.add, kill)
+        except StoreError as exc:
+            logger.error("POST %s: could not record a kill of %s: %s", path, kill.what, exc)
+            return refuse(503, "store_unavailable", f"the kill could not be recorded: {exc}")
+        return answer(202, kill.to_dict())
+
+    return Route(path, endpoint, methods=["POST"])
