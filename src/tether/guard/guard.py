@@ -25,18 +25,40 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tether.guard.approvals import ApprovalRequest, ApprovalStatus, StoredApproval
 from tether.guard.credentials import CredentialBroker, CredentialNotGranted, Scrubber, default_scrubber
 from tether.guard.policy import Policy, ToolRule
 from tether.guard.types import Decision, Detector, Finding, Verdict
 
-__all__ = ["Approver", "Guard", "RunGuard"]
+__all__ = ["Approver", "Guard", "GuardRecorder", "RunGuard"]
 
 #: Decides a call that needs approval: True/False, or the stored request once a person decided it
 #: (``ApprovalStore.approver()``).
 Approver = Callable[[ApprovalRequest], Awaitable[bool | StoredApproval]]
+
+
+class GuardRecorder(Protocol):
+    """Where decisions and findings are kept: the audit table, incidents, quarantine (``tether.guard.audit``).
+
+    Called on the run's path: ``decision`` and ``finding`` must not block (queue, write in the background);
+    ``quarantined`` answers from memory (refreshed in the background).
+    """
+
+    def decision(
+        self, run: RunGuard, tool: str, call_id: str, arguments: Mapping[str, Any], decision: Decision, span: Any
+    ) -> None:
+        """Keep one decision (allowed, denied, needs approval, approved, rejected) with its reason."""
+        ...
+
+    def finding(self, run: RunGuard, tool: str | None, finding: Finding, span: Any) -> None:
+        """Open an incident for a finding; past the policy's threshold the agent is quarantined."""
+        ...
+
+    def quarantined(self, agent: str) -> str | None:
+        """Why the agent is quarantined, or None."""
+        ...
 
 
 @dataclass
@@ -69,12 +91,14 @@ class Guard:
         approver: Approver | None = None,
         credentials: CredentialBroker | None = None,
         scrubber: Scrubber | None = None,
+        recorder: GuardRecorder | None = None,
     ) -> None:
         self.policy = policy or Policy.open()
         self.detectors = tuple(detectors)
         self.approver = approver
         self.credentials = credentials
         self.scrubber = scrubber or default_scrubber()
+        self.recorder = recorder
         self.quarantined: dict[str, str] = {}  # agent -> why
 
     def bind(self, agent: str, tools: Mapping[str, Any]) -> None:
@@ -98,10 +122,13 @@ class Guard:
         """The decision for one call, before it runs. Pure and fast: no I/O."""
         agent = run.agent
         consequential = risk in ("write", "irreversible")
-        if consequential and agent in self.quarantined:
+        why_quarantined = self.quarantined.get(agent) or (
+            self.recorder.quarantined(agent) if self.recorder is not None else None
+        )
+        if consequential and why_quarantined:
             return Decision(
                 Verdict.DENIED,
-                f"agent {agent!r} is quarantined ({self.quarantined[agent]}): its {risk} tools are denied until "
+                f"agent {agent!r} is quarantined ({why_quarantined}): its {risk} tools are denied until "
                 f"released with `tether incidents release {agent}`",
                 rule="quarantine",
             )
@@ -169,6 +196,22 @@ class Guard:
             reason = f"{pending.reason}; {'approved' if approved else 'rejected'} by the approver"
         return Decision(Verdict.APPROVED if approved else Verdict.REJECTED, reason, rule=pending.rule)
 
+    def record(
+        self, run: RunGuard, tool: str, call_id: str, arguments: Mapping[str, Any], decision: Decision, span: Any
+    ) -> None:
+        """Keep a decision (and open incidents for its findings) with the recorder, if there is one."""
+        if self.recorder is None:
+            return
+        self.recorder.decision(run, tool, call_id, arguments, decision, span)
+        for finding in decision.findings:
+            self.recorder.finding(run, tool, finding, span)
+
+    def report(self, run: RunGuard, tool: str | None, finding: Finding, span: Any) -> None:
+        """Open an incident for a finding (a hallucinated call, an injection in tool output…)."""
+        run.findings.append(finding)
+        if self.recorder is not None:
+            self.recorder.finding(run, tool, finding, span)
+
     def secrets_for(self, agent: str, tool: str, declared: Sequence[str]) -> tuple[Mapping[str, str], str | None]:
         """The secrets a call receives, or why it may not have them (the call is then denied).
 
@@ -193,5 +236,4 @@ class Guard:
         findings: list[Finding] = []
         for detector in self.detectors:
             findings.extend(detector.scan(output, source=f"tool:{tool}"))
-        run.findings.extend(findings)
         return findings

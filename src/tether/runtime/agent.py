@@ -27,11 +27,20 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from tether.errors import BudgetExceeded, GatewayError, ModelError, StreamInterrupted, UnknownPriceError
+from tether.errors import (
+    BudgetExceeded,
+    ConfigError,
+    GatewayError,
+    ModelError,
+    StreamInterrupted,
+    UnknownPriceError,
+    UserError,
+)
 from tether.gateway.cost import PRICE_DATA_VERSION, Cost, price_usage
+from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard, RunGuard
 from tether.guard.killswitch import KillSwitch, RunWatch
-from tether.guard.types import Decision, Verdict
+from tether.guard.types import Decision, Finding, Verdict
 from tether.messages import (
     Message,
     ModelRequest,
@@ -146,6 +155,8 @@ class Agent:
             unless an approver is configured.
         kill_switch: ends a run with StopReason ``killed`` when a kill targets it, its agent or all runs
             (``tether kill``, the HTTP endpoint, a kill file), even while it waits on a model call.
+        durable: checkpoints each step and keeps write/irreversible tool calls in an exactly-once
+            ledger, so ``resume(run_id)`` continues the run in any process without repeating a done call.
     """
 
     def __init__(
@@ -164,6 +175,7 @@ class Agent:
         payload_chars: int = sc.MAX_PAYLOAD_CHARS,
         guard: Guard | None = None,
         kill_switch: KillSwitch | None = None,
+        durable: DurableRuns | None = None,
     ) -> None:
         self.name = name
         self.model = resolve_model(model) if isinstance(model, str) else model
@@ -185,6 +197,7 @@ class Agent:
         self._specs = tuple(t.spec for t in self.tools.values())
         self.guard = guard or Guard()
         self.kill_switch = kill_switch
+        self.durable = durable
         self.guard.bind(name, self.tools)
 
     @property
@@ -200,6 +213,59 @@ class Agent:
         state = RunState(run_id=run_id or uuid.uuid4().hex[:16], agent=self.name, task=task)
         state.guard = RunGuard(state.run_id, self.name)
         state.messages.append(Message.user(task))
+        return await self._run(state, resumed=False)
+
+    async def resume(self, run_id: str) -> RunResult:
+        """Continue a run from its checkpoint — in this process or another one after a restart.
+
+        A tool call the ledger has as done is not run again (its output is replayed); one whose
+        outcome is unknown (the process died while it ran) goes to the guard's approver, never a
+        blind retry. Needs ``durable=``.
+
+        Raises:
+            ConfigError: the agent has no ``durable`` store.
+            UnknownRun: no checkpoint has this run id.
+            UserError: the run finished already, or belongs to another agent.
+        """
+        if self.durable is None:
+            raise ConfigError("resume needs a durable store: Agent(..., durable=DurableRuns(store))")
+        checkpoint = await asyncio.to_thread(self.durable.load, run_id)
+        if checkpoint.agent != self.name:
+            raise UserError(f"run {run_id} belongs to agent {checkpoint.agent!r}, not {self.name!r}")
+        if checkpoint.status == "finished":
+            raise UserError(f"run {run_id} finished already; nothing to resume")
+        saved = checkpoint.state
+        state = RunState(run_id=run_id, agent=self.name, task=saved["task"])
+        state.messages = [Message.model_validate(m) for m in saved["messages"]]
+        state.turns = saved["turns"]
+        state.tool_calls = saved["tool_calls"]
+        state.hallucinated_tool_calls = saved["hallucinated_tool_calls"]
+        state.tool_errors = saved["tool_errors"]
+        state.usage = Usage.model_validate(saved["usage"])
+        state.cost_usd = Decimal(saved["cost_usd"])
+        state.cost_known = saved["cost_known"]
+        state.guard = RunGuard(run_id, self.name, tainted_by=saved.get("tainted_by"))
+        return await self._run(state, resumed=True)
+
+    async def _checkpoint(self, state: RunState, status: str) -> None:
+        if self.durable is None:
+            return
+        snapshot = {
+            "task": state.task,
+            "messages": [m.model_dump(mode="json") for m in state.messages],
+            "turns": state.turns,
+            "tool_calls": state.tool_calls,
+            "hallucinated_tool_calls": state.hallucinated_tool_calls,
+            "tool_errors": state.tool_errors,
+            "usage": state.usage.model_dump(mode="json"),
+            "cost_usd": str(state.cost_usd),
+            "cost_known": state.cost_known,
+            "tainted_by": state.guard.tainted_by if state.guard is not None else None,
+        }
+        # Scrubbed like everything else that is stored: tool outputs reach it scrubbed already.
+        await asyncio.to_thread(self.durable.save, state.run_id, self.name, status, snapshot)
+
+    async def _run(self, state: RunState, *, resumed: bool) -> RunResult:
         started = time.perf_counter()
         tracer = self.tracer
         with tracer.start_as_current_span(
@@ -214,7 +280,8 @@ class Agent:
                 sc.GEN_AI_PROVIDER_NAME: self.model.provider,
                 sc.GEN_AI_REQUEST_MODEL: self.model.model_name,
                 sc.TETHER_SIMULATED: self.model.simulated,
-                sc.TETHER_TASK: _cap(task, self.payload_chars),
+                sc.TETHER_TASK: _cap(state.task, self.payload_chars),
+                sc.TETHER_RESUMED: resumed,
             },
             record_exception=False,
             set_status_on_exception=False,
@@ -249,6 +316,7 @@ class Agent:
                 output = state.messages[-1].text if state.messages[-1].role == "assistant" else ""
             self._finish(span, state, reason, output, error, started)
             trace_id = format(span.get_span_context().trace_id, "032x")
+        await self._checkpoint(state, "finished")
         return RunResult(
             run_id=state.run_id,
             trace_id=trace_id,
@@ -294,23 +362,28 @@ class Agent:
     async def _loop(self, state: RunState, tracer: Tracer) -> str:
         limits = self.limits
         while True:
-            if state.turns >= limits.max_turns:
-                raise _Stop(StopReason.MAX_TURNS, f"reached max_turns={limits.max_turns}")
-            state.turns += 1
-            request = ModelRequest(
-                model=self.model.model_name,
-                messages=tuple(state.messages),
-                system=self.instructions or None,
-                tools=self._specs,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                metadata={"run_id": state.run_id, "agent": self.name},
-            )
-            response = await self._chat(request, state, tracer)
-            state.messages.append(response.to_message())
-            calls = response.tool_calls
+            last = state.messages[-1]
+            # A resumed run whose checkpoint ends with the model's tool calls runs that batch first.
+            calls = last.tool_calls if last.role == "assistant" else []
             if not calls:
-                return response.text
+                if state.turns >= limits.max_turns:
+                    raise _Stop(StopReason.MAX_TURNS, f"reached max_turns={limits.max_turns}")
+                state.turns += 1
+                request = ModelRequest(
+                    model=self.model.model_name,
+                    messages=tuple(state.messages),
+                    system=self.instructions or None,
+                    tools=self._specs,
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    metadata={"run_id": state.run_id, "agent": self.name},
+                )
+                response = await self._chat(request, state, tracer)
+                state.messages.append(response.to_message())
+                calls = response.tool_calls
+                if not calls:
+                    return response.text
+                await self._checkpoint(state, "running")
 
             remaining = limits.max_tool_calls - state.tool_calls
             allowed, refused = calls[:remaining], calls[remaining:]
@@ -325,6 +398,7 @@ class Agent:
                 for c in refused
             )
             state.messages.append(Message(role="user", content=tuple(r.to_block() for r in results)))
+            await self._checkpoint(state, "running")
             if refused:
                 raise _Stop(StopReason.MAX_TOOL_CALLS, f"reached max_tool_calls={limits.max_tool_calls}")
             self._check_loop(state, allowed)
@@ -435,6 +509,10 @@ class Agent:
             if hallucinated:
                 state.hallucinated_tool_calls += 1
                 span.set_attribute(sc.TETHER_TOOL_HALLUCINATED, True)
+                if state.guard is not None:
+                    kind = "hallucinated_tool" if call.name not in self.tools else "invalid_arguments"
+                    finding = Finding("loop", kind, "medium", f"{call.name}: {_cap(result.output, 300)}")
+                    self.guard.report(state.guard, call.name, finding, span)
             return result
 
     async def _invoke(self, call: ToolCall, state: RunState) -> tuple[ToolResult, bool]:
@@ -459,12 +537,31 @@ class Agent:
         # The guard decides before anything runs; a call it does not allow never reaches the tool.
         span = otel_trace.get_current_span()
         assert state.guard is not None
+        # Calls with effects go through the ledger: one it has as done is replayed, never run twice.
+        effects = self.durable if self.durable is not None and tool.risk != "read" else None
+        key = f"{state.run_id}:{state.turns}:{call.id}"
+        prior = await asyncio.to_thread(effects.effect, key) if effects is not None else None
+        if prior is not None and prior.state in ("done", "failed"):
+            span.set_attribute(sc.TETHER_TOOL_REPLAYED, True)
+            return ToolResult(
+                call_id=call.id, name=call.name, output=prior.output or "", is_error=bool(prior.is_error)
+            ), False
         decision = self.guard.authorize(state.guard, tool.name, tool.risk, call.arguments)
+        if prior is not None and decision.verdict in (Verdict.ALLOWED, Verdict.NEEDS_APPROVAL):
+            # Left "intent" or "started" by a run that stopped: it may or may not have happened.
+            decision = Decision(
+                Verdict.NEEDS_APPROVAL,
+                f"an earlier attempt at this {tool.name} call may have run (its outcome is unknown): a person "
+                "must check before it runs again",
+                rule="ledger",
+            )
         if decision.verdict is Verdict.NEEDS_APPROVAL:
             _record_decision(span, decision, tool.risk)
+            self.guard.record(state.guard, tool.name, call.id, call.arguments, decision, span)
             about = {"task": _cap(state.task, 500), "turn": state.turns}
             decision = await self.guard.decide(state.guard, tool.name, call.id, call.arguments, decision, about)
         _record_decision(span, decision, tool.risk)
+        self.guard.record(state.guard, tool.name, call.id, call.arguments, decision, span)
         if not decision.allowed:
             state.guard_denials += 1
             kind = "approval_rejected" if decision.verdict is Verdict.REJECTED else "denied"
@@ -476,15 +573,26 @@ class Agent:
             return error("denied", refused), False
         context = ToolContext(run_id=state.run_id, agent=self.name, turn=state.turns, call_id=call.id, secrets=secrets)
         scrub = self.guard.scrubber.scrub
+        if effects is not None:
+            await asyncio.to_thread(
+                effects.intend, key, run_id=state.run_id, agent=self.name, tool=tool.name, arguments=call.arguments
+            )
+            await asyncio.to_thread(effects.mark, key, "started")
         try:
             value = await tool.run(kwargs, context)
         except Exception as exc:
             # A failing tool is the model's information, not the run's end: it can retry or change course.
             state.tool_errors += 1
-            return error("tool_failed", scrub(f"{type(exc).__name__}: {exc}")), False
+            failed = error("tool_failed", scrub(f"{type(exc).__name__}: {exc}"))
+            if effects is not None:
+                await asyncio.to_thread(effects.mark, key, "failed", output=failed.output, is_error=True)
+            return failed, False
         # Secrets never reach the model: a tool that echoes one gives back its name instead.
         output = scrub(render_output(value))
+        if effects is not None:
+            await asyncio.to_thread(effects.mark, key, "done", output=output, is_error=False)
         for finding in self.guard.inspect(state.guard, tool.name, output, untrusted=tool.untrusted_output):
+            self.guard.report(state.guard, tool.name, finding, span)
             span.add_event(
                 sc.EVENT_GUARD_FINDING,
                 {

@@ -1,0 +1,189 @@
+"""Durable runs: checkpoints to resume from, and an exactly-once ledger for tool calls with effects.
+
+With ``Agent(durable=DurableRuns(store))`` a run is checkpointed in the store
+after each model answer and after each batch of tool results, and every
+``write`` or ``irreversible`` tool call goes through the ledger, keyed by its
+idempotency key (run, turn, call id)::
+
+    intent  → started → done (output kept) | failed
+                       ↘ (the process died here) = unknown
+
+``Agent.resume(run_id)`` — in this process or another one after a restart —
+continues from the checkpoint. A call the ledger has as ``done`` is not run
+again: its recorded output is replayed to the model. A call left ``intent`` or
+``started`` has an unknown outcome: it is never retried blindly; the guard asks
+a person (its approver), and without one it is refused.
+
+Read tools are not in the ledger: running them again is harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tether.errors import UserError
+from tether.store._failures import translate_errors
+from tether.store._url import StoreURL, parse_store_url
+from tether.store.schema import checkpoints, tool_ledger
+
+if TYPE_CHECKING:
+    from tether.store import TraceStore
+
+__all__ = ["Checkpoint", "DurableRuns", "Effect", "EffectState", "UnknownRun"]
+
+EffectState = Literal["intent", "started", "done", "failed"]
+
+
+class UnknownRun(UserError):
+    """No checkpoint has this run id."""
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A tool call's row in the ledger."""
+
+    key: str
+    tool: str
+    state: EffectState
+    output: str | None
+    is_error: bool | None
+    arguments_hash: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run's saved state: what ``Agent.resume`` continues from."""
+
+    run_id: str
+    agent: str
+    status: str
+    state: dict[str, Any]
+    updated_at: datetime
+
+
+def arguments_hash(tool: str, arguments: Mapping[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps([tool, dict(arguments)], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class DurableRuns:
+    """Checkpoints and the tool-call ledger in the store's database, shared by every process.
+
+    Args:
+        store: a ``TraceStore`` or an ``Engine`` on a migrated database.
+    """
+
+    def __init__(self, store: TraceStore | Engine) -> None:
+        engine = store if isinstance(store, Engine) else store.engine
+        self._engine = engine
+        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
+        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
+        )
+
+    @contextlib.contextmanager
+    def _connect(self, action: str) -> Iterator[Connection]:
+        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
+            yield connection
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def save(self, run_id: str, agent: str, status: str, state: Mapping[str, Any]) -> None:
+        """Write the run's checkpoint (replacing the previous one)."""
+        row = {
+            "run_id": run_id,
+            "agent": agent,
+            "status": status,
+            "state": orjson.dumps(dict(state), default=str).decode(),
+            "updated_at": datetime.now(UTC),
+        }
+        with self._connect("saving a run checkpoint") as connection, connection.begin():
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+            statement = dialect.insert(checkpoints).values(**row)
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["run_id"],
+                    set_={k: statement.excluded[k] for k in ("agent", "status", "state", "updated_at")},
+                )
+            )
+
+    def load(self, run_id: str) -> Checkpoint:
+        """The run's checkpoint.
+
+        Raises:
+            UnknownRun: no checkpoint has this run id.
+        """
+        with self._connect("reading a run checkpoint") as connection:
+            row = connection.execute(select(checkpoints).where(checkpoints.c.run_id == run_id)).mappings().one_or_none()
+        if row is None:
+            raise UnknownRun(f"no checkpoint for run {run_id!r}: was the agent built with durable=DurableRuns(store)?")
+        updated = row["updated_at"]
+        return Checkpoint(
+            run_id=row["run_id"],
+            agent=row["agent"],
+            status=row["status"],
+            state=orjson.loads(row["state"]),
+            updated_at=updated.replace(tzinfo=UTC) if updated.tzinfo is None else updated,
+        )
+
+    def unfinished(self, agent: str) -> list[str]:
+        """Run ids of the agent's checkpoints that did not finish (to resume after a restart)."""
+        with self._connect("listing unfinished runs") as connection:
+            return list(
+                connection.scalars(
+                    select(checkpoints.c.run_id)
+                    .where(checkpoints.c.agent == agent, checkpoints.c.status != "finished")
+                    .order_by(checkpoints.c.updated_at)
+                )
+            )
+
+    # -- the tool-call ledger ----------------------------------------------------------------
+
+    def effect(self, key: str) -> Effect | None:
+        """The ledger's row for an idempotency key, if any."""
+        with self._connect("reading the tool-call ledger") as connection:
+            row = (
+                connection.execute(select(tool_ledger).where(tool_ledger.c.idempotency_key == key))
+                .mappings()
+                .one_or_none()
+            )
+        if row is None:
+            return None
+        return Effect(
+            row["idempotency_key"], row["tool"], row["state"], row["output"], row["is_error"], row["arguments_hash"]
+        )
+
+    def intend(self, key: str, *, run_id: str, agent: str, tool: str, arguments: Mapping[str, Any]) -> Effect:
+        """Record the intent to make a call; if the key is known already, return its row unchanged."""
+        row = {
+            "idempotency_key": key,
+            "run_id": run_id,
+            "agent": agent,
+            "tool": tool,
+            "arguments_hash": arguments_hash(tool, arguments),
+            "state": "intent",
+            "updated_at": datetime.now(UTC),
+        }
+        with self._connect("recording a tool call's intent") as connection, connection.begin():
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+            connection.execute(dialect.insert(tool_ledger).values(**row).on_conflict_do_nothing())
+        found = self.effect(key)
+        assert found is not None
+        return found
+
+    def mark(self, key: str, state: EffectState, *, output: str | None = None, is_error: bool | None = None) -> None:
+        """Move a call to ``started``, ``done`` or ``failed`` (with what it returned)."""
+        values: dict[str, Any] = {"state": state, "updated_at": datetime.now(UTC)}
+        if state in ("done", "failed"):
+            values.update(output=output, is_error=is_error)
+        with self._connect("updating the tool-call ledger") as connection, connection.begin():
+            connection.execute(update(tool_ledger).where(tool_ledger.c.idempotency_key == key).values(**values))
