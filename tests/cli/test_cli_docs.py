@@ -26,6 +26,9 @@ COMMANDS = (
     ["approvals", "list", "--help"],
     ["approvals", "approve", "--help"],
     ["approvals", "deny", "--help"],
+    ["incidents", "--help"],
+    ["incidents", "list", "--help"],
+    ["incidents", "release", "--help"],
 )
 
 

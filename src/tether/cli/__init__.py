@@ -11,6 +11,7 @@ from rich.markup import escape
 from tether.cli import approvals as approvals_cmd
 from tether.cli import cost as cost_cmd
 from tether.cli import gateway as gateway_cmd
+from tether.cli import incidents as incidents_cmd
 from tether.cli import keys as keys_cmd
 from tether.cli import kill as kill_cmd
 from tether.cli import runs as runs_cmd
@@ -33,6 +34,7 @@ app.add_typer(keys_cmd.app, name="keys")
 app.command("cost")(cost_cmd.cost)
 app.command("kill")(kill_cmd.kill)
 app.add_typer(approvals_cmd.app, name="approvals")
+app.add_typer(incidents_cmd.app, name="incidents")
 
 
 def main() -> None:
