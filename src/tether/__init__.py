@@ -32,7 +32,10 @@ from tether.gateway.config import GatewayConfig
 from tether.gateway.cost import Cost, price_usage
 from tether.gateway.gateway import CallContext, Gateway, GatewayModel
 from tether.guard.approvals import ApprovalStore
+from tether.guard.audit import StoreGuardRecorder
 from tether.guard.credentials import CredentialBroker
+from tether.guard.detectors import RuleScanner
+from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard
 from tether.guard.killswitch import KillSwitch
 from tether.guard.policy import AgentPolicy, Policy, ToolRule
@@ -62,9 +65,12 @@ __all__ = [
     "AgentPolicy",
     "ApprovalStore",
     "CredentialBroker",
+    "DurableRuns",
     "Guard",
     "KillSwitch",
     "Policy",
+    "RuleScanner",
+    "StoreGuardRecorder",
     "ToolRule",
     "BudgetExceeded",
     "CallContext",
