@@ -645,11 +645,16 @@ class GatewayModel(Model):
         self.simulated = all(d.model.simulated for d in gateway.deployments.values())
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
+        run_budget = self.run_budget
+        usd, tokens = request.metadata.get("run_budget_usd"), request.metadata.get("run_budget_tokens")
+        if run_budget is None and (usd or tokens):
+            # The agent's own Limits (max_cost_usd, max_tokens): the run's budget, reserved before each call.
+            run_budget = BudgetLimit(usd=Decimal(usd) if usd else None, tokens=int(tokens) if tokens else None)
         ctx = CallContext(
             route=self.route,
             agent=request.metadata.get("agent"),
             run_id=request.metadata.get("run_id"),
             tags=self.tags,
-            run_budget=self.run_budget,
+            run_budget=run_budget,
         )
         return await self.gateway.complete(request, ctx)

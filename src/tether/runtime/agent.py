@@ -79,6 +79,7 @@ class RunState:
     repeats: int = 0
     guard_denials: int = 0
     guard: RunGuard | None = None
+    turn_spend: list[tuple[int, Decimal]] = field(default_factory=list)  # (tokens, USD) per model call
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ class Agent:
             if not calls:
                 if state.turns >= limits.max_turns:
                     raise _Stop(StopReason.MAX_TURNS, f"reached max_turns={limits.max_turns}")
+                self._check_spend(state)
                 state.turns += 1
                 request = ModelRequest(
                     model=self.model.model_name,
@@ -376,7 +378,7 @@ class Agent:
                     tools=self._specs,
                     max_tokens=self.max_tokens,
                     temperature=self.temperature,
-                    metadata={"run_id": state.run_id, "agent": self.name},
+                    metadata=self._metadata(state),
                 )
                 response = await self._chat(request, state, tracer)
                 state.messages.append(response.to_message())
@@ -405,6 +407,28 @@ class Agent:
             if self.done_condition is not None and self.done_condition(state):
                 raise _Stop(StopReason.DONE_CONDITION)
 
+    def _metadata(self, state: RunState) -> dict[str, str]:
+        metadata = {"run_id": state.run_id, "agent": self.name}
+        if self.limits.max_cost_usd is not None:
+            metadata["run_budget_usd"] = str(self.limits.max_cost_usd)
+        if self.limits.max_tokens is not None:
+            metadata["run_budget_tokens"] = str(self.limits.max_tokens)
+        return metadata
+
+    def _check_spend(self, state: RunState) -> None:
+        """Stop before a model call once the run has used its tokens or dollars."""
+        limits = self.limits
+        if limits.max_tokens is not None and state.usage.total_tokens >= limits.max_tokens:
+            raise _Stop(
+                StopReason.BUDGET_EXCEEDED,
+                f"the run used {state.usage.total_tokens:,} tokens of its max_tokens={limits.max_tokens:,}",
+            )
+        if limits.max_cost_usd is not None and state.cost_usd >= limits.max_cost_usd:
+            raise _Stop(
+                StopReason.BUDGET_EXCEEDED,
+                f"the run spent ${state.cost_usd:.4f} of its max_cost_usd=${limits.max_cost_usd}",
+            )
+
     def _check_loop(self, state: RunState, calls: Sequence[ToolCall]) -> None:
         for call in calls:
             key = (call.name, orjson.dumps(call.arguments, option=orjson.OPT_SORT_KEYS))
@@ -413,9 +437,17 @@ class Agent:
             else:
                 state.last_call, state.repeats = key, 1
             if state.repeats >= self.limits.max_repeated_tool_calls:
+                # The turns after the first of the repeated calls bought nothing: what they cost is waste.
+                wasted = state.turn_spend[-(state.repeats - 1) :]
+                tokens = sum(t for t, _ in wasted)
+                cost = sum((c for _, c in wasted), Decimal(0))
+                otel_trace.get_current_span().set_attributes(
+                    {sc.TETHER_LOOP_WASTED_TOKENS: tokens, sc.TETHER_LOOP_WASTED_COST_USD: float(cost)}
+                )
                 raise _Stop(
                     StopReason.LOOP_DETECTED,
-                    f"{call.name} called {state.repeats} times in a row with the same arguments",
+                    f"{call.name} called {state.repeats} times in a row with the same arguments "
+                    f"({tokens:,} tokens, ${cost:.4f} wasted on the repeats)",
                 )
 
     async def _chat(self, request: ModelRequest, state: RunState, tracer: Tracer) -> ModelResponse:
@@ -450,6 +482,7 @@ class Agent:
             # The gateway prices at the deployment that answered; a bare model is priced here.
             cost = Cost(usd=response.cost_usd) if response.priced else price_usage(model.price_ref, usage)
             state.usage = state.usage + usage
+            state.turn_spend.append((usage.total_tokens, cost.usd or Decimal(0)))
             result: dict[str, AttributeValue] = {
                 sc.GEN_AI_RESPONSE_MODEL: response.model,
                 sc.GEN_AI_RESPONSE_ID: response.id,
