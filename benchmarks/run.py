@@ -17,7 +17,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-MODULES = ("benchmarks.instrumentation", "benchmarks.store_ingest", "benchmarks.gateway_overhead")
+MODULES = (
+    "benchmarks.instrumentation",
+    "benchmarks.store_ingest",
+    "benchmarks.guard",
+    "benchmarks.gateway_overhead",
+)
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 

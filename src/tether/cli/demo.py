@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,9 +28,14 @@ from tether.demo.oncall import INSTRUCTIONS, Verdict, judge, scenario, task_for
 from tether.gateway.budget import MemoryBudgetLedger
 from tether.gateway.gateway import Gateway
 from tether.gateway.ledger import CostWriter
+from tether.guard.approvals import ApprovalAlreadyDecided, ApprovalStore
+from tether.guard.audit import StoreGuardRecorder
+from tether.guard.detectors import RuleScanner
+from tether.guard.guard import Guard
+from tether.guard.policy import Policy
 from tether.messages import StopReason
 from tether.runtime import Agent, Limits, RunResult
-from tether.store import open_store
+from tether.store import TraceStore, open_store
 from tether.store._url import parse_store_url
 from tether.trace.setup import configure_tracing
 
@@ -41,6 +48,45 @@ class DemoRun:
     verdict: Verdict
 
 
+@dataclass
+class GuardTotals:
+    """What the guard did across the demo: the simulated on-call human's decisions, and incidents."""
+
+    approved: int = 0
+    refused: int = 0
+    pages: int = 0
+    incidents: int = 0
+
+
+async def _oncall_human(approvals: ApprovalStore, estates: dict[str, Infra], totals: GuardTotals) -> None:
+    """A simulated on-call engineer: approves a restart only if the dashboard shows an alert it would fix."""
+    while True:
+        for request in await asyncio.to_thread(approvals.list):
+            infra = estates.get(request.run_id)
+            service = str(request.arguments.get("service", ""))
+            if request.tool == "page_human":
+                # Paging is a write in a run that read logs (tainted): a person lets pages through.
+                ok, why = True, "paging a colleague is always fine"
+            else:
+                ok = infra is not None and request.tool == "restart_service" and infra.restart_would_fix(service)
+                why = (
+                    f"{service} has a firing alert a restart fixes"
+                    if ok
+                    else f"no firing alert is fixed by restarting {service or 'that'}: not approved"
+                )
+            try:
+                await asyncio.to_thread(approvals.decide, request.id, approve=ok, by="on-call (simulated)", reason=why)
+            except ApprovalAlreadyDecided:
+                continue
+            if request.tool != "restart_service":
+                totals.pages += 1
+            elif ok:
+                totals.approved += 1
+            else:
+                totals.refused += 1
+        await asyncio.sleep(0.02)
+
+
 async def _run_all(
     trials: int,
     concurrency: int,
@@ -50,7 +96,8 @@ async def _run_all(
     progress: Progress,
     payload_chars: int,
     costs: CostWriter,
-) -> tuple[GatewayTotals, list[DemoRun]]:
+    store: TraceStore,
+) -> tuple[GatewayTotals, GuardTotals, list[DemoRun]]:
     plays = scenario(latency_ms=latency_ms, jitter_ms=latency_ms * 0.8)
     limits = Limits(max_turns=12, max_tool_calls=24, timeout_s=60, max_repeated_tool_calls=3)
     ledger = MemoryBudgetLedger()  # the demo's budgets start fresh each time; its costs are kept
@@ -58,10 +105,24 @@ async def _run_all(
     gate = asyncio.Semaphore(concurrency)
     bar = progress.add_task("on-call runs", total=len(INCIDENTS) * trials, counts="")
     outcomes: Counter[str] = Counter()
+    # The guard: restarts are irreversible (a person approves each), logs are untrusted (reading them
+    # taints the run, and the scanner reports injected instructions), every decision goes to the audit.
+    approvals = ApprovalStore(store)
+    policy = Policy(default_allow_own_tools=True, quarantine_after=1_000_000)  # the demo records, never quarantines
+    recorder = StoreGuardRecorder(store, policy)
+    estates: dict[str, Infra] = {}
+    guard_totals = GuardTotals()
+    human = asyncio.create_task(_oncall_human(approvals, estates, guard_totals))
 
     async def one(incident: Incident, trial: int) -> DemoRun:
         async with gate:
             infra = Infra(incident)
+            guard = Guard(
+                policy,
+                detectors=[RuleScanner()],
+                approver=approvals.approver(timeout_s=30, poll_s=0.02),
+                recorder=recorder,
+            )
             agent = Agent(
                 "oncall",
                 gateways[trial].model(ROUTE),
@@ -71,8 +132,11 @@ async def _run_all(
                 max_tokens=1024,
                 tracer=tracer,
                 payload_chars=payload_chars,
+                guard=guard,
             )
-            result = await agent.run(task_for(incident))
+            run_id = uuid.uuid4().hex[:16]
+            estates[run_id] = infra
+            result = await agent.run(task_for(incident), run_id=run_id)
             outcomes[result.stop_reason.value] += 1
             counts = "  ".join(f"{fmt.stop(k)} {v}" for k, v in sorted(outcomes.items()))
             progress.update(bar, advance=1, counts=counts)
@@ -81,9 +145,14 @@ async def _run_all(
     try:
         runs = await asyncio.gather(*(one(i, t) for t in range(trials) for i in INCIDENTS))
     finally:
+        human.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await human
         for gateway in gateways:
             await gateway.aclose()
-    return GatewayTotals.of(gateways), runs
+        recorder.close()
+    guard_totals.incidents = len(recorder.incidents(limit=100_000))
+    return GatewayTotals.of(gateways), guard_totals, runs
 
 
 @dataclass(frozen=True)
@@ -142,9 +211,17 @@ def demo(
             console=console,
             transient=False,
         ) as progress:
-            totals, runs = asyncio.run(
+            totals, guard_totals, runs = asyncio.run(
                 _run_all(
-                    trials, concurrency, seed, latency_ms, tracing.tracer, progress, settings.trace.payload_chars, costs
+                    trials,
+                    concurrency,
+                    seed,
+                    latency_ms,
+                    tracing.tracer,
+                    progress,
+                    settings.trace.payload_chars,
+                    costs,
+                    store,
                 )
             )
     finally:
@@ -156,7 +233,7 @@ def demo(
     if as_json:
         typer.echo(orjson.dumps([_as_dict(r) for r in runs], option=orjson.OPT_INDENT_2).decode())
         return
-    _summary(console, runs, elapsed, totals)
+    _summary(console, runs, elapsed, totals, guard_totals)
 
 
 def _as_dict(r: DemoRun) -> dict[str, object]:
@@ -179,7 +256,7 @@ def _as_dict(r: DemoRun) -> dict[str, object]:
     }
 
 
-def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: GatewayTotals) -> None:
+def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: GatewayTotals, guard: GuardTotals) -> None:
     table = Table(title="runs (judged by the state they left, not by what the agent said)", title_justify="left",
                   header_style="bold")  # fmt: skip
     table.add_column("run", style="cyan", no_wrap=True)
@@ -238,6 +315,12 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: Gate
     summary.add_row(
         "", f"{totals.retries} retries, {totals.fallbacks} fallbacks to another deployment, circuit opened: {opens}"
     )
+    summary.add_row(
+        "guard",
+        f"restarts held for the on-call human (simulated): [green]{guard.approved} approved[/], "
+        f"[red]{guard.refused} refused[/] · {guard.pages} pages let through · "
+        f"{guard.incidents} incidents (injected instructions, hallucinated calls)",
+    )
     console.print(summary)
 
     loop = next((r for r in runs if r.result.stop_reason is StopReason.LOOP_DETECTED), None)
@@ -247,6 +330,8 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: Gate
     nxt.add_column(style="dim")
     nxt.add_row("tether runs", "every run, newest first (--json for scripts)")
     nxt.add_row("tether cost --by deployment", "what each deployment cost, and what prompt caching saved")
+    nxt.add_row("tether approvals list --all", "every restart the guard held for a person, and the decision")
+    nxt.add_row("tether incidents list", "what the guard's detectors found (injections in logs, hallucinated tools)")
     if loop:
         nxt.add_row(f"tether runs show {loop.result.run_id[:10]}", "a run the loop detector stopped")
     if bad:

@@ -60,6 +60,10 @@ class Infra:
         """An alert a restart would fix is still firing."""
         return any(a.fixed_by_restart is not None for a in self.firing)
 
+    def restart_would_fix(self, service: str) -> bool:
+        """What the on-call human checks on the dashboard before approving a restart."""
+        return any(a.fixed_by_restart == service for a in self.firing)
+
 
 def make_tools(infra: Infra, *, tool_latency_s: float = 0.0) -> list[Tool]:
     """The on-call tool set, bound to one run's estate."""
@@ -76,7 +80,7 @@ def make_tools(infra: Infra, *, tool_latency_s: float = 0.0) -> list[Tool]:
             {"alert": a.name, "service": a.service, "severity": a.severity, "summary": a.summary} for a in infra.firing
         ]
 
-    @tool
+    @tool(untrusted_output=True)  # log lines carry whatever users and upstreams wrote: reading them taints the run
     async def query_logs(service: str, pattern: str = "", minutes: int = 15) -> str:
         """Search a service's recent logs.
 
@@ -104,7 +108,7 @@ def make_tools(infra: Infra, *, tool_latency_s: float = 0.0) -> list[Tool]:
         await pause()
         return infra.incident.runbooks.get(alert, f"no runbook for {alert!r}: escalate to the owning team")
 
-    @tool
+    @tool(risk="irreversible")  # a person approves each restart
     def restart_service(service: str) -> str:
         """Restart a service (rolling restart of all its pods). Irreversible: in-flight requests are dropped.
 
@@ -120,7 +124,7 @@ def make_tools(infra: Infra, *, tool_latency_s: float = 0.0) -> list[Tool]:
                     infra.resolved.add(a.name)
         return f"{service}: rolling restart complete, 6/6 pods ready"
 
-    @tool
+    @tool(risk="write")
     def page_human(team: str, summary: str) -> str:
         """Page the on-call human of a team.
 

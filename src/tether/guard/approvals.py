@@ -36,6 +36,7 @@ import orjson
 from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 
 from tether.errors import StoreError, UserError
+from tether.store._engine import SQLITE_BEGIN
 from tether.store._failures import translate_errors
 from tether.store._url import StoreURL, parse_store_url
 from tether.store.schema import approvals
@@ -158,6 +159,15 @@ class ApprovalStore:
         with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
             yield connection
 
+    @contextlib.contextmanager
+    def _write(self, action: str) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a read
+        followed by a write waits its turn instead of failing when another connection wrote meanwhile."""
+        with self._connect(action) as connection:
+            connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+            with connection.begin():
+                yield connection
+
     def _now(self) -> datetime:
         return _utc(self._clock())
 
@@ -184,7 +194,7 @@ class ApprovalStore:
             "created_at": now,
             "expires_at": now + timedelta(seconds=timeout_s),
         }
-        with self._connect("recording an approval request") as connection, connection.begin():
+        with self._write("recording an approval request") as connection:
             existing = self._find_call(connection, request.run_id, request.call_id)
             if existing is not None:
                 return existing
@@ -237,7 +247,7 @@ class ApprovalStore:
         self.expire()
         status = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
         now = self._now()
-        with self._connect("deciding an approval request") as connection, connection.begin():
+        with self._write("deciding an approval request") as connection:
             # Only a pending row changes: two people deciding at once cannot both win.
             changed = connection.execute(
                 update(approvals)
@@ -256,7 +266,7 @@ class ApprovalStore:
     def expire(self) -> int:
         """Mark pending requests past their deadline as expired (a denial); returns how many."""
         now = self._now()
-        with self._connect("expiring approval requests") as connection, connection.begin():
+        with self._write("expiring approval requests") as connection:
             return int(
                 connection.execute(
                     update(approvals)

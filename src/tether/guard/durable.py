@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import UserError
+from tether.store._engine import SQLITE_BEGIN
 from tether.store._failures import translate_errors
 from tether.store._url import StoreURL, parse_store_url
 from tether.store.schema import checkpoints, tool_ledger
@@ -95,6 +96,15 @@ class DurableRuns:
         with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
             yield connection
 
+    @contextlib.contextmanager
+    def _write(self, action: str) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a read
+        followed by a write waits its turn instead of failing when another connection wrote meanwhile."""
+        with self._connect(action) as connection:
+            connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+            with connection.begin():
+                yield connection
+
     # -- checkpoints -----------------------------------------------------------------------
 
     def save(self, run_id: str, agent: str, status: str, state: Mapping[str, Any]) -> None:
@@ -106,7 +116,7 @@ class DurableRuns:
             "state": orjson.dumps(dict(state), default=str).decode(),
             "updated_at": datetime.now(UTC),
         }
-        with self._connect("saving a run checkpoint") as connection, connection.begin():
+        with self._write("saving a run checkpoint") as connection:
             dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
             statement = dialect.insert(checkpoints).values(**row)
             connection.execute(
@@ -173,7 +183,7 @@ class DurableRuns:
             "state": "intent",
             "updated_at": datetime.now(UTC),
         }
-        with self._connect("recording a tool call's intent") as connection, connection.begin():
+        with self._write("recording a tool call's intent") as connection:
             dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
             connection.execute(dialect.insert(tool_ledger).values(**row).on_conflict_do_nothing())
         found = self.effect(key)
@@ -185,5 +195,5 @@ class DurableRuns:
         values: dict[str, Any] = {"state": state, "updated_at": datetime.now(UTC)}
         if state in ("done", "failed"):
             values.update(output=output, is_error=is_error)
-        with self._connect("updating the tool-call ledger") as connection, connection.begin():
+        with self._write("updating the tool-call ledger") as connection:
             connection.execute(update(tool_ledger).where(tool_ledger.c.idempotency_key == key).values(**values))
