@@ -20,6 +20,7 @@ from tether.gateway.gateway import Gateway
 from tether.gateway.keys import KeyStore, KeyVerifier
 from tether.gateway.ledger import CostWriter
 from tether.gateway.proxy import create_app
+from tether.guard.approvals import ApprovalStore, approval_routes
 from tether.guard.killswitch import KillStore, kill_route
 from tether.store import open_store
 from tether.trace.setup import configure_tracing
@@ -89,7 +90,10 @@ def serve(
                 require_keys=not no_auth,
                 tracer=tracing.tracer,
                 # Kills go through the same virtual keys as model calls (none with --no-auth).
-                extra_routes=[kill_route(KillStore(store), keys=keys)],
+                extra_routes=[
+                    kill_route(KillStore(store), keys=keys),
+                    *approval_routes(ApprovalStore(store), keys=keys),
+                ],
             )
             bound_host, bound_port = sock.getsockname()[:2]
             url_host = f"[{bound_host}]" if ":" in bound_host else bound_host

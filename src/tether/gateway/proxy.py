@@ -13,6 +13,8 @@ Endpoints::
     GET  /healthz               200, with every circuit breaker's state
     GET  /metrics               Prometheus text (see tether.gateway._metrics)
     POST /v1/kill               with ``tether gateway serve``: a kill (tether.guard.killswitch.kill_route)
+    GET  /v1/approvals          with ``tether gateway serve``: approval requests; POST …/{id}/approve|deny
+                                decides one (tether.guard.approvals.approval_routes)
 
 One request, in order: the virtual key (``Authorization: Bearer`` or
 ``x-api-key``; 401), the body (JSON object, at most 32 MiB; 400/413), the
@@ -305,6 +307,7 @@ class _PassthroughStream:
         # An injected fault (FaultyModel.inject): the events to relay before the stream is cut.
         self._cut_after = cut_after
         self.failure: BaseException | None = None
+        self._ended = False
         self._chunks = self._relay()
 
     @property
@@ -325,6 +328,11 @@ class _PassthroughStream:
 
     def usage(self, input_estimate: int) -> tuple[Usage, bool]:
         return self._tracker.usage(input_estimate)
+
+    @property
+    def complete(self) -> bool:
+        """What was last yielded holds the end marker and nothing failed or was cut: it ends the answer."""
+        return self._ended
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         tracker, content = self._tracker, self._response.content
@@ -355,6 +363,8 @@ class _PassthroughStream:
                     if cut_after is not None and relayed >= cut_after:
                         cut = True
                         break
+                # Only a batch that reached the end marker on its own ends the answer (not a cut, not an error).
+                self._ended = tracker.done and not cut and not failed
                 if batch:
                     yield b"".join(batch)
                 if failed:
@@ -1052,6 +1062,10 @@ class _Proxy:
     async def _pump(self, wire: Wire, stream: _Stream, send: Send) -> None:
         try:
             async for chunk in stream.chunks:
+                if isinstance(stream, _PassthroughStream) and stream.complete:
+                    # The batch with the end marker ends the response too: one write, not two.
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception as exc:
             logger.exception("tether gateway: a stream failed inside the proxy")

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApprovalAlreadyDecided",
+    "approval_routes",
     "ApprovalRequest",
     "ApprovalStatus",
     "ApprovalStore",
@@ -304,3 +305,86 @@ class StoreApprover:
         except StoreError:
             raise
         return await self.store.wait(stored.id, poll_s=self.poll_s)
+
+
+def approval_routes(approvals: ApprovalStore, *, keys: Any = None, prefix: str = "/v1/approvals") -> list[Any]:
+    """The approvals HTTP API, on the gateway's port with its virtual keys (``tether gateway serve``).
+
+    - ``GET  /v1/approvals[?status=pending|approved|denied|expired|all]`` → the requests, oldest first.
+    - ``POST /v1/approvals/{id}/approve`` and ``…/deny`` with an optional ``{"reason": "…"}`` → 200 with the
+      decided request; 404 for an unknown id; 409 when it was decided (or expired) already — a request is
+      decided once; 401 without a valid key (``keys`` None accepts everyone: ``--no-auth``).
+
+    Args:
+        approvals: where requests live.
+        keys: a ``KeyVerifier`` (the proxy's virtual keys), or None.
+        prefix: where to mount them.
+    """
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tether.guard import _http
+
+    def as_json(a: StoredApproval) -> dict[str, Any]:
+        return {
+            "id": a.id,
+            "status": a.status.value,
+            "run_id": a.run_id,
+            "agent": a.agent,
+            "tool": a.tool,
+            "call_id": a.call_id,
+            "arguments": a.arguments,
+            "reason": a.reason,
+            "context": a.context,
+            "created_at": a.created_at.isoformat(),
+            "expires_at": a.expires_at.isoformat(),
+            "decided_at": a.decided_at.isoformat() if a.decided_at else None,
+            "decided_by": a.decided_by,
+            "decision_reason": a.decision_reason,
+        }
+
+    async def listing(request: Request) -> Response:
+        who = await _http.caller(request, keys)
+        if not isinstance(who, str):
+            return who
+        wanted = request.query_params.get("status", "pending")
+        if wanted != "all" and wanted not in {s.value for s in ApprovalStatus}:
+            return _http.refuse(400, "invalid_request", "status must be pending, approved, denied, expired or all")
+        status = None if wanted == "all" else ApprovalStatus(wanted)
+        try:
+            found = await asyncio.to_thread(approvals.list, status=status)
+        except StoreError as exc:
+            return _http.refuse(503, "store_unavailable", str(exc))
+        return _http.answer(200, [as_json(a) for a in found])
+
+    def deciding(approve: bool) -> Any:
+        async def endpoint(request: Request) -> Response:
+            who = await _http.caller(request, keys)
+            if not isinstance(who, str):
+                return who
+            body = await _http.json_body(request, empty_ok=True)
+            if not isinstance(body, dict):
+                return body
+            reason = body.get("reason", "")
+            if not isinstance(reason, str) or set(body) - {"reason"}:
+                return _http.refuse(400, "invalid_request", 'the body may only hold {"reason": "..."}')
+            try:
+                decided = await asyncio.to_thread(
+                    approvals.decide, request.path_params["approval_id"], approve=approve, by=who, reason=reason
+                )
+            except UnknownApproval as exc:
+                return _http.refuse(404, "not_found", str(exc))
+            except ApprovalAlreadyDecided as exc:
+                return _http.refuse(409, "already_decided", str(exc))
+            except StoreError as exc:
+                return _http.refuse(503, "store_unavailable", str(exc))
+            return _http.answer(200, as_json(decided))
+
+        return endpoint
+
+    return [
+        Route(prefix, listing, methods=["GET"]),
+        Route(f"{prefix}/{{approval_id}}/approve", deciding(True), methods=["POST"]),
+        Route(f"{prefix}/{{approval_id}}/deny", deciding(False), methods=["POST"]),
+    ]

@@ -1,0 +1,50 @@
+"""The approvals HTTP API: list, approve, deny — once, behind the gateway's virtual keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+
+from tether.gateway.keys import KeyStore
+from tether.guard.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore, approval_routes
+from tether.store import open_store
+
+
+async def test_list_approve_deny_and_auth(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
+        approvals = ApprovalStore(store)
+        keys = KeyStore(store)
+        _, secret = keys.create("ops-console")
+        first, second = (
+            approvals.request(
+                ApprovalRequest("run-1", "oncall", "restart_service", c, {"service": "db"}, "irreversible", {}),
+                timeout_s=600,
+            )
+            for c in ("c1", "c2")
+        )
+        app = Starlette(routes=approval_routes(approvals, keys=keys))
+        auth = {"Authorization": f"Bearer {secret}"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tether") as client:
+            assert (await client.get("/v1/approvals")).status_code == 401
+            assert (await client.get("/v1/approvals", headers={"Authorization": "Bearer tk-nope"})).status_code == 401
+
+            listed = await client.get("/v1/approvals", headers=auth)
+            assert [a["id"] for a in listed.json()] == [first.id, second.id]
+
+            ok = await client.post(f"/v1/approvals/{first.id}/approve", headers=auth, json={"reason": "checked"})
+            assert ok.status_code == 200
+            assert (ok.json()["status"], ok.json()["decided_by"]) == ("approved", "key:ops-console")
+            no = await client.post(f"/v1/approvals/{second.id}/deny", headers=auth)
+            assert no.status_code == 200 and no.json()["status"] == "denied"
+
+            again = await client.post(f"/v1/approvals/{first.id}/deny", headers=auth)
+            assert again.status_code == 409 and "already approved" in again.json()["error"]["message"]
+            assert (await client.post("/v1/approvals/nope/approve", headers=auth)).status_code == 404
+            bad = await client.post(f"/v1/approvals/{second.id}/approve", headers=auth, content=b"[1]")
+            assert bad.status_code == 400
+            history = await client.get("/v1/approvals", params={"status": "all"}, headers=auth)
+            assert {a["status"] for a in history.json()} == {"approved", "denied"}
+            assert (await client.get("/v1/approvals", params={"status": "maybe"}, headers=auth)).status_code == 400
+        assert approvals.get(first.id).status is ApprovalStatus.APPROVED
