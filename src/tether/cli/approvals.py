@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tether.cli import _format as fmt
-from tether.guard.approvals import ApprovalStatus, ApprovalStore, StoredApproval
+from tether.guard.approvals import ApprovalStatus, ApprovalStore
 from tether.store import open_store
 
 app = typer.Typer(help="Tool calls waiting for a person's approval: list, approve, deny.", no_args_is_help=True)
@@ -23,25 +23,6 @@ DatabaseOption = Annotated[
 
 def _dump(data: Any) -> None:
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-
-
-def approval_to_dict(a: StoredApproval) -> dict[str, object]:
-    return {
-        "id": a.id,
-        "status": a.status.value,
-        "run_id": a.run_id,
-        "agent": a.agent,
-        "tool": a.tool,
-        "call_id": a.call_id,
-        "arguments": a.arguments,
-        "reason": a.reason,
-        "context": a.context,
-        "created_at": a.created_at.isoformat(),
-        "expires_at": a.expires_at.isoformat(),
-        "decided_at": a.decided_at.isoformat() if a.decided_at else None,
-        "decided_by": a.decided_by,
-        "decision_reason": a.decision_reason,
-    }
 
 
 _STATUS_STYLE = {
@@ -65,7 +46,7 @@ def list_approvals(
     finally:
         store.close()
     if as_json:
-        _dump([approval_to_dict(a) for a in found])
+        _dump([a.to_json() for a in found])
         return
     console = fmt.console()
     if not found:
@@ -96,7 +77,7 @@ def _decide(approval_id: str, approve: bool, reason: str, by: str | None, databa
     finally:
         store.close()
     if as_json:
-        _dump(approval_to_dict(decided))
+        _dump(decided.to_json())
         return
     verb = "[green]approved[/]" if approve else "[red]denied[/]"
     fmt.console().print(

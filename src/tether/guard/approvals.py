@@ -114,6 +114,25 @@ class StoredApproval:
     decided_by: str | None
     decision_reason: str | None
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values, for ``--json`` and the HTTP API."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "run_id": self.run_id,
+            "agent": self.agent,
+            "tool": self.tool,
+            "call_id": self.call_id,
+            "arguments": self.arguments,
+            "reason": self.reason,
+            "context": self.context,
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+            "decided_by": self.decided_by,
+            "decision_reason": self.decision_reason,
+        }
+
 
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
@@ -326,24 +345,6 @@ def approval_routes(approvals: ApprovalStore, *, keys: Any = None, prefix: str =
 
     from tether.guard import _http
 
-    def as_json(a: StoredApproval) -> dict[str, Any]:
-        return {
-            "id": a.id,
-            "status": a.status.value,
-            "run_id": a.run_id,
-            "agent": a.agent,
-            "tool": a.tool,
-            "call_id": a.call_id,
-            "arguments": a.arguments,
-            "reason": a.reason,
-            "context": a.context,
-            "created_at": a.created_at.isoformat(),
-            "expires_at": a.expires_at.isoformat(),
-            "decided_at": a.decided_at.isoformat() if a.decided_at else None,
-            "decided_by": a.decided_by,
-            "decision_reason": a.decision_reason,
-        }
-
     async def listing(request: Request) -> Response:
         who = await _http.caller(request, keys)
         if not isinstance(who, str):
@@ -356,7 +357,7 @@ def approval_routes(approvals: ApprovalStore, *, keys: Any = None, prefix: str =
             found = await asyncio.to_thread(approvals.list, status=status)
         except StoreError as exc:
             return _http.refuse(503, "store_unavailable", str(exc))
-        return _http.answer(200, [as_json(a) for a in found])
+        return _http.answer(200, [a.to_json() for a in found])
 
     def deciding(approve: bool) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -379,7 +380,7 @@ def approval_routes(approvals: ApprovalStore, *, keys: Any = None, prefix: str =
                 return _http.refuse(409, "already_decided", str(exc))
             except StoreError as exc:
                 return _http.refuse(503, "store_unavailable", str(exc))
-            return _http.answer(200, as_json(decided))
+            return _http.answer(200, decided.to_json())
 
         return endpoint
 

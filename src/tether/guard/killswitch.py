@@ -85,7 +85,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
-import orjson
 from sqlalchemy import Connection, Engine, RowMapping, insert, select
 
 from tether.errors import StoreError, UserError
@@ -139,7 +138,6 @@ _MTIME_SLACK_S: Final = 0.02
 # A file with no valid line means all, but so does a file caught between its creation and its
 # first write (``echo agent:x > KILL`` truncates, then writes): such a file must stay so this long.
 _SETTLE_S: Final = 0.05
-_MAX_BODY: Final = 64 * 1024
 
 
 def _utc(moment: datetime) -> datetime:
@@ -848,15 +846,6 @@ def _one_target(*, run_id: str | None, agent: str | None, all_runs: bool) -> tup
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
-def _secret_of(request: Request) -> str | None:
-    authorization = request.headers.get("authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return request.headers.get("x-api-key") or None
-
-
 def kill_route(kills: KillStore, *, keys: KeyVerifier | None, path: str = "/v1/kill") -> Route:
     """``POST /v1/kill``: record a kill; every switch on the database acts on it within a poll.
 
@@ -876,42 +865,18 @@ def kill_route(kills: KillStore, *, keys: KeyVerifier | None, path: str = "/v1/k
     from starlette.responses import Response
     from starlette.routing import Route
 
-    def answer(status: int, body: dict[str, object]) -> Response:
-        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    from tether.guard import _http
 
-    def refuse(status: int, kind: str, message: str) -> Response:
-        return answer(status, {"error": {"type": kind, "message": message}})
+    answer, refuse = _http.answer, _http.refuse
 
     async def endpoint(request: Request) -> Response:
-        requested_by = "http (no auth)"
-        if keys is not None:
-            secret = _secret_of(request)
-            if secret is None:
-                return refuse(
-                    401,
-                    "authentication_error",
-                    "missing API key: send a tether virtual key as 'Authorization: Bearer <key>'",
-                )
-            try:
-                key = await keys.verify(secret)
-            except StoreError as exc:
-                return refuse(503, "store_unavailable", f"cannot verify the key: {exc}")
-            if key is None:
-                return refuse(401, "authentication_error", "invalid API key: unknown or revoked tether virtual key")
-            requested_by = f"key:{key.name}"
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > _MAX_BODY:
-                return refuse(413, "invalid_request", f"the body is larger than {_MAX_BODY // 1024} KiB")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            data = None
+        requested_by = await _http.caller(request, keys)
+        if not isinstance(requested_by, str):
+            return requested_by
+        data = await _http.json_body(request)
         if not isinstance(data, dict):
+            if data.status_code != 400:
+                return data
             return refuse(
                 400,
                 "invalid_request",
