@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import Counter
@@ -28,10 +27,10 @@ from tether.demo.oncall import INSTRUCTIONS, Verdict, judge, scenario, task_for
 from tether.gateway.budget import MemoryBudgetLedger
 from tether.gateway.gateway import Gateway
 from tether.gateway.ledger import CostWriter
-from tether.guard.approvals import ApprovalAlreadyDecided, ApprovalStore
+from tether.guard.approvals import ApprovalRequest, ApprovalStore, StoredApproval
 from tether.guard.audit import StoreGuardRecorder
 from tether.guard.detectors import RuleScanner
-from tether.guard.guard import Guard
+from tether.guard.guard import Approver, Guard
 from tether.guard.policy import Policy
 from tether.messages import StopReason
 from tether.runtime import Agent, Limits, RunResult
@@ -58,33 +57,36 @@ class GuardTotals:
     incidents: int = 0
 
 
-async def _oncall_human(approvals: ApprovalStore, estates: dict[str, Infra], totals: GuardTotals) -> None:
-    """A simulated on-call engineer: approves a restart only if the dashboard shows an alert it would fix."""
-    while True:
-        for request in await asyncio.to_thread(approvals.list):
-            infra = estates.get(request.run_id)
-            service = str(request.arguments.get("service", ""))
-            if request.tool == "page_human":
-                # Paging is a write in a run that read logs (tainted): a person lets pages through.
-                ok, why = True, "paging a colleague is always fine"
-            else:
-                ok = infra is not None and request.tool == "restart_service" and infra.restart_would_fix(service)
-                why = (
-                    f"{service} has a firing alert a restart fixes"
-                    if ok
-                    else f"no firing alert is fixed by restarting {service or 'that'}: not approved"
-                )
-            try:
-                await asyncio.to_thread(approvals.decide, request.id, approve=ok, by="on-call (simulated)", reason=why)
-            except ApprovalAlreadyDecided:
-                continue
-            if request.tool != "restart_service":
-                totals.pages += 1
-            elif ok:
-                totals.approved += 1
-            else:
-                totals.refused += 1
-        await asyncio.sleep(0.02)
+def _oncall_human(approvals: ApprovalStore, estates: dict[str, Infra], totals: GuardTotals) -> Approver:
+    """A simulated on-call engineer: approves a restart only if the dashboard shows an alert it would fix.
+
+    Each request is stored and decided at once, on the event loop (no polling, no threads), so a demo
+    with a given seed plays the same way every time; a real deployment uses ``ApprovalStore.approver()``.
+    """
+
+    async def decide(request: ApprovalRequest) -> StoredApproval:
+        stored = approvals.request(request, timeout_s=30)
+        infra = estates.get(request.run_id)
+        service = str(request.arguments.get("service", ""))
+        if request.tool == "page_human":
+            # Paging is a write in a run that read logs (tainted): a person lets pages through.
+            ok, why = True, "paging a colleague is always fine"
+        else:
+            ok = infra is not None and request.tool == "restart_service" and infra.restart_would_fix(service)
+            why = (
+                f"{service} has a firing alert a restart fixes"
+                if ok
+                else f"no firing alert is fixed by restarting {service or 'that'}: not approved"
+            )
+        if request.tool != "restart_service":
+            totals.pages += 1
+        elif ok:
+            totals.approved += 1
+        else:
+            totals.refused += 1
+        return approvals.decide(stored.id, approve=ok, by="on-call (simulated)", reason=why)
+
+    return decide
 
 
 async def _run_all(
@@ -112,7 +114,7 @@ async def _run_all(
     recorder = StoreGuardRecorder(store, policy)
     estates: dict[str, Infra] = {}
     guard_totals = GuardTotals()
-    human = asyncio.create_task(_oncall_human(approvals, estates, guard_totals))
+    human = _oncall_human(approvals, estates, guard_totals)
 
     async def one(incident: Incident, trial: int) -> DemoRun:
         async with gate:
@@ -120,7 +122,7 @@ async def _run_all(
             guard = Guard(
                 policy,
                 detectors=[RuleScanner()],
-                approver=approvals.approver(timeout_s=30, poll_s=0.02),
+                approver=human,
                 recorder=recorder,
             )
             agent = Agent(
@@ -145,9 +147,6 @@ async def _run_all(
     try:
         runs = await asyncio.gather(*(one(i, t) for t in range(trials) for i in INCIDENTS))
     finally:
-        human.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await human
         for gateway in gateways:
             await gateway.aclose()
         recorder.close()
