@@ -33,13 +33,11 @@ own rate.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal, localcontext
@@ -55,10 +53,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from tether.gateway.cost import CONFIGURED_PRICE_VERSION, CostRecord, Pricer
 from tether.messages import Usage
 from tether.models.base import PriceRef
+from tether.store._access import StoreAccess
 from tether.store._bulk import insert_rows
 from tether.store._engine import SQLITE_BEGIN
-from tether.store._failures import translate_errors
-from tether.store._url import StoreURL, parse_store_url
 from tether.store.records import datetime_to_ns
 from tether.store.schema import costs
 from tether.trace.processor import RowWriter
@@ -394,35 +391,13 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-class CostLedger:
+class CostLedger(StoreAccess):
     """The ``costs`` table of the store's database: insert rows, and report on them.
 
     Args:
         store: the ``TraceStore`` whose database (and connection pool) to use,
             or an ``Engine`` on a migrated database. The caller keeps ownership.
     """
-
-    def __init__(self, store: TraceStore | Engine) -> None:
-        engine = store if isinstance(store, Engine) else store.engine
-        self._engine = engine
-        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
-        # An in-memory SQLite database is one connection shared by all threads: take turns on it.
-        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
-        )
-
-    @property
-    def url(self) -> str:
-        """The database's URL without its password."""
-        return self._where.display
-
-    def __repr__(self) -> str:
-        return f"CostLedger({self.url!r})"
-
-    @contextlib.contextmanager
-    def _connect(self, action: str) -> Iterator[Connection]:
-        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
-            yield connection
 
     def write(self, rows: Sequence[Mapping[str, object]]) -> None:
         """Insert rows (from ``cost_row``) in one transaction; rows already stored (same id) are skipped.

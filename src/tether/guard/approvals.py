@@ -23,10 +23,8 @@ it and why are kept for the audit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -36,9 +34,7 @@ import orjson
 from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 
 from tether.errors import StoreError, UserError
-from tether.store._engine import SQLITE_BEGIN
-from tether.store._failures import translate_errors
-from tether.store._url import StoreURL, parse_store_url
+from tether.store._access import StoreAccess
 from tether.store.schema import approvals
 
 if TYPE_CHECKING:
@@ -157,7 +153,7 @@ def _from_row(row: RowMapping) -> StoredApproval:
     )
 
 
-class ApprovalStore:
+class ApprovalStore(StoreAccess):
     """Approval requests in the store's database (table ``approvals``), shared by every process.
 
     Args:
@@ -166,27 +162,8 @@ class ApprovalStore:
     """
 
     def __init__(self, store: TraceStore | Engine, *, clock: Any = None) -> None:
-        engine = store if isinstance(store, Engine) else store.engine
-        self._engine = engine
-        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
+        super().__init__(store)
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
-        )
-
-    @contextlib.contextmanager
-    def _connect(self, action: str) -> Iterator[Connection]:
-        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
-            yield connection
-
-    @contextlib.contextmanager
-    def _write(self, action: str) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a read
-        followed by a write waits its turn instead of failing when another connection wrote meanwhile."""
-        with self._connect(action) as connection:
-            connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-            with connection.begin():
-                yield connection
 
     def _now(self) -> datetime:
         return _utc(self._clock())

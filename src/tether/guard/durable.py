@@ -19,26 +19,22 @@ Read tools are not in the ledger: running them again is harmless.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import UserError
-from tether.store._engine import SQLITE_BEGIN
-from tether.store._failures import translate_errors
-from tether.store._url import StoreURL, parse_store_url
+from tether.store._access import StoreAccess
 from tether.store.schema import checkpoints, tool_ledger
 
 if TYPE_CHECKING:
-    from tether.store import TraceStore
+    pass
 
 __all__ = ["Checkpoint", "DurableRuns", "Effect", "EffectState", "UnknownRun"]
 
@@ -76,34 +72,12 @@ def arguments_hash(tool: str, arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps([tool, dict(arguments)], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-class DurableRuns:
+class DurableRuns(StoreAccess):
     """Checkpoints and the tool-call ledger in the store's database, shared by every process.
 
     Args:
         store: a ``TraceStore`` or an ``Engine`` on a migrated database.
     """
-
-    def __init__(self, store: TraceStore | Engine) -> None:
-        engine = store if isinstance(store, Engine) else store.engine
-        self._engine = engine
-        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
-        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
-        )
-
-    @contextlib.contextmanager
-    def _connect(self, action: str) -> Iterator[Connection]:
-        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
-            yield connection
-
-    @contextlib.contextmanager
-    def _write(self, action: str) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE), so a read
-        followed by a write waits its turn instead of failing when another connection wrote meanwhile."""
-        with self._connect(action) as connection:
-            connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-            with connection.begin():
-                yield connection
 
     # -- checkpoints -----------------------------------------------------------------------
 

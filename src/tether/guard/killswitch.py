@@ -78,18 +78,17 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
-from sqlalchemy import Connection, Engine, RowMapping, insert, select
+from sqlalchemy import Engine, RowMapping, insert, select
 
 from tether.errors import StoreError, UserError
-from tether.store._failures import translate_errors
-from tether.store._url import StoreURL, parse_store_url
+from tether.store._access import StoreAccess
 from tether.store.schema import kills
 
 if TYPE_CHECKING:
@@ -251,35 +250,13 @@ def _kill_from_row(row: RowMapping) -> Kill:
     )
 
 
-class KillStore:
+class KillStore(StoreAccess):
     """Kill requests in the store's database (table ``kills``), on SQLite or PostgreSQL.
 
     Args:
         store: the ``TraceStore`` whose database (and connection pool) to use,
             or an ``Engine`` on a migrated database. The caller keeps ownership.
     """
-
-    def __init__(self, store: TraceStore | Engine) -> None:
-        engine = store if isinstance(store, Engine) else store.engine
-        self._engine = engine
-        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
-        # An in-memory SQLite database is one connection shared by all threads: take turns on it.
-        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
-        )
-
-    @property
-    def url(self) -> str:
-        """The database's URL without its password."""
-        return self._where.display
-
-    def __repr__(self) -> str:
-        return f"KillStore({self.url!r})"
-
-    @contextlib.contextmanager
-    def _connect(self, action: str) -> Iterator[Connection]:
-        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
-            yield connection
 
     def kill(
         self, target_kind: TargetKind, target: str | None, reason: str | None = None, requested_by: str | None = None
