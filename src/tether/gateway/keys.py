@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import functools
 import hashlib
 import re
@@ -30,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Protocol
@@ -43,8 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from tether.errors import StoreError, UnknownVirtualKey, UserError, VirtualKeyExists, VirtualKeyRevoked
 from tether.gateway.budget import BudgetLimit
 from tether.gateway.ratelimit import RateLimit
-from tether.store._failures import translate_errors
-from tether.store._url import StoreURL, parse_store_url
+from tether.store._access import StoreAccess
 from tether.store.schema import virtual_keys
 
 if TYPE_CHECKING:
@@ -159,7 +157,7 @@ def _check_routes(routes: Iterable[str]) -> tuple[str, ...]:
     return tuple(checked)
 
 
-class KeyStore:
+class KeyStore(StoreAccess):
     """Virtual keys in the store's database (SQLite or PostgreSQL), shared by every gateway replica.
 
     ``create``, ``list`` and ``revoke`` are synchronous (the CLI's and an
@@ -200,9 +198,7 @@ class KeyStore:
             raise ValueError(f"cache_ttl_s must be ≥ 0, got {cache_ttl_s!r}")
         if cache_size < 1 or max_lookups < 1:
             raise ValueError(f"cache_size and max_lookups must be ≥ 1, got {cache_size} and {max_lookups}")
-        engine = store if isinstance(store, Engine) else store.engine
-        self._engine = engine
-        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
+        super().__init__(store)
         self._ttl = cache_ttl_s
         self._cache_size = cache_size
         self._max_lookups = max_lookups
@@ -214,24 +210,7 @@ class KeyStore:
         self._cache_lock = threading.Lock()
         self._inflight: dict[str, asyncio.Task[VirtualKey | None]] = {}
         self._gate: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
-        # An in-memory SQLite database is one connection shared by all threads: take turns on it.
-        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
-        )
         self.lookups = 0  # database lookups made by ``verify``, for tests and metrics
-
-    @property
-    def url(self) -> str:
-        """The database's URL without its password."""
-        return self._where.display
-
-    def __repr__(self) -> str:
-        return f"KeyStore({self.url!r})"
-
-    @contextlib.contextmanager
-    def _connect(self, action: str) -> Iterator[Connection]:
-        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
-            yield connection
 
     # -- managing keys ---------------------------------------------------------------------
 

@@ -78,10 +78,9 @@ from tether.guard.credentials import Scrubber, default_scrubber
 from tether.guard.guard import RunGuard
 from tether.guard.policy import Policy
 from tether.guard.types import Decision, Finding
+from tether.store._access import StoreAccess
 from tether.store._bulk import insert_rows
 from tether.store._engine import SQLITE_BEGIN
-from tether.store._failures import translate_errors
-from tether.store._url import StoreURL, parse_store_url
 from tether.store.schema import guard_audit, incidents, quarantines
 from tether.trace.processor import RowWriter
 
@@ -382,7 +381,7 @@ def _quarantine_from_row(row: RowMapping) -> Quarantine:
 # --- the tables ---------------------------------------------------------------------------------------------
 
 
-class GuardStore:
+class GuardStore(StoreAccess):
     """The guard's tables (``guard_audit``, ``incidents``, ``quarantines``) in the store's database.
 
     The recorder writes through it from its threads; the CLI reads and releases through it.
@@ -400,23 +399,9 @@ class GuardStore:
         clock: Callable[[], datetime] | None = None,
         scrubber: Scrubber | None = None,
     ) -> None:
-        engine = store if isinstance(store, Engine) else store.engine
-        self._engine = engine
-        self._where: StoreURL = parse_store_url(engine.url.render_as_string(hide_password=False))
+        super().__init__(store)
         self._clock = clock or (lambda: datetime.now(UTC))
         self.scrubber = scrubber or default_scrubber()
-        # An in-memory SQLite database is one connection shared by all threads: take turns on it.
-        self._sqlite_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if self._where.backend == "sqlite" else contextlib.nullcontext()
-        )
-
-    @property
-    def url(self) -> str:
-        """The database's URL without its password."""
-        return self._where.display
-
-    def __repr__(self) -> str:
-        return f"GuardStore({self.url!r})"
 
     def now(self) -> datetime:
         """The clock's time, in UTC."""
@@ -424,7 +409,7 @@ class GuardStore:
 
     @contextlib.contextmanager
     def _connect(self, action: str, *, write: bool = False) -> Iterator[Connection]:
-        with self._sqlite_lock, translate_errors(self._where, action), self._engine.connect() as connection:
+        with super()._connect(action) as connection:
             if write:
                 # IMMEDIATE: take SQLite's write lock up front, so a read-then-write is not overtaken.
                 connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
