@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +41,7 @@ from tether.gateway.cost import PRICE_DATA_VERSION, Cost, price_usage
 from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard, RunGuard
 from tether.guard.killswitch import KillSwitch, RunWatch
-from tether.guard.types import Decision, Finding, Verdict
+from tether.guard.types import Decision, Finding, Risk, Verdict
 from tether.messages import (
     Message,
     ModelRequest,
@@ -53,6 +54,8 @@ from tether.messages import (
 )
 from tether.models import resolve_model
 from tether.models.base import Model
+from tether.runtime import delegation
+from tether.runtime.delegation import HandoffLoop, RunTree
 from tether.runtime.limits import Limits
 from tether.runtime.tools import Tool, ToolArgumentsError, ToolContext, render_output
 from tether.trace import semconv as sc
@@ -80,6 +83,8 @@ class RunState:
     guard_denials: int = 0
     guard: RunGuard | None = None
     turn_spend: list[tuple[int, Decimal]] = field(default_factory=list)  # (tokens, USD) per model call
+    tree: RunTree | None = None
+    handoff_loop: HandoffLoop | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,67 @@ class Agent:
         self.durable = durable
         self.guard.bind(name, self.tools)
 
+    def add_tool(self, tool: Tool) -> None:
+        """Give the agent one more tool — e.g. a peer's ``as_tool()`` in a mesh of agents that call each other.
+
+        Raises:
+            ValueError: the agent has a tool of that name already.
+            PolicyError: the guard's policy does not fit the new set of tools.
+        """
+        if not isinstance(tool, Tool):
+            raise TypeError(f"{tool!r} is not a Tool: decorate the function with @tool")
+        if tool.name in self.tools:
+            raise ValueError(f"agent {self.name} has a tool named {tool.name!r} already")
+        tools = {**self.tools, tool.name: tool}
+        self.guard.bind(self.name, tools)
+        self.tools = tools
+        self._specs = tuple(t.spec for t in tools.values())
+
+    def as_tool(self, *, name: str | None = None, description: str | None = None, risk: Risk = "read") -> Tool:
+        """This agent as a tool another agent can call: each call is a sub-run of this agent.
+
+        The sub-run has its own run id, limits and guard, and its trace hangs under the caller's
+        tool span. It answers with its output; a sub-run that does not complete is a failed tool
+        call the caller's model is told about. Handoffs are watched across the whole run tree: two
+        agents bouncing the work back and forth ``Limits.max_handoff_bounces`` times end every run
+        on the chain with ``loop_detected``.
+
+        Args:
+            name: the tool's name (default: ``ask_<agent name>``).
+            description: what the calling model is told (default: from the agent's name and instructions).
+            risk: the guard's risk class for the handoff itself (the sub-agent's own tools are guarded
+                by its own guard).
+        """
+        agent = self
+
+        async def delegate(task: str, context: ToolContext) -> str:
+            """Hand a task to the agent.
+
+            Args:
+                task: what the agent should do, with everything it needs to know.
+            """
+            frame = delegation.current_frame()
+            if frame is not None:
+                frame.tree.handoff(context.agent, agent.name, max_bounces=frame.max_bounces, run_id=context.run_id)
+            result = await agent.run(task)
+            tree = delegation.current_tree()
+            if tree is not None and tree.loop is not None:
+                raise tree.loop
+            if not result.ok:
+                raise RuntimeError(
+                    f"agent {agent.name} stopped with {result.stop_reason.value}"
+                    + (f": {result.error}" if result.error else "")
+                )
+            return result.output
+
+        tool_name = name or "ask_" + re.sub(r"[^a-zA-Z0-9_-]", "_", agent.name)[:60]
+        if description is None:
+            summary = agent.instructions.strip().split("\n", 1)[0][:300]
+            description = f"Hand a task to the {agent.name} agent; it answers with its result." + (
+                f" It is instructed: {summary}" if summary else ""
+            )
+        return Tool(delegate, name=tool_name, description=description, risk=risk)
+
     @property
     def tracer(self) -> Tracer:
         return self._tracer or otel_trace.get_tracer("tether")
@@ -267,8 +333,19 @@ class Agent:
         await asyncio.to_thread(self.durable.save, state.run_id, self.name, status, snapshot)
 
     async def _run(self, state: RunState, *, resumed: bool) -> RunResult:
+        frame, token = delegation.enter(state.run_id, self.name, self.limits.max_handoff_bounces)
+        state.tree = frame.tree
+        try:
+            return await self._traced_run(state, frame, resumed=resumed)
+        finally:
+            delegation.leave(token)
+
+    async def _traced_run(self, state: RunState, frame: delegation.Frame, *, resumed: bool) -> RunResult:
         started = time.perf_counter()
         tracer = self.tracer
+        attributes: dict[str, AttributeValue] = {}
+        if frame.parent_run_id is not None:
+            attributes = {sc.TETHER_PARENT_RUN_ID: frame.parent_run_id, sc.TETHER_RUN_DEPTH: frame.depth}
         with tracer.start_as_current_span(
             sc.span_name(sc.OP_INVOKE_AGENT, self.name),
             kind=otel_trace.SpanKind.INTERNAL,
@@ -283,6 +360,7 @@ class Agent:
                 sc.TETHER_SIMULATED: self.model.simulated,
                 sc.TETHER_TASK: _cap(state.task, self.payload_chars),
                 sc.TETHER_RESUMED: resumed,
+                **attributes,
             },
             record_exception=False,
             set_status_on_exception=False,
@@ -401,6 +479,16 @@ class Agent:
             )
             state.messages.append(Message(role="user", content=tuple(r.to_block() for r in results)))
             await self._checkpoint(state, "running")
+            if state.handoff_loop is not None:
+                loop = state.handoff_loop
+                if loop.run_id == state.run_id:
+                    otel_trace.get_current_span().set_attributes(
+                        {
+                            sc.TETHER_LOOP_WASTED_TOKENS: loop.wasted_tokens,
+                            sc.TETHER_LOOP_WASTED_COST_USD: float(loop.wasted_cost_usd),
+                        }
+                    )
+                raise _Stop(StopReason.LOOP_DETECTED, str(loop))
             if refused:
                 raise _Stop(StopReason.MAX_TOOL_CALLS, f"reached max_tool_calls={limits.max_tool_calls}")
             self._check_loop(state, allowed)
@@ -483,6 +571,8 @@ class Agent:
             cost = Cost(usd=response.cost_usd) if response.priced else price_usage(model.price_ref, usage)
             state.usage = state.usage + usage
             state.turn_spend.append((usage.total_tokens, cost.usd or Decimal(0)))
+            if state.tree is not None:
+                state.tree.spend(usage.total_tokens, cost.usd or Decimal(0))
             result: dict[str, AttributeValue] = {
                 sc.GEN_AI_RESPONSE_MODEL: response.model,
                 sc.GEN_AI_RESPONSE_ID: response.id,
@@ -613,6 +703,12 @@ class Agent:
             await asyncio.to_thread(effects.mark, key, "started")
         try:
             value = await tool.run(kwargs, context)
+        except HandoffLoop as exc:
+            # Agents bouncing work between them: this run ends too, once the batch it is in is done.
+            state.handoff_loop = exc
+            if effects is not None:
+                await asyncio.to_thread(effects.mark, key, "failed", output=str(exc), is_error=True)
+            return error("loop_detected", str(exc)), False
         except Exception as exc:
             # A failing tool is the model's information, not the run's end: it can retry or change course.
             state.tool_errors += 1
