@@ -344,6 +344,19 @@ async def test_the_response_cache_serves_identical_deterministic_requests(
     assert second.cost_usd == 0
 
 
+async def test_a_request_marked_cache_bypass_is_never_served_from_the_response_cache(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    cfg = config({"r": {"tiers": [["a"]], "response_cache": True}}, ["a"])
+    model = answering()
+    gateway = make_gateway(cfg, {"a": model})
+    bypass = request(temperature=0).model_copy(update={"metadata": {"cache": "bypass"}})
+    await gateway.complete(request(temperature=0), CallContext(route="r"))
+    await gateway.complete(bypass, CallContext(route="r"))  # eval trials must be independent
+    await gateway.complete(bypass, CallContext(route="r"))
+    assert len(model.requests) == 3
+
+
 async def test_a_cut_stream_is_billed_for_what_it_used(make_gateway: Callable[..., Gateway]) -> None:
     partial = Usage(input_tokens=1000, output_tokens=50)
 

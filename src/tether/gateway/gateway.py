@@ -356,7 +356,8 @@ class Gateway:
             NoDeploymentAvailable: every deployment failed or was open-circuited.
         """
         route = self.route(ctx.route)
-        cacheable = route.response_cache and request.temperature == 0
+        # ``metadata.cache = "bypass"`` (the eval runner sets it: repeats must be independent) skips the cache.
+        cacheable = route.response_cache and request.temperature == 0 and request.metadata.get("cache") != "bypass"
         cache_key = self._cache_key(ctx, request) if cacheable else ""
         if cacheable:
             cached = self._cache.get(cache_key, self._clock())

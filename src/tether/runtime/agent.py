@@ -60,7 +60,7 @@ from tether.runtime.limits import Limits
 from tether.runtime.tools import Tool, ToolArgumentsError, ToolContext, render_output
 from tether.trace import semconv as sc
 
-__all__ = ["Agent", "RunResult", "RunState"]
+__all__ = ["Agent", "RunResult", "RunState", "ToolCallRecord"]
 
 
 @dataclass
@@ -85,6 +85,47 @@ class RunState:
     turn_spend: list[tuple[int, Decimal]] = field(default_factory=list)  # (tokens, USD) per model call
     tree: RunTree | None = None
     handoff_loop: HandoffLoop | None = None
+    tool_log: list[ToolCallRecord] = field(default_factory=list)
+    response_models: dict[str, None] = field(default_factory=dict)  # in order of first answer
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    """One tool call the model asked for, and what became of it (what evals score trajectories on).
+
+    Attributes:
+        turn: the model call that asked for it.
+        name: the tool the model named (perhaps one that does not exist).
+        arguments: the arguments as the model sent them (empty when they were not JSON).
+        risk: the tool's risk class; None for an unknown tool.
+        decision: the guard's final verdict (``allowed``, ``approved``, ``denied``, ``rejected``…);
+            None when the call never reached the guard (unknown tool, bad arguments, replayed).
+        executed: the tool function ran (or its done outcome was replayed from the ledger).
+        is_error: the model was answered with an error.
+        hallucinated: an unknown tool or arguments that do not fit its schema.
+        findings: the kinds of detector findings on its output (``prompt_injection``…).
+        output: what the model was told (scrubbed).
+    """
+
+    turn: int
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    risk: str | None = None
+    decision: str | None = None
+    executed: bool = False
+    is_error: bool = False
+    hallucinated: bool = False
+    findings: tuple[str, ...] = ()
+    output: str = ""
+
+
+@dataclass
+class _CallNote:
+    risk: str | None = None
+    decision: str | None = None
+    executed: bool = False
+    findings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -104,6 +145,10 @@ class RunResult:
     duration_s: float
     messages: tuple[Message, ...]
     error: str | None = None
+    #: Every tool call of the run, in the order the model asked for them.
+    tool_log: tuple[ToolCallRecord, ...] = ()
+    #: The models that answered (as the providers named them, e.g. a dated version), in order.
+    response_models: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -204,6 +249,8 @@ class Agent:
         self.guard = guard or Guard()
         self.kill_switch = kill_switch
         self.durable = durable
+        #: Extra metadata sent with every model request (e.g. ``{"cache": "bypass"}`` from the eval runner).
+        self.request_metadata: dict[str, str] = {}
         self.guard.bind(name, self.tools)
 
     def add_tool(self, tool: Tool) -> None:
@@ -270,6 +317,10 @@ class Agent:
     @property
     def tracer(self) -> Tracer:
         return self._tracer or otel_trace.get_tracer("tether")
+
+    @tracer.setter
+    def tracer(self, tracer: Tracer | None) -> None:
+        self._tracer = tracer
 
     def run_sync(self, task: str, *, run_id: str | None = None) -> RunResult:
         """``run`` for code that has no event loop."""
@@ -410,6 +461,8 @@ class Agent:
             duration_s=time.perf_counter() - started,
             messages=tuple(state.messages),
             error=error,
+            tool_log=tuple(state.tool_log),
+            response_models=tuple(state.response_models),
         )
 
     def _finish(
@@ -496,7 +549,7 @@ class Agent:
                 raise _Stop(StopReason.DONE_CONDITION)
 
     def _metadata(self, state: RunState) -> dict[str, str]:
-        metadata = {"run_id": state.run_id, "agent": self.name}
+        metadata = {**self.request_metadata, "run_id": state.run_id, "agent": self.name}
         if self.limits.max_cost_usd is not None:
             metadata["run_budget_usd"] = str(self.limits.max_cost_usd)
         if self.limits.max_tokens is not None:
@@ -570,6 +623,7 @@ class Agent:
             # The gateway prices at the deployment that answered; a bare model is priced here.
             cost = Cost(usd=response.cost_usd) if response.priced else price_usage(model.price_ref, usage)
             state.usage = state.usage + usage
+            state.response_models[response.model] = None
             state.turn_spend.append((usage.total_tokens, cost.usd or Decimal(0)))
             if state.tree is not None:
                 state.tree.spend(usage.total_tokens, cost.usd or Decimal(0))
@@ -624,7 +678,23 @@ class Agent:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            result, hallucinated = await self._invoke(call, state)
+            note = _CallNote()
+            result, hallucinated = await self._invoke(call, state, note)
+            state.tool_log.append(
+                ToolCallRecord(
+                    turn=state.turns,
+                    call_id=call.id,
+                    name=call.name,
+                    arguments=dict(call.arguments) if call.raw_arguments is None else {},
+                    risk=note.risk,
+                    decision=note.decision,
+                    executed=note.executed,
+                    is_error=result.is_error,
+                    hallucinated=hallucinated,
+                    findings=tuple(note.findings),
+                    output=result.output,
+                )
+            )
             span.set_attribute(sc.GEN_AI_TOOL_CALL_RESULT, _cap(result.output, cap))
             if result.is_error:
                 span.set_attribute(sc.TETHER_TOOL_ERROR, True)
@@ -638,7 +708,7 @@ class Agent:
                     self.guard.report(state.guard, call.name, finding, span)
             return result
 
-    async def _invoke(self, call: ToolCall, state: RunState) -> tuple[ToolResult, bool]:
+    async def _invoke(self, call: ToolCall, state: RunState, note: _CallNote) -> tuple[ToolResult, bool]:
         """Run one call; the flag says whether the call was hallucinated (unknown tool, bad arguments)."""
 
         def error(kind: str, message: str, **extra: Any) -> ToolResult:
@@ -658,6 +728,7 @@ class Agent:
         except ToolArgumentsError as exc:
             return error("invalid_arguments", str(exc), problems=exc.problems, schema=tool.spec.input_schema), True
         # The guard decides before anything runs; a call it does not allow never reaches the tool.
+        note.risk = tool.risk
         span = otel_trace.get_current_span()
         assert state.guard is not None
         # Calls with effects go through the ledger: one it has as done is replayed, never run twice.
@@ -666,6 +737,7 @@ class Agent:
         prior = await asyncio.to_thread(effects.effect, key) if effects is not None else None
         if prior is not None and prior.state in ("done", "failed"):
             span.set_attribute(sc.TETHER_TOOL_REPLAYED, True)
+            note.executed = True
             return ToolResult(
                 call_id=call.id, name=call.name, output=prior.output or "", is_error=bool(prior.is_error)
             ), False
@@ -685,6 +757,7 @@ class Agent:
             decision = await self.guard.decide(state.guard, tool.name, call.id, call.arguments, decision, about)
         _record_decision(span, decision, tool.risk)
         self.guard.record(state.guard, tool.name, call.id, call.arguments, decision, span)
+        note.decision = decision.verdict.value
         if not decision.allowed:
             state.guard_denials += 1
             kind = "approval_rejected" if decision.verdict is Verdict.REJECTED else "denied"
@@ -693,6 +766,7 @@ class Agent:
         if refused is not None:
             state.guard_denials += 1
             span.set_attributes({sc.TETHER_GUARD_DECISION: Verdict.DENIED.value, sc.TETHER_GUARD_REASON: refused})
+            note.decision = Verdict.DENIED.value
             return error("denied", refused), False
         context = ToolContext(run_id=state.run_id, agent=self.name, turn=state.turns, call_id=call.id, secrets=secrets)
         scrub = self.guard.scrubber.scrub
@@ -701,6 +775,7 @@ class Agent:
                 effects.intend, key, run_id=state.run_id, agent=self.name, tool=tool.name, arguments=call.arguments
             )
             await asyncio.to_thread(effects.mark, key, "started")
+        note.executed = True
         try:
             value = await tool.run(kwargs, context)
         except HandoffLoop as exc:
@@ -722,6 +797,7 @@ class Agent:
             await asyncio.to_thread(effects.mark, key, "done", output=output, is_error=False)
         for finding in self.guard.inspect(state.guard, tool.name, output, untrusted=tool.untrusted_output):
             self.guard.report(state.guard, tool.name, finding, span)
+            note.findings.append(finding.kind)
             span.add_event(
                 sc.EVENT_GUARD_FINDING,
                 {

@@ -39,6 +39,7 @@ from sqlalchemy import (
     Double,
     Engine,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -284,11 +285,55 @@ def _m0004_create_guard(connection: Connection) -> None:
     metadata.create_all(connection)
 
 
+def _m0005_create_evals(connection: Connection) -> None:
+    metadata = MetaData()
+    Table(
+        "eval_runs",
+        metadata,
+        Column("eval_id", String(32), primary_key=True),
+        Column("suite", Text, nullable=False),
+        Column("suite_fingerprint", String(64), nullable=False),
+        Column("agent_version", Text, nullable=False),
+        Column("trials", Integer, nullable=False),
+        Column("seed", BigInteger, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("budget_nanousd", BigInteger),
+        Column("config", Text, nullable=False),
+        Column("started_at", DateTime(timezone=True), nullable=False),
+        Column("finished_at", DateTime(timezone=True)),
+        Index("ix_eval_runs_suite", "suite", "agent_version", "started_at"),
+    )
+    Table(
+        "eval_trials",
+        metadata,
+        Column("eval_id", String(32), primary_key=True),
+        Column("case_id", Text, primary_key=True),
+        Column("trial", Integer, primary_key=True),
+        Column("status", String(16), nullable=False),
+        Column("score", Double),
+        Column("checks", Text, nullable=False),
+        Column("tags", Text, nullable=False),
+        Column("run_id", Text),
+        Column("trace_id", String(32)),
+        Column("stop_reason", String(32)),
+        Column("model", Text),
+        Column("cost_nanousd", BigInteger),
+        Column("judge_cost_nanousd", BigInteger),
+        Column("duration_s", Double, nullable=False),
+        Column("tokens", BigInteger, nullable=False),
+        Column("facts", Text, nullable=False),
+        Column("error", Text),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+    metadata.create_all(connection)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create spans", _m0001_create_spans),
     Migration(2, "create budgets", _m0002_create_budgets),
     Migration(3, "create virtual keys and costs", _m0003_create_keys_and_costs),
     Migration(4, "create guard audit, approvals, tool ledger, checkpoints, kills, incidents", _m0004_create_guard),
+    Migration(5, "create eval runs and trials", _m0005_create_evals),
 )
 
 

@@ -283,3 +283,45 @@ quarantines = Table(
     Column("released_at", DateTime(timezone=True)),
     Column("released_by", Text),
 )
+
+# Eval runs (one per `tether eval run`) and their trials: scores, checks, trace links, cost.
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("eval_id", String(32), primary_key=True),
+    Column("suite", Text, nullable=False),
+    Column("suite_fingerprint", String(64), nullable=False),
+    Column("agent_version", Text, nullable=False),
+    Column("trials", Integer, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("budget_nanousd", BigInteger),
+    Column("config", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_eval_runs_suite", "suite", "agent_version", "started_at"),
+)
+
+# One row per (eval, case, trial); `status` is passed, failed or infra_error (excluded from pass rates).
+eval_trials = Table(
+    "eval_trials",
+    metadata,
+    Column("eval_id", String(32), primary_key=True),
+    Column("case_id", Text, primary_key=True),
+    Column("trial", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("score", Double),
+    Column("checks", Text, nullable=False),
+    Column("tags", Text, nullable=False),
+    Column("run_id", Text),
+    Column("trace_id", String(32)),
+    Column("stop_reason", String(32)),
+    Column("model", Text),
+    Column("cost_nanousd", BigInteger),
+    Column("judge_cost_nanousd", BigInteger),
+    Column("duration_s", Double, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("facts", Text, nullable=False),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
