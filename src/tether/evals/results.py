@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from sqlalchemy import Engine, RowMapping, delete, insert, select, update
+from sqlalchemy import Engine, RowMapping, bindparam, delete, insert, select, update
 
 from tether.errors import UserError
 from tether.evals.scorers import CheckResult
@@ -179,6 +179,29 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+def _trial_row(trial: TrialRecord) -> dict[str, Any]:
+    return {
+        "eval_id": trial.eval_id,
+        "case_id": trial.case_id,
+        "trial": trial.trial,
+        "status": trial.status,
+        "score": trial.score,
+        "checks": _dumps([c.to_dict() for c in trial.checks]),
+        "tags": _dumps(list(trial.tags)),
+        "run_id": trial.run_id,
+        "trace_id": trial.trace_id,
+        "stop_reason": trial.stop_reason,
+        "model": trial.model,
+        "cost_nanousd": _to_nano(trial.cost_usd),
+        "judge_cost_nanousd": _to_nano(trial.judge_cost_usd),
+        "duration_s": trial.duration_s,
+        "tokens": trial.tokens,
+        "facts": _dumps(dict(trial.facts)),
+        "error": trial.error,
+        "created_at": trial.created_at,
+    }
+
+
 class EvalStore(StoreAccess):
     """Evals and their trials in the store (SQLite or PostgreSQL)."""
 
@@ -212,34 +235,22 @@ class EvalStore(StoreAccess):
 
     def add_trial(self, trial: TrialRecord) -> None:
         """Keep one trial; a trial run again (after an infrastructure failure) replaces the old row."""
-        row = {
-            "eval_id": trial.eval_id,
-            "case_id": trial.case_id,
-            "trial": trial.trial,
-            "status": trial.status,
-            "score": trial.score,
-            "checks": _dumps([c.to_dict() for c in trial.checks]),
-            "tags": _dumps(list(trial.tags)),
-            "run_id": trial.run_id,
-            "trace_id": trial.trace_id,
-            "stop_reason": trial.stop_reason,
-            "model": trial.model,
-            "cost_nanousd": _to_nano(trial.cost_usd),
-            "judge_cost_nanousd": _to_nano(trial.judge_cost_usd),
-            "duration_s": trial.duration_s,
-            "tokens": trial.tokens,
-            "facts": _dumps(dict(trial.facts)),
-            "error": trial.error,
-            "created_at": trial.created_at,
-        }
-        key = (
-            (eval_trials.c.eval_id == trial.eval_id)
-            & (eval_trials.c.case_id == trial.case_id)
-            & (eval_trials.c.trial == trial.trial)
+        self.add_trials([trial])
+
+    def add_trials(self, trials: Sequence[TrialRecord]) -> None:
+        """Keep trials in one transaction; a trial run again replaces its old row."""
+        if not trials:
+            return
+        rows = [_trial_row(t) for t in trials]
+        keys = [{"k_eval": t.eval_id, "k_case": t.case_id, "k_trial": t.trial} for t in trials]
+        match = (
+            (eval_trials.c.eval_id == bindparam("k_eval"))
+            & (eval_trials.c.case_id == bindparam("k_case"))
+            & (eval_trials.c.trial == bindparam("k_trial"))
         )
-        with self._write("recording an eval trial") as connection:
-            connection.execute(delete(eval_trials).where(key))
-            connection.execute(insert(eval_trials).values(**row))
+        with self._write("recording eval trials") as connection:
+            connection.execute(delete(eval_trials).where(match), keys)
+            connection.execute(insert(eval_trials), rows)
 
     def get(self, eval_id: str) -> EvalRecord:
         """The eval with this id, or the only one starting with it.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -45,6 +46,9 @@ from tether.models.base import Model
 from tether.models.replay import Cassette, cassette_model, cassette_scope
 from tether.models.sim import SimModel
 from tether.runtime.agent import Agent, RunResult
+
+# Run ids of trials: unique (an eval id prefix and 40 random bits), without an os.urandom call per trial.
+_RUN_IDS = random.Random()
 
 __all__ = ["AgentVersion", "EvalOutcome", "EvalRunner", "Trial", "load_agent", "trial_seed"]
 
@@ -260,7 +264,7 @@ class EvalRunner:
                     not_run += 1
                     continue
                 trial = await self._trial(record, agent, case, index)
-                await asyncio.to_thread(self.store.add_trial, trial)
+                writer.add(trial)
                 async with tally.lock:
                     tally.done += 1
                     if trial.status == "passed":
@@ -278,10 +282,17 @@ class EvalRunner:
                     on_trial(trial, tally)
 
         status = "interrupted"
+        writer = _TrialWriter(self.store)
+        flusher = asyncio.create_task(writer.run())
         try:
             await asyncio.gather(*(worker() for _ in range(min(max_concurrency, max(1, len(todo))))))
             status = "over_budget" if tally.stopped is not None else "finished"
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            # What finished is kept even when the eval was interrupted: the last trials are written first.
+            await asyncio.shield(writer.flush())
             with contextlib.suppress(Exception):
                 await asyncio.shield(
                     asyncio.to_thread(self.store.set_status, record.eval_id, status, finished=status == "finished")
@@ -329,7 +340,7 @@ class EvalRunner:
         try:
             with cassette_scope(scope):
                 async with asyncio.timeout(self.trial_timeout_s):
-                    result = await agent.run(case.input, run_id=f"{record.eval_id[:8]}-{uuid.uuid4().hex[:8]}")
+                    result = await agent.run(case.input, run_id=f"{record.eval_id[:8]}-{_RUN_IDS.getrandbits(40):010x}")
         except TimeoutError:
             return infra(f"harness: the trial ran past the harness's {self.trial_timeout_s:g} s limit")
         if result.stop_reason is StopReason.ERROR and (result.error or "").startswith("model call failed"):
@@ -392,6 +403,30 @@ class EvalRunner:
             {"cache": "bypass", "eval_id": record.eval_id, "eval_case": trial.case.id, "eval_trial": str(trial.index)}
         )
         return agent
+
+
+class _TrialWriter:
+    """Stores finished trials in batches (every ``interval_s``), off the event loop: one transaction per batch."""
+
+    def __init__(self, store: EvalStore, interval_s: float = 0.25) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.pending: list[TrialRecord] = []
+        self.lock = asyncio.Lock()
+
+    def add(self, trial: TrialRecord) -> None:
+        self.pending.append(trial)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self.lock:
+            batch, self.pending = self.pending, []
+            if batch:
+                await asyncio.to_thread(self.store.add_trials, batch)
 
 
 def _model_of(result: RunResult | None) -> str | None:

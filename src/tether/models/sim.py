@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Final
 
+import orjson
+
 from tether.errors import ConfigError, ModelHTTPError, ModelTimeoutError, StreamInterrupted
 from tether.messages import (
     ContentBlock,
@@ -183,7 +185,8 @@ def _arguments_after(text: str, pos: int) -> dict[str, Any]:
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # Compact, sorted keys, UTF-8 as is: the same text json.dumps(sort_keys, separators, ensure_ascii=False) gives.
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _digest(*parts: object, size: int = 16) -> bytes:

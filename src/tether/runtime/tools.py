@@ -87,6 +87,81 @@ def _doc_parts(doc: str | None) -> tuple[str, dict[str, str]]:
     return description, args
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a function's signature and docstring make of a tool: the same for every closure of one function."""
+
+    description: str
+    is_async: bool
+    context_param: str | None
+    args_model: type[BaseModel]
+    schema: dict[str, Any]
+
+
+# Building the arguments model and its JSON schema costs milliseconds (pydantic), and factories that bind
+# tools to per-run state (an eval builds an agent per trial) make the same function again and again: the
+# shape is kept per (code, defaults, docstring, name), which fixes everything it is made of.
+_SHAPES: dict[tuple[Any, ...], _Shape] = {}
+_SHAPES_MAX = 4096
+
+
+def _shape_of(func: Callable[..., Any], name: str) -> _Shape:
+    key: tuple[Any, ...] | None
+    try:
+        code = getattr(func, "__code__", None)
+        kwdefaults = getattr(func, "__kwdefaults__", None)
+        key = (
+            code,
+            getattr(func, "__defaults__", None),
+            tuple(sorted(kwdefaults.items())) if kwdefaults else None,
+            func.__doc__,
+            name,
+            id(getattr(func, "__globals__", None)),
+            # Evaluated annotations may differ between closures of one function (rare, but then so does the schema).
+            repr(getattr(func, "__annotations__", None)),
+        )
+        hash(key)
+    except TypeError:  # unhashable defaults: build it every time
+        key = None
+    if key is not None and key[0] is not None and key in _SHAPES:
+        return _SHAPES[key]
+    shape = _build_shape(func, name)
+    if key is not None and key[0] is not None:
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        _SHAPES[key] = shape
+    return shape
+
+
+def _build_shape(func: Callable[..., Any], name: str) -> _Shape:
+    doc_description, arg_docs = _doc_parts(func.__doc__)
+    try:
+        hints = get_type_hints(func)
+    except Exception as exc:  # unresolvable forward references, typos in annotations
+        raise ToolDefinitionError(f"tool {name}: cannot read its type hints ({exc})") from None
+    fields: dict[str, Any] = {}
+    context_param: str | None = None
+    for param in inspect.signature(func).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolDefinitionError(f"tool {name}: *args/**kwargs cannot be described to a model")
+        annotation = hints.get(param.name)
+        if annotation is ToolContext:
+            context_param = param.name
+            continue
+        if annotation is None:
+            raise ToolDefinitionError(
+                f"tool {name}: parameter {param.name!r} has no type hint; annotate it (e.g. `{param.name}: str`)"
+            )
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, Field(default, description=arg_docs.get(param.name)))
+    args_model: type[BaseModel] = create_model(f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields)
+    schema = args_model.model_json_schema()
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    return _Shape(doc_description, inspect.iscoroutinefunction(func), context_param, args_model, schema)
+
+
 class Tool:
     """A function the model may call, with the schema it is validated against."""
 
@@ -109,37 +184,12 @@ class Tool:
         self.risk: Risk = risk
         self.untrusted_output = untrusted_output
         self.secrets: tuple[str, ...] = tuple(secrets)
-        doc_description, arg_docs = _doc_parts(func.__doc__)
-        self.description = description if description is not None else doc_description
-        self.is_async = inspect.iscoroutinefunction(func)
-        try:
-            hints = get_type_hints(func)
-        except Exception as exc:  # unresolvable forward references, typos in annotations
-            raise ToolDefinitionError(f"tool {self.name}: cannot read its type hints ({exc})") from None
-        fields: dict[str, Any] = {}
-        self._context_param: str | None = None
-        for param in inspect.signature(func).parameters.values():
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                raise ToolDefinitionError(f"tool {self.name}: *args/**kwargs cannot be described to a model")
-            annotation = hints.get(param.name)
-            if annotation is ToolContext:
-                self._context_param = param.name
-                continue
-            if annotation is None:
-                raise ToolDefinitionError(
-                    f"tool {self.name}: parameter {param.name!r} has no type hint; "
-                    f"annotate it (e.g. `{param.name}: str`)"
-                )
-            default = ... if param.default is inspect.Parameter.empty else param.default
-            fields[param.name] = (annotation, Field(default, description=arg_docs.get(param.name)))
-        self._args_model: type[BaseModel] = create_model(
-            f"{self.name}_args", __config__=ConfigDict(extra="forbid"), **fields
-        )
-        schema = self._args_model.model_json_schema()
-        schema.pop("title", None)
-        for prop in schema.get("properties", {}).values():
-            prop.pop("title", None)
-        self.spec = ToolSpec(name=self.name, description=self.description, input_schema=schema)
+        shape = _shape_of(func, self.name)
+        self.description = description if description is not None else shape.description
+        self.is_async = shape.is_async
+        self._context_param = shape.context_param
+        self._args_model = shape.args_model
+        self.spec = ToolSpec(name=self.name, description=self.description, input_schema=shape.schema)
 
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Check the model's arguments against the schema.
