@@ -21,6 +21,7 @@ MODULES = (
     "benchmarks.instrumentation",
     "benchmarks.store_ingest",
     "benchmarks.guard",
+    "benchmarks.evals",
     "benchmarks.gateway_overhead",
 )
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 import pytest
 
 from tether.errors import ToolDefinitionError
-from tether.runtime import ToolArgumentsError, ToolContext, tool
+from tether.runtime import Tool, ToolArgumentsError, ToolContext, tool
 from tether.runtime.tools import render_output
 
 CTX = ToolContext(run_id="r", agent="a", turn=1, call_id="c")
@@ -81,3 +82,30 @@ def test_outputs_are_rendered_as_text_for_the_model() -> None:
     assert render_output({"a": [1, 2]}) == '{"a":[1,2]}'
     assert render_output({1: "x"}) == '{"1":"x"}'
     assert render_output(object()).startswith("<object")
+
+
+def test_tools_made_from_one_function_again_share_its_shape_but_not_its_state() -> None:
+    def make(bound: list[str], default: int = 15) -> Tool:
+        def query(service: str, minutes: int = default) -> str:
+            """Search logs.
+
+            Args:
+                service: the service.
+                minutes: how far back.
+            """
+            bound.append(service)
+            return service
+
+        return Tool(query)
+
+    first_state: list[str] = []
+    second_state: list[str] = []
+    first, second = make(first_state), make(second_state)
+    other_default = make([], default=60)
+
+    assert first.spec == second.spec
+    assert first.spec.input_schema["properties"]["minutes"]["default"] == 15
+    # Defaults are part of the schema: a closure with another default is another shape.
+    assert other_default.spec.input_schema["properties"]["minutes"]["default"] == 60
+    asyncio.run(second.invoke({"service": "api"}, ToolContext("r", "a", 1, "c")))
+    assert (first_state, second_state) == ([], ["api"])
