@@ -315,3 +315,26 @@ def test_tools_must_be_tools_and_uniquely_named() -> None:
         Agent("x", ScriptedModel([]), tools=[print])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="unique"):
         Agent("x", ScriptedModel([]), tools=[add, add])
+
+
+async def test_the_same_batch_of_parallel_calls_repeated_is_a_loop(capture: SpanCapture) -> None:
+    model = FunctionModel(lambda r: tool_response(("add", {"a": 1, "b": 1}), ("add", {"a": 2, "b": 2})))
+    agent = Agent("x", model, tools=[add], limits=Limits(max_repeated_tool_calls=3), tracer=capture.tracer)
+    result = await agent.run("x")
+
+    assert result.stop_reason is StopReason.LOOP_DETECTED
+    assert result.tool_calls == 6
+    assert "the same 2 parallel calls were made 3 times in a row" in (result.error or "")
+    (root,) = capture.by_operation(sc.OP_INVOKE_AGENT)
+    assert root.attributes is not None and root.attributes[sc.TETHER_LOOP_WASTED_TOKENS] == 30
+
+
+async def test_parallel_batches_that_change_are_not_a_loop(capture: SpanCapture) -> None:
+    def answer(request: ModelRequest) -> ModelResponse:
+        turn = sum(1 for m in request.messages if m.role == "assistant")
+        if turn >= 4:
+            return text_response("done")
+        return tool_response(("add", {"a": turn, "b": 1}), ("add", {"a": turn, "b": 2}))
+
+    result = await Agent("x", FunctionModel(answer), tools=[add], tracer=capture.tracer).run("x")
+    assert result.stop_reason is StopReason.COMPLETED

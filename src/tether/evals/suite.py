@@ -155,7 +155,14 @@ def _stable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if callable(value):
-        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+        # By name and by body: editing a predicate changes the suite, and two lambdas of one helper differ
+        # by the constants they close over only if those are in the body (closure cells are named, not read).
+        name = f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+            name += f"#{body}"
+        return name
     return repr(value)
 
 

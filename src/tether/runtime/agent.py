@@ -80,6 +80,8 @@ class RunState:
     cost_known: bool = True
     last_call: tuple[str, bytes] | None = None
     repeats: int = 0
+    last_batch: tuple[tuple[str, bytes], ...] | None = None
+    batch_repeats: int = 0
     guard_denials: int = 0
     guard: RunGuard | None = None
     turn_spend: list[tuple[int, Decimal]] = field(default_factory=list)  # (tokens, USD) per model call
@@ -571,6 +573,16 @@ class Agent:
             )
 
     def _check_loop(self, state: RunState, calls: Sequence[ToolCall]) -> None:
+        if len(calls) > 1:
+            # The same batch of parallel calls, turn after turn: its calls alternate, so the per-call check
+            # below never sees a repeat.
+            batch = tuple(sorted((c.name, orjson.dumps(c.arguments, option=orjson.OPT_SORT_KEYS)) for c in calls))
+            state.batch_repeats = state.batch_repeats + 1 if batch == state.last_batch else 1
+            state.last_batch = batch
+            if state.batch_repeats >= self.limits.max_repeated_tool_calls:
+                self._stop_loop(state, state.batch_repeats, f"the same {len(calls)} parallel calls were made")
+        else:
+            state.last_batch, state.batch_repeats = None, 0
         for call in calls:
             key = (call.name, orjson.dumps(call.arguments, option=orjson.OPT_SORT_KEYS))
             if key == state.last_call:
@@ -578,18 +590,20 @@ class Agent:
             else:
                 state.last_call, state.repeats = key, 1
             if state.repeats >= self.limits.max_repeated_tool_calls:
-                # The turns after the first of the repeated calls bought nothing: what they cost is waste.
-                wasted = state.turn_spend[-(state.repeats - 1) :]
-                tokens = sum(t for t, _ in wasted)
-                cost = sum((c for _, c in wasted), Decimal(0))
-                otel_trace.get_current_span().set_attributes(
-                    {sc.TETHER_LOOP_WASTED_TOKENS: tokens, sc.TETHER_LOOP_WASTED_COST_USD: float(cost)}
-                )
-                raise _Stop(
-                    StopReason.LOOP_DETECTED,
-                    f"{call.name} called {state.repeats} times in a row with the same arguments "
-                    f"({tokens:,} tokens, ${cost:.4f} wasted on the repeats)",
-                )
+                self._stop_loop(state, state.repeats, f"{call.name} called", " with the same arguments")
+
+    def _stop_loop(self, state: RunState, repeats: int, what: str, how: str = "") -> None:
+        # The turns after the first of the repeated calls bought nothing: what they cost is waste.
+        wasted = state.turn_spend[-(repeats - 1) :]
+        tokens = sum(t for t, _ in wasted)
+        cost = sum((c for _, c in wasted), Decimal(0))
+        otel_trace.get_current_span().set_attributes(
+            {sc.TETHER_LOOP_WASTED_TOKENS: tokens, sc.TETHER_LOOP_WASTED_COST_USD: float(cost)}
+        )
+        raise _Stop(
+            StopReason.LOOP_DETECTED,
+            f"{what} {repeats} times in a row{how} ({tokens:,} tokens, ${cost:.4f} wasted on the repeats)",
+        )
 
     async def _chat(self, request: ModelRequest, state: RunState, tracer: Tracer) -> ModelResponse:
         model = self.model
