@@ -47,3 +47,10 @@ def test_explicit_missing_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TETHER_CONFIG", "nowhere.toml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings()
+
+
+def test_the_redis_url_comes_from_the_environment_over_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("tether.toml").write_text('[gateway]\nredis_url = "redis://file:6379/0"\n')
+    assert load_settings().gateway.redis_url == "redis://file:6379/0"
+    monkeypatch.setenv("TETHER_REDIS_URL", "redis://127.0.0.1:6379/3")
+    assert load_settings().gateway.redis_url == "redis://127.0.0.1:6379/3"

@@ -13,6 +13,8 @@ Environment variables:
                            (default ``sqlite:///.tether/tether.db``)
 ``TETHER_TRACE_PAYLOAD_CHARS``  cap on tool input/output text kept on spans by the CLI's
                            agents (default 4096; in code, ``Agent(payload_chars=...)``)
+``TETHER_REDIS_URL``       Redis for shared rate limits and budgets and kill signals
+                           (= ``[gateway] redis_url``; e.g. ``redis://127.0.0.1:6379/0``)
 ``TETHER_KILL_FILE``       a file an operator touches to kill runs: empty or ``all``
                            kills every run; lines ``run:<id>`` / ``agent:<name>`` kill
                            those (read by ``tether.guard.killswitch.KillSwitch``)
@@ -67,6 +69,7 @@ class Settings(GatewayConfig):
 _ENV: dict[str, tuple[str, str]] = {
     "TETHER_DATABASE_URL": ("store", "url"),
     "TETHER_TRACE_PAYLOAD_CHARS": ("trace", "payload_chars"),
+    "TETHER_REDIS_URL": ("gateway", "redis_url"),
 }
 
 

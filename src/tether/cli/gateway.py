@@ -79,6 +79,7 @@ def serve(
     try:
         tracing = configure_tracing(store)
         costs = CostWriter(store)
+        kills = KillStore(store, redis_url=settings.gateway.redis_url)
         try:
             # Budgets and rate limits are shared (the database or Redis, as [gateway] in tether.toml
             # says), so replicas enforce one copy of every limit instead of each its own.
@@ -91,7 +92,7 @@ def serve(
                 tracer=tracing.tracer,
                 # Kills go through the same virtual keys as model calls (none with --no-auth).
                 extra_routes=[
-                    kill_route(KillStore(store), keys=keys),
+                    kill_route(kills, keys=keys),
                     *approval_routes(ApprovalStore(store), keys=keys),
                 ],
             )
@@ -134,6 +135,7 @@ def serve(
                 runner.run(run())
         finally:
             costs.shutdown()
+            kills.close()
             tracing.shutdown()
     finally:
         sock.close()

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from tether.cli import _format as fmt
+from tether.config import load_settings
 from tether.errors import ConfigError, UserError
 from tether.guard.killswitch import DEFAULT_POLL_INTERVAL_S, Kill, KillStore, new_kill
 from tether.store import open_store
@@ -25,6 +26,20 @@ def _requested_by() -> str:
     except (KeyError, OSError):  # no login name (a container with an unnamed uid)
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
+
+
+def _redis_url(given: str | None) -> str | None:
+    """The Redis to publish the kill on: ``--redis-url``, else ``[gateway] redis_url`` in tether.toml, else none."""
+    if given is not None:
+        return given or None  # --redis-url '' publishes nothing
+    try:
+        return load_settings().gateway.redis_url
+    except ConfigError as exc:
+        # The kill goes to the store all the same: a broken config file must not stop an operator from killing.
+        fmt.console(stderr=True).print(
+            f"[yellow]warning:[/] not publishing the kill on Redis: {escape(str(exc))}", highlight=False
+        )
+        return None
 
 
 def _confirmation(kill: Kill) -> str:
@@ -53,13 +68,23 @@ def kill(
     database: Annotated[
         str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
     ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="also publish the kill on this Redis, so listening processes stop the runs at once "
+            "(default: redis_url under \\[gateway] in tether.toml; '' for none)",
+        ),
+    ] = None,
 ) -> None:
     """Kill a run (RUN_ID), an agent's runs (--agent) or every run (--all): exactly one.
 
     Every process on the same database stops the runs it names at once — model
     calls and tools in flight are cancelled, the trace so far is kept, and the
     run ends with stop reason 'killed'. Runs started after the kill are not
-    affected. Without a database, touch the kill file instead (TETHER_KILL_FILE).
+    affected. With Redis configured, the kill is also published there and
+    arrives in about a millisecond; otherwise within a poll (~25 ms). Without a
+    database, touch the kill file instead (TETHER_KILL_FILE).
     """
     given = [flag for flag, value in (("RUN_ID", run_id), ("--agent", agent), ("--all", all_runs)) if value]
     if len(given) != 1:
@@ -73,9 +98,14 @@ def kill(
         record = new_kill(kind, run_id or agent, reason, _requested_by())
     except UserError as exc:
         raise ConfigError(str(exc)) from None
+    publish_to = _redis_url(redis_url)
     store = open_store(database)
     try:
-        KillStore(store).add(record)
+        kills = KillStore(store, redis_url=publish_to)
+        try:
+            kills.add(record)  # a failed publish is logged, never raised: the row is what counts
+        finally:
+            kills.close()
     finally:
         store.close()
     if as_json:
