@@ -340,6 +340,10 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: Gate
     if stops.get("error"):
         nxt.add_row("tether runs --stop error", "runs that ended on a provider error the gateway could not absorb")
     nxt.add_row(
+        "tether eval run tether.demo.evals:suite --agent tether.demo.evals:careful",
+        "evaluate this agent: 24 on-call cases, 5 trials each, pass^k with intervals (then try :sloppy --gate ID)",
+    )
+    nxt.add_row(
         "OTEL_EXPORTER_OTLP_ENDPOINT=…", "also send the spans to Phoenix, Langfuse, Jaeger or any OTLP collector"
     )
     console.print("\n[bold]Where to look next[/] [dim](run them as `.venv/bin/tether …` or `uv run tether …`)[/]")
