@@ -29,6 +29,13 @@ COMMANDS = (
     ["incidents", "--help"],
     ["incidents", "list", "--help"],
     ["incidents", "release", "--help"],
+    ["eval", "--help"],
+    ["eval", "run", "--help"],
+    ["eval", "list", "--help"],
+    ["eval", "show", "--help"],
+    ["eval", "compare", "--help"],
+    ["eval", "scorecard", "--help"],
+    ["eval", "drift", "--help"],
 )
 
 

@@ -230,9 +230,7 @@ async def test_the_budget_stops_new_trials_and_resume_runs_only_what_is_missing(
     results = EvalStore(store)
     version = AgentVersion("v", lambda t: restart_agent(t))
     # Each trial costs 2 x (1000 x $3/M + 100 x $15/M) = $0.009.
-    first = await EvalRunner(results).run(
-        suite(), version, trials=5, budget_usd=Decimal("0.05"), max_concurrency=1
-    )
+    first = await EvalRunner(results).run(suite(), version, trials=5, budget_usd=Decimal("0.05"), max_concurrency=1)
     assert first.record.status == "over_budget"
     assert len(first.trials) == 6  # the 6th crossed $0.05; no trial starts after
     assert first.not_run == 14
@@ -358,3 +356,20 @@ async def test_required_tools_reads_what_ran(store: TraceStore) -> None:
     s = Suite("s", [Case("c", "x", [required_tools("restart")], setup=Estate)])
     out = await EvalRunner(EvalStore(store)).run(s, AgentVersion("v", lambda t: restart_agent(t)), trials=1)
     assert out.trials[0].passed
+
+
+async def test_a_comparison_flags_a_changed_case_not_an_added_one(store: TraceStore) -> None:
+    from tether.evals.compare import compare
+
+    results = EvalStore(store)
+    version = AgentVersion("v", lambda t: restart_agent(t))
+    four = await EvalRunner(results).run(suite(cases=4), version, trials=2)
+    five = await EvalRunner(results).run(suite(cases=5), version, trials=2)
+    changed_suite = Suite(
+        "restarts", [Case("case-0", "api is down (0)", [contains("restarted", label="says so")], setup=Estate)]
+    )
+    changed = await EvalRunner(results).run(changed_suite, version, trials=2)
+
+    assert four.record.config["cases"] == 4
+    assert not compare((four.record, four.trials), (five.record, five.trials)).suite_changed
+    assert compare((four.record, four.trials), (changed.record, changed.trials)).suite_changed

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from tether.cli import approvals as approvals_cmd
 from tether.cli import cost as cost_cmd
+from tether.cli import evals as evals_cmd
 from tether.cli import gateway as gateway_cmd
 from tether.cli import incidents as incidents_cmd
 from tether.cli import keys as keys_cmd
@@ -35,6 +36,7 @@ app.command("cost")(cost_cmd.cost)
 app.command("kill")(kill_cmd.kill)
 app.add_typer(approvals_cmd.app, name="approvals")
 app.add_typer(incidents_cmd.app, name="incidents")
+app.add_typer(evals_cmd.app, name="eval")
 
 
 def main() -> None:

@@ -201,7 +201,8 @@ def _p50(values: Sequence[float]) -> float:
 
 
 def _latency_headline(values: Sequence[float]) -> str:
-    return f"p50 {_p50(values):.1f} s"
+    middle = _p50(values)
+    return f"p50 {middle * 1000:.1f} ms" if middle < 1 else f"p50 {middle:.1f} s"
 
 
 def _tokens_headline(values: Sequence[float]) -> str:

@@ -50,7 +50,7 @@ from tether.runtime.agent import Agent, RunResult
 # Run ids of trials: unique (an eval id prefix and 40 random bits), without an os.urandom call per trial.
 _RUN_IDS = random.Random()
 
-__all__ = ["AgentVersion", "EvalOutcome", "EvalRunner", "Trial", "load_agent", "trial_seed"]
+__all__ = ["AgentVersion", "EvalOutcome", "EvalProgress", "EvalRunner", "Trial", "load_agent", "trial_seed"]
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,14 @@ class EvalOutcome:
     #: Trials not run because the budget was spent.
     not_run: int = 0
     spent_usd: Decimal | None = Decimal(0)
+    #: Why trials stopped being started (the budget, an unknown cost); None when every trial ran.
+    stopped: str | None = None
 
 
 @dataclass
-class _Tally:
+class EvalProgress:
+    """The running counts of an eval, handed to ``on_trial`` after each trial."""
+
     planned: int
     done: int = 0
     passed: int = 0
@@ -121,7 +125,7 @@ class _Tally:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-ProgressFn = Callable[[TrialRecord, "_Tally"], None]
+ProgressFn = Callable[[TrialRecord, EvalProgress], None]
 
 
 class EvalRunner:
@@ -237,12 +241,14 @@ class EvalRunner:
                     "cassette": None if self.cassette is None else [str(self.cassette.path), self.cassette.mode],
                     "judge_model": None if self.judge_model is None else self.judge_model.ref,
                     "description": agent.description,
+                    "cases": len(suite.cases),
+                    "case_fingerprints": suite.case_fingerprints,
                 },
                 started_at=datetime.now(UTC),
             )
             await asyncio.to_thread(self.store.create, record)
         todo = [(case, i) for case in suite.cases for i in range(trials) if (case.id, i) not in done]
-        tally = _Tally(planned=len(todo))
+        tally = EvalProgress(planned=len(todo))
         for kept in done.values():
             tally.spent += (kept.cost_usd or Decimal(0)) + kept.judge_cost_usd
         if on_start is not None:
@@ -299,7 +305,13 @@ class EvalRunner:
                 )
         stored = await asyncio.to_thread(self.store.trials, record.eval_id)
         final = await asyncio.to_thread(self.store.get, record.eval_id)
-        return EvalOutcome(final, stored, not_run=not_run, spent_usd=None if tally.cost_unknown else tally.spent)
+        return EvalOutcome(
+            final,
+            stored,
+            not_run=not_run,
+            spent_usd=None if tally.cost_unknown else tally.spent,
+            stopped=tally.stopped,
+        )
 
     async def _trial(self, record: EvalRecord, version: AgentVersion, case: Case, index: int) -> TrialRecord:
         seed = trial_seed(record.seed, case.id, index)

@@ -139,11 +139,18 @@ class Suite:
     @property
     def fingerprint(self) -> str:
         """A hash of what the cases ask and check, so results of a changed suite are not compared blindly."""
-        body = [
-            [case.id, case.input, [[c.scorer, _stable(c.params), c.label] for c in case.checks], list(case.tags)]
-            for case in self.cases
-        ]
-        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+        body = [self.case_fingerprints[case.id] for case in self.cases]
+        return hashlib.sha256(orjson.dumps(body)).hexdigest()[:16]
+
+    @property
+    def case_fingerprints(self) -> dict[str, str]:
+        """Each case's own hash (its id, input, checks and tags), by case id."""
+        return {case.id: _case_fingerprint(case) for case in self.cases}
+
+
+def _case_fingerprint(case: Case) -> str:
+    body = [case.id, case.input, [[c.scorer, _stable(c.params), c.label] for c in case.checks], list(case.tags)]
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 def _stable(value: Any) -> Any:
