@@ -260,3 +260,22 @@ def test_custom_scorers_register_by_name_and_names_are_unique() -> None:
             scorer("mentions_ticket")(lambda obs: Score(True))
     finally:
         del SCORERS["mentions_ticket"]
+
+
+def test_the_fingerprint_is_the_same_in_every_process() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "from tether.demo.evals import suite; print(suite().fingerprint)"
+    prints = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert len(prints) == 1

@@ -827,9 +827,9 @@ def _print_drift(console: Console, report: DriftReport) -> None:
         f"[dim]({', '.join(report.baseline_evals)})[/]"
     )
     table = Table(title="drift (p adjusted with Benjamini-Hochberg)", title_justify="left", header_style="bold")
-    table.add_column("metric", style="bold", no_wrap=True)
-    table.add_column("baseline", no_wrap=True)
-    table.add_column("recent", no_wrap=True)
+    table.add_column("metric", style="bold", no_wrap=True, min_width=16)
+    table.add_column("baseline", overflow="fold", max_width=36)
+    table.add_column("recent", overflow="fold", max_width=36)
     table.add_column("test", style="dim", no_wrap=True)
     table.add_column("p", justify="right", no_wrap=True)
     table.add_column("adjusted p", justify="right", no_wrap=True)

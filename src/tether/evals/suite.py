@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import re
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,10 +168,22 @@ def _stable(value: Any) -> Any:
         name = f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
         code = getattr(value, "__code__", None)
         if code is not None:
-            body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
-            name += f"#{body}"
+            name += f"#{hashlib.sha256(_code_bytes(code)).hexdigest()[:12]}"
         return name
     return repr(value)
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """A function body as bytes that are the same in every process (no addresses, no hash-seeded order)."""
+    parts = [code.co_code]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            parts.append(_code_bytes(const))
+        elif isinstance(const, frozenset):
+            parts.append(repr(sorted(repr(c) for c in const)).encode())
+        else:
+            parts.append(repr(const).encode())
+    return b"\x00".join(parts)
 
 
 def resolve_ref(ref: str, what: str) -> Any:
