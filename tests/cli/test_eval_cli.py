@@ -341,3 +341,31 @@ def test_show_writes_markdown_for_a_pull_request(two_versions: tuple[str, str, s
     assert result.exit_code == 0
     text = path.read_text()
     assert f"### tether eval `{bad}`" in text and "| refund-window (flaky) | 1/3 |" in text
+
+
+def test_a_judge_can_be_a_gateway_route(database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A simulated judge that grades every answer 9/10, behind a gateway route of tether.toml.
+    (tmp_path / "judge.toml").write_text('unmatched_answer = "SCORE: 9\\nREASON: cites the knowledge base"\n')
+    (tmp_path / "tether.toml").write_text(
+        '[providers.sim]\nkind = "sim"\nscenario = "judge.toml"\n\n'
+        '[deployments.judge-haiku]\nprovider = "sim"\nmodel = "claude-haiku-4-5"\n\n'
+        '[routes.judge]\ntiers = [["judge-haiku"]]\n'
+    )
+    (tmp_path / "judged.yaml").write_text(
+        "suite: judged\ncases:\n"
+        '  - id: refund-window\n    input: "[refund-window] How long do I have to ask for a refund?"\n'
+        "    checks:\n      - judge: {rubric: states the refund window, samples: 2}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = tether(
+        database, "run", str(tmp_path / "judged.yaml"), "--agent", RELIABLE, "--trials", "2",
+        "--judge-model", "route:judge", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = orjson.loads(result.stdout)
+    assert data["passes"] == 2
+    assert data["judge_sd"] == 0.0
+
+    unknown = tether(database, "run", SUITE, "--agent", RELIABLE, "--judge-model", "route:nowhere")
+    # `main` turns it into one error line (exit 2), as it does every UserError.
+    assert "route 'nowhere' is not defined" in str(unknown.exception)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from tether.config import load_settings
 from tether.errors import (
@@ -517,3 +518,24 @@ def test_redis_budgets_without_a_redis_url_is_a_config_error() -> None:
     cfg = GatewayConfig.model_validate({"gateway": {"budgets": "redis"}})
     with pytest.raises(ConfigError, match="redis_url"):
         Gateway.from_config(cfg)
+
+
+async def test_a_sim_provider_plays_the_scenario_its_config_names(tmp_path: Path) -> None:
+    (tmp_path / "plays.toml").write_text('unmatched_answer = "scripted answer"\n')
+    cfg = GatewayConfig.model_validate(
+        {
+            "providers": {"p": {"kind": "sim", "scenario": str(tmp_path / "plays.toml")}},
+            "deployments": {"d": {"provider": "p", "model": "claude-haiku-4-5"}},
+            "routes": {"r": {"tiers": [["d"]]}},
+        }
+    )
+    response = await Gateway.from_config(cfg).complete(request(), CallContext(route="r"))
+    assert response.text == "scripted answer"
+
+    missing = cfg.model_copy(
+        update={"providers": {"p": cfg.providers["p"].model_copy(update={"scenario": "nowhere.toml"})}}
+    )
+    with pytest.raises(ConfigError, match=r"\[providers.p\] scenario 'nowhere.toml' cannot be read"):
+        Gateway.from_config(missing)
+    with pytest.raises(ValidationError, match="scenario is for kind"):
+        GatewayConfig.model_validate({"providers": {"a": {"kind": "anthropic", "scenario": "x.toml"}}})

@@ -30,7 +30,9 @@ from tether.evals.runner import EvalOutcome, EvalProgress, EvalRunner, load_agen
 from tether.evals.scorecard import Scorecard, scorecard
 from tether.evals.stats import Interval, PairedDifference
 from tether.evals.suite import load_suite
+from tether.gateway.gateway import Gateway
 from tether.models import resolve_model
+from tether.models.base import Model
 from tether.models.replay import Cassette
 from tether.store import open_store
 from tether.store._url import parse_store_url
@@ -272,6 +274,15 @@ def _other_eval(evals: EvalStore, record: EvalRecord) -> str | None:
 # --- tether eval run ----------------------------------------------------------------------------------------------
 
 
+async def _closing(run: Coroutine[Any, Any, EvalOutcome], gateway: Gateway | None) -> EvalOutcome:
+    """Run the eval, then close the judge's gateway on the same event loop."""
+    try:
+        return await run
+    finally:
+        if gateway is not None:
+            await gateway.aclose()
+
+
 StartFn = Callable[[EvalRecord, int], None]
 TrialFn = Callable[[TrialRecord, EvalProgress], None]
 
@@ -385,7 +396,12 @@ def run(
         Path | None, typer.Option(metavar="PATH", help="answer every model call from this cassette (no provider)")
     ] = None,
     judge_model: Annotated[
-        str | None, typer.Option(metavar="REF", help="model for judge checks, e.g. sim:claude-haiku-4-5")
+        str | None,
+        typer.Option(
+            metavar="REF",
+            help="model for judge checks: provider:model (e.g. anthropic:claude-haiku-4-5) or route:NAME "
+            "(a gateway route of tether.toml)",
+        ),
     ] = None,
     timeout: Annotated[
         float, typer.Option(metavar="SECONDS", min=0.001, help="harness limit per trial; past it, an infra error")
@@ -407,11 +423,18 @@ def run(
     _importable_working_directory()
     suite = load_suite(suite_ref)
     version = load_agent(agent_ref)
-    judge = resolve_model(judge_model) if judge_model is not None else None
     url = database or load_settings().store.url
     console = fmt.console(stderr=as_json)
     store = open_store(url)
+    gateway: Gateway | None = None
     try:
+        judge: Model | None = None
+        if judge_model is not None and judge_model.startswith("route:"):
+            # The judge through the gateway: its routing, retries, fallbacks and budgets apply to it too.
+            gateway = Gateway.from_config(load_settings(), store=store)
+            judge = gateway.model(judge_model.removeprefix("route:"))
+        elif judge_model is not None:
+            judge = resolve_model(judge_model)
         evals = EvalStore(store)
         prior = evals.get(resume) if resume is not None else None
         if prior is not None and (prior.suite != suite.name or prior.agent_version != version.name):
@@ -456,17 +479,20 @@ def run(
             outcome = _with_progress(
                 console,
                 seen,
-                lambda on_start, on_trial: runner.run(
-                    suite,
-                    version,
-                    trials=n_trials,
-                    k=chosen,
-                    max_concurrency=max_concurrency,
-                    budget_usd=budget_usd,
-                    seed=seed,
-                    resume=prior.eval_id if prior is not None else None,
-                    on_trial=on_trial,
-                    on_start=on_start,
+                lambda on_start, on_trial: _closing(
+                    runner.run(
+                        suite,
+                        version,
+                        trials=n_trials,
+                        k=chosen,
+                        max_concurrency=max_concurrency,
+                        budget_usd=budget_usd,
+                        seed=seed,
+                        resume=prior.eval_id if prior is not None else None,
+                        on_trial=on_trial,
+                        on_start=on_start,
+                    ),
+                    gateway,
                 ),
             )
         except KeyboardInterrupt:

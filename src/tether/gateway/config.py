@@ -87,6 +87,14 @@ class ProviderSettings(_Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     timeout_s: float = Field(default=600.0, gt=0)
+    #: ``sim`` only: a scenario file (TOML or JSON) the simulated model plays.
+    scenario: str | None = None
+
+    @model_validator(mode="after")
+    def _scenario_is_for_sim(self) -> ProviderSettings:
+        if self.scenario is not None and self.kind != "sim":
+            raise ValueError(f'scenario is for kind = "sim" providers only, not {self.kind!r}')
+        return self
 
     @property
     def resolved_base_url(self) -> str:

@@ -150,9 +150,19 @@ def _build_model(config: GatewayConfig, deployment: DeploymentConfig) -> Model:
     provider = config.providers[deployment.provider]
     timeout = deployment.timeout_s or provider.timeout_s
     if provider.kind == "sim":
+        from tether.models._scenario import Scenario
         from tether.models.sim import SimModel
 
-        return SimModel(deployment.model)
+        scenario = None
+        if provider.scenario is not None:
+            try:
+                scenario = Scenario.load(provider.scenario)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"[providers.{deployment.provider}] scenario {provider.scenario!r} cannot be read: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+        return SimModel(deployment.model, scenario=scenario)
     settings = ProviderConfig(
         base_url=provider.resolved_base_url, api_key_env=provider.resolved_key_env, timeout_s=timeout
     )
