@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -325,6 +325,21 @@ def _check_suite(cases: Sequence[tuple[int, int]], k: int) -> None:
         )
 
 
+def _suite_mean(
+    estimator: Callable[[int, int, int], float],
+    cases: Sequence[tuple[int, int]],
+    k: int,
+    *,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> Interval:
+    """The mean over cases of ``estimator(n, c, k)``, with a bootstrap interval over cases."""
+    _check_suite(cases, k)
+    values = [estimator(n, c, k) for n, c in cases]
+    return bootstrap_mean(values, resamples=resamples, confidence=confidence, seed=seed)
+
+
 def suite_pass_at_k(
     cases: Sequence[tuple[int, int]],
     k: int,
@@ -346,9 +361,7 @@ def suite_pass_at_k(
         ValueError: if there are no cases, ``k`` exceeds the smallest case's
             trials, a case is invalid for ``pass_at_k``, or a bootstrap argument is invalid.
     """
-    _check_suite(cases, k)
-    values = [pass_at_k(n, c, k) for n, c in cases]
-    return bootstrap_mean(values, resamples=resamples, confidence=confidence, seed=seed)
+    return _suite_mean(pass_at_k, cases, k, resamples=resamples, confidence=confidence, seed=seed)
 
 
 def suite_pass_hat_k(
@@ -372,9 +385,7 @@ def suite_pass_hat_k(
         ValueError: if there are no cases, ``k`` exceeds the smallest case's
             trials, a case is invalid for ``pass_hat_k``, or a bootstrap argument is invalid.
     """
-    _check_suite(cases, k)
-    values = [pass_hat_k(n, c, k) for n, c in cases]
-    return bootstrap_mean(values, resamples=resamples, confidence=confidence, seed=seed)
+    return _suite_mean(pass_hat_k, cases, k, resamples=resamples, confidence=confidence, seed=seed)
 
 
 # --- paired comparison of two versions ----------------------------------------------------------------------------
