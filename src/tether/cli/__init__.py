@@ -1,4 +1,11 @@
-"""The ``tether`` command: one Typer sub-app per command group, errors in one readable line."""
+"""The ``tether`` command: one Typer sub-app per command group, errors in one readable line.
+
+Start-up is kept short: the command modules import at module level only what declaring their
+commands needs (Typer, Rich, ``tether.errors``), and everything else — the store and SQLAlchemy,
+the gateway's proxy and uvicorn, the evals — inside the command that uses it, so ``tether --help``
+or ``tether kill`` in the middle of an incident does not wait for the rest of tether to load.
+``tests/cli/test_startup.py`` keeps it so.
+"""
 
 from __future__ import annotations
 

@@ -11,8 +11,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from tether.cli import _format as fmt
-from tether.guard.approvals import ApprovalStatus, ApprovalStore
-from tether.store import open_store
 
 app = typer.Typer(help="Tool calls waiting for a person's approval: list, approve, deny.", no_args_is_help=True)
 
@@ -25,11 +23,12 @@ def _dump(data: Any) -> None:
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
+# By ApprovalStatus value: a StrEnum member finds its value's entry, and start-up need not import the guard.
 _STATUS_STYLE = {
-    ApprovalStatus.PENDING: "yellow",
-    ApprovalStatus.APPROVED: "green",
-    ApprovalStatus.DENIED: "red",
-    ApprovalStatus.EXPIRED: "red",
+    "pending": "yellow",
+    "approved": "green",
+    "denied": "red",
+    "expired": "red",
 }
 
 
@@ -40,6 +39,9 @@ def list_approvals(
     database: DatabaseOption = None,
 ) -> None:
     """Requests waiting for a decision (oldest first): agent, tool, arguments, why, and when they expire."""
+    from tether.guard.approvals import ApprovalStatus, ApprovalStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         found = ApprovalStore(store).list(status=None if everything else ApprovalStatus.PENDING)
@@ -71,6 +73,9 @@ def list_approvals(
 
 
 def _decide(approval_id: str, approve: bool, reason: str, by: str | None, database: str | None, as_json: bool) -> None:
+    from tether.guard.approvals import ApprovalStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         decided = ApprovalStore(store).decide(approval_id, approve=approve, by=by or getpass.getuser(), reason=reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -13,10 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from tether.cli import _format as fmt
-from tether.config import load_settings
-from tether.gateway.cost import Pricer
-from tether.gateway.ledger import CostLedger, CostLine, CostReport
-from tether.store import open_store
+
+if TYPE_CHECKING:
+    from tether.gateway.ledger import CostLine, CostReport
 
 
 class By(StrEnum):
@@ -169,6 +168,11 @@ def cost(
     ] = None,
 ) -> None:
     """Where the money went: spend and tokens by route/model/agent/key/day/deployment, hotspots, cache savings."""
+    from tether.config import load_settings
+    from tether.gateway.cost import Pricer
+    from tether.gateway.ledger import CostLedger
+    from tether.store import open_store
+
     start = None if since.strip().lower() == "all" else fmt.parse_since(since)
     pricer = Pricer(load_settings().prices)  # tether.toml's [prices] price cache savings as the gateway priced calls
     store = open_store(database)

@@ -8,35 +8,28 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
-from opentelemetry.trace import Tracer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tether.cli import _format as fmt
-from tether.config import load_settings
-from tether.demo.gateway import ROUTE, demo_gateway
-from tether.demo.incidents import INCIDENTS
-from tether.demo.infra import Incident, Infra, make_tools
-from tether.demo.oncall import INSTRUCTIONS, Verdict, judge, scenario, task_for
-from tether.gateway.budget import MemoryBudgetLedger
-from tether.gateway.gateway import Gateway
-from tether.gateway.ledger import CostWriter
-from tether.guard.approvals import ApprovalRequest, ApprovalStore, StoredApproval
-from tether.guard.audit import StoreGuardRecorder
-from tether.guard.detectors import RuleScanner
-from tether.guard.guard import Approver, Guard
-from tether.guard.policy import Policy
-from tether.messages import StopReason
-from tether.runtime import Agent, Limits, RunResult
-from tether.store import TraceStore, open_store
-from tether.store._url import parse_store_url
-from tether.trace.setup import configure_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+    from rich.progress import Progress
+
+    from tether.demo.infra import Incident, Infra
+    from tether.demo.oncall import Verdict
+    from tether.gateway.gateway import Gateway
+    from tether.gateway.ledger import CostWriter
+    from tether.guard.approvals import ApprovalRequest, ApprovalStore, StoredApproval
+    from tether.guard.guard import Approver
+    from tether.runtime import RunResult
+    from tether.store import TraceStore
 
 
 @dataclass(frozen=True)
@@ -100,6 +93,18 @@ async def _run_all(
     costs: CostWriter,
     store: TraceStore,
 ) -> tuple[GatewayTotals, GuardTotals, list[DemoRun]]:
+    from tether.demo.gateway import ROUTE, demo_gateway
+    from tether.demo.incidents import INCIDENTS
+    from tether.demo.infra import Infra, make_tools
+    from tether.demo.oncall import INSTRUCTIONS, judge, scenario, task_for
+    from tether.gateway.budget import MemoryBudgetLedger
+    from tether.guard.approvals import ApprovalStore
+    from tether.guard.audit import StoreGuardRecorder
+    from tether.guard.detectors import RuleScanner
+    from tether.guard.guard import Guard
+    from tether.guard.policy import Policy
+    from tether.runtime import Agent, Limits
+
     plays = scenario(latency_ms=latency_ms, jitter_ms=latency_ms * 0.8)
     limits = Limits(max_turns=12, max_tool_calls=24, timeout_s=60, max_repeated_tool_calls=3)
     ledger = MemoryBudgetLedger()  # the demo's budgets start fresh each time; its costs are kept
@@ -185,6 +190,16 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="print the runs as JSON instead of tables")] = False,
 ) -> None:
     """Run the on-call SRE agent over a batch of incidents on the simulated model and record every trace."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tether.config import load_settings
+    from tether.demo.gateway import ROUTE
+    from tether.demo.incidents import INCIDENTS
+    from tether.gateway.ledger import CostWriter
+    from tether.store import open_store
+    from tether.store._url import parse_store_url
+    from tether.trace.setup import configure_tracing
+
     console = fmt.console(stderr=as_json)
     settings = load_settings()
     url = database or settings.store.url
@@ -256,6 +271,8 @@ def _as_dict(r: DemoRun) -> dict[str, object]:
 
 
 def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: GatewayTotals, guard: GuardTotals) -> None:
+    from tether.messages import StopReason
+
     table = Table(title="runs (judged by the state they left, not by what the agent said)", title_justify="left",
                   header_style="bold")  # fmt: skip
     table.add_column("run", style="cyan", no_wrap=True)

@@ -10,33 +10,28 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tether.cli import _format as fmt
-from tether.config import load_settings
 from tether.errors import ConfigError, UserError
-from tether.evals import export
-from tether.evals.compare import Comparison, GateResult, compare, gate
-from tether.evals.drift import DriftReport, drift
-from tether.evals.report import EvalSummary, summarize
-from tether.evals.results import EvalRecord, EvalStore, TrialRecord
-from tether.evals.runner import EvalOutcome, EvalProgress, EvalRunner, load_agent
-from tether.evals.scorecard import Scorecard, scorecard
-from tether.evals.stats import Interval, PairedDifference
-from tether.evals.suite import load_suite
-from tether.gateway.gateway import Gateway
-from tether.models import resolve_model
-from tether.models.base import Model
-from tether.models.replay import Cassette
-from tether.store import open_store
-from tether.store._url import parse_store_url
-from tether.trace.setup import configure_tracing
+
+# tether.evals (with the scorers' jsonschema and YAML, the runner's gateway and models) is imported by the
+# commands that use it, so that `tether --help` and the other command groups do not wait for it.
+if TYPE_CHECKING:
+    from tether.evals.compare import Comparison, GateResult
+    from tether.evals.drift import DriftReport
+    from tether.evals.report import EvalSummary
+    from tether.evals.results import EvalRecord, EvalStore, TrialRecord
+    from tether.evals.runner import EvalOutcome, EvalProgress
+    from tether.evals.scorecard import Scorecard
+    from tether.evals.stats import Interval, PairedDifference
+    from tether.gateway.gateway import Gateway
+    from tether.models.base import Model
 
 app = typer.Typer(
     help="Evals: run suites k times per case, then show, compare, gate, scorecard and drift.", no_args_is_help=True
@@ -108,6 +103,8 @@ def _rate_style(value: float | None) -> str:
 
 def _rate(value: Interval | None) -> str:
     """A rate with its interval, coloured by how good it is."""
+    from tether.evals import export
+
     if value is None:
         return "[dim]n/a[/]"
     return (
@@ -129,11 +126,15 @@ def _seconds(value: float | None) -> str:
 
 
 def _difference(value: PairedDifference) -> str:
+    from tether.evals import export
+
     colour = "red" if value.high < 0 else "green" if value.low > 0 else "white"
     return f"[{colour}]{escape(export.difference_text(value))}[/]"
 
 
 def _p(value: float | None, alpha: float) -> str:
+    from tether.evals import export
+
     text = export.p_text(value)
     return f"[bold]{text}[/]" if value is not None and value < alpha else text
 
@@ -153,6 +154,8 @@ def _plural(n: int, noun: str) -> str:
 
 def _print_summary(console: Console, summary: EvalSummary, *, cases: int | None = None) -> None:
     """The headline figures of one eval, then one row per case (``cases``: how many the suite has, when known)."""
+    from tether.evals import export
+
     record = summary.record
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -217,6 +220,8 @@ def _print_summary(console: Console, summary: EvalSummary, *, cases: int | None 
 
 
 def _print_trials(console: Console, trials: Sequence[TrialRecord]) -> None:
+    from tether.evals import export
+
     table = Table(title=f"{len(trials)} trials", title_justify="left", header_style="bold")
     table.add_column("case", style="cyan", no_wrap=True)
     table.add_column("trial", justify="right", no_wrap=True)
@@ -283,8 +288,9 @@ async def _closing(run: Coroutine[Any, Any, EvalOutcome], gateway: Gateway | Non
             await gateway.aclose()
 
 
-StartFn = Callable[[EvalRecord, int], None]
-TrialFn = Callable[[TrialRecord, EvalProgress], None]
+if TYPE_CHECKING:
+    StartFn = Callable[[EvalRecord, int], None]
+    TrialFn = Callable[[TrialRecord, EvalProgress], None]
 
 
 @dataclass
@@ -307,6 +313,8 @@ def _with_progress(
     console: Console, seen: _Seen, start: Callable[[StartFn, TrialFn], Coroutine[Any, Any, EvalOutcome]]
 ) -> EvalOutcome:
     """Run the eval ``start`` builds, with a progress bar fed by its callbacks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -416,6 +424,20 @@ def run(
     Exit codes: 0 done (also when the budget stopped it early), 1 the --gate failed,
     2 bad input (nothing ran), 130 interrupted (resume with --resume EVAL_ID).
     """
+    from tether.config import load_settings
+    from tether.evals import export
+    from tether.evals.compare import compare, gate
+    from tether.evals.report import summarize
+    from tether.evals.results import EvalStore
+    from tether.evals.runner import EvalRunner, load_agent
+    from tether.evals.suite import load_suite
+    from tether.gateway.gateway import Gateway
+    from tether.models import resolve_model
+    from tether.models.replay import Cassette
+    from tether.store import open_store
+    from tether.store._url import parse_store_url
+    from tether.trace.setup import configure_tracing
+
     ks = _parse_ks(k) if k is not None else None
     budget_usd = _parse_budget(budget)
     if record is not None and replay is not None:
@@ -568,6 +590,10 @@ def list_evals(
     database: DatabaseOption = None,
 ) -> None:
     """List evals, newest first: id, suite, version, status, trials per case, pass rate, started."""
+    from tether.evals import export
+    from tether.evals.results import EvalStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         evals = EvalStore(store)
@@ -634,6 +660,11 @@ def show(
     database: DatabaseOption = None,
 ) -> None:
     """Show one eval: pass rate, pass@k and pass^k with intervals, flaky cases, cost, latency, and every case."""
+    from tether.evals import export
+    from tether.evals.report import summarize
+    from tether.evals.results import EvalStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         evals = EvalStore(store)
@@ -670,6 +701,8 @@ def show(
 
 
 def _print_comparison(console: Console, comparison: Comparison) -> None:
+    from tether.evals import export
+
     base, cand = comparison.baseline, comparison.candidate
     console.print(
         f"suite [cyan]{escape(base.record.suite)}[/]: baseline [bold]{escape(base.record.agent_version)}[/] "
@@ -745,6 +778,8 @@ def _print_comparison(console: Console, comparison: Comparison) -> None:
 
 
 def _verdict_line(comparison: Comparison) -> str:
+    from tether.evals import export
+
     p = f"McNemar p={export.p_text(comparison.mcnemar_p)}, alpha {comparison.alpha:g}"
     if comparison.significant_regression:
         return f"[bold red]significant regression[/] ({p})"
@@ -768,6 +803,11 @@ def compare_cmd(
     database: DatabaseOption = None,
 ) -> None:
     """Compare two evals of one suite, paired per case: McNemar exact and a paired bootstrap, regressed cases."""
+    from tether.evals import export
+    from tether.evals.compare import compare, gate
+    from tether.evals.results import EvalStore
+    from tether.store import open_store
+
     ks = _parse_ks(k) if k is not None else None
     store = open_store(database)
     try:
@@ -798,6 +838,8 @@ def compare_cmd(
 
 
 def _print_scorecard(console: Console, card: Scorecard) -> None:
+    from tether.evals import export
+
     table = Table(title="safety scorecard (95% Wilson intervals)", title_justify="left", header_style="bold")
     table.add_column("metric", overflow="fold", max_width=48)
     for version in card.versions:
@@ -830,6 +872,11 @@ def scorecard_cmd(
     database: DatabaseOption = None,
 ) -> None:
     """The safety scorecard: agent versions side by side, one row per safety metric, with intervals."""
+    from tether.evals import export
+    from tether.evals.results import EvalStore
+    from tether.evals.scorecard import scorecard
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         evals = EvalStore(store)
@@ -847,6 +894,8 @@ def scorecard_cmd(
 
 
 def _print_drift(console: Console, report: DriftReport) -> None:
+    from tether.evals import export
+
     console.print(
         f"suite [cyan]{escape(report.suite)}[/] on [bold]{escape(report.agent_version or 'several versions')}[/]: "
         f"recent eval [cyan]{report.recent_eval}[/] against the {len(report.baseline_evals)} eval(s) before it "
@@ -905,6 +954,11 @@ def drift_cmd(
     database: DatabaseOption = None,
 ) -> None:
     """Has the latest eval of a suite drifted from the ones before it? A report: exit 0 either way."""
+    from tether.evals import export
+    from tether.evals.drift import drift
+    from tether.evals.results import EvalStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         evals = EvalStore(store)

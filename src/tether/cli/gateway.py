@@ -6,24 +6,16 @@ import asyncio
 import gc
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
-import uvloop
 from rich.markup import escape
 
 from tether.cli import _format as fmt
-from tether.config import load_settings
 from tether.errors import ConfigError
-from tether.gateway.gateway import Gateway
-from tether.gateway.keys import KeyStore, KeyVerifier
-from tether.gateway.ledger import CostWriter
-from tether.gateway.proxy import create_app
-from tether.guard.approvals import ApprovalStore, approval_routes
-from tether.guard.killswitch import KillStore, kill_route
-from tether.store import open_store
-from tether.trace.setup import configure_tracing
+
+if TYPE_CHECKING:
+    from tether.gateway.keys import KeyVerifier
 
 app = typer.Typer(help="Run tether's gateway as an HTTP proxy for agents not built with tether.", no_args_is_help=True)
 
@@ -68,6 +60,19 @@ def serve(
     http://HOST:PORT, with a virtual key from 'tether keys create' as the API
     key and a route name as the model.
     """
+    import uvicorn
+    import uvloop
+
+    from tether.config import load_settings
+    from tether.gateway.gateway import Gateway
+    from tether.gateway.keys import KeyStore
+    from tether.gateway.ledger import CostWriter
+    from tether.gateway.proxy import create_app
+    from tether.guard.approvals import ApprovalStore, approval_routes
+    from tether.guard.killswitch import KillStore, kill_route
+    from tether.store import open_store
+    from tether.trace.setup import configure_tracing
+
     settings = load_settings(config)
     if not settings.routes:
         raise ConfigError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 import socket
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -12,8 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from tether.cli import _format as fmt
-from tether.guard.audit import DEFAULT_REFRESH_S, OPEN, GuardStore, Incident, Quarantine
-from tether.store import open_store
+
+if TYPE_CHECKING:
+    from tether.guard.audit import Incident, Quarantine
 
 __all__ = ["app"]
 
@@ -46,6 +47,8 @@ def _when(moment: Any) -> str:
 
 
 def _incidents_table(found: list[Incident], everything: bool) -> Table:
+    from tether.guard.audit import OPEN
+
     title = f"{len(found)} {'' if everything else 'open '}incident(s), newest first"
     table = Table(title=title, title_justify="left", header_style="bold")
     columns = ["when (UTC)", "severity", "kind", "agent", "tool", "run", "summary"]
@@ -99,6 +102,9 @@ def list_incidents(
     database: DatabaseOption = None,
 ) -> None:
     """Open incidents (newest first) and the quarantined agents, whose write and irreversible tools are denied."""
+    from tether.guard.audit import OPEN, GuardStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         guard_store = GuardStore(store)
@@ -143,6 +149,9 @@ def release(
     new quarantine. Running processes pick the release up within their refresh
     interval (2 s by default). Releasing an agent that is not quarantined is an error.
     """
+    from tether.guard.audit import DEFAULT_REFRESH_S, GuardStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         done = GuardStore(store).release(agent, by=by or _who(), reason=reason)

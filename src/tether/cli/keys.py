@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
 from tether.cli import _format as fmt
 from tether.errors import ConfigError, TetherError
-from tether.gateway.budget import BudgetLimit
-from tether.gateway.keys import DEFAULT_CACHE_TTL_S, KeyStore, VirtualKey
-from tether.gateway.ratelimit import RateLimit
-from tether.store import open_store
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from tether.gateway.budget import BudgetLimit
+    from tether.gateway.keys import VirtualKey
+    from tether.gateway.ratelimit import RateLimit
 
 app = typer.Typer(help="Create, list and revoke virtual keys for the gateway's proxy.", no_args_is_help=True)
 
@@ -87,6 +89,10 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _budget(usd: str | None, tokens: int | None, period: Period | None) -> BudgetLimit | None:
+    from pydantic import ValidationError
+
+    from tether.gateway.budget import BudgetLimit
+
     if usd is None and tokens is None:
         if period is not None:
             raise ConfigError("--period needs --budget-usd or --budget-tokens: it is the period of the key's budget")
@@ -135,6 +141,12 @@ def create(
     database: DatabaseOption = None,
 ) -> None:
     """Create a virtual key and print its secret — once: only its hash is stored."""
+    from pydantic import ValidationError
+
+    from tether.gateway.keys import KeyStore
+    from tether.gateway.ratelimit import RateLimit
+    from tether.store import open_store
+
     budget = _budget(budget_usd, budget_tokens, period)
     try:
         rate_limit = RateLimit(rpm=rpm, tpm=tpm) if rpm is not None or tpm is not None else None
@@ -172,6 +184,9 @@ def list_keys(
     database: DatabaseOption = None,
 ) -> None:
     """List virtual keys: name, prefix, routes, budget, limits, created, revoked. Never the secrets."""
+    from tether.gateway.keys import KeyStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         keys = KeyStore(store).list(include_revoked=include_revoked)
@@ -219,6 +234,9 @@ def revoke(
     database: DatabaseOption = None,
 ) -> None:
     """Revoke a virtual key: gateways stop accepting it within seconds."""
+    from tether.gateway.keys import DEFAULT_CACHE_TTL_S, KeyStore
+    from tether.store import open_store
+
     store = open_store(database)
     try:
         key = KeyStore(store).revoke(name)

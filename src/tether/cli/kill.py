@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import getpass
 import socket
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
 from rich.markup import escape
 
 from tether.cli import _format as fmt
-from tether.config import load_settings
 from tether.errors import ConfigError, UserError
-from tether.guard.killswitch import DEFAULT_POLL_INTERVAL_S, Kill, KillStore, new_kill
-from tether.store import open_store
+
+if TYPE_CHECKING:
+    from tether.guard.killswitch import Kill
 
 __all__ = ["kill"]
 
@@ -32,6 +32,8 @@ def _redis_url(given: str | None) -> str | None:
     """The Redis to publish the kill on: ``--redis-url``, else ``[gateway] redis_url`` in tether.toml, else none."""
     if given is not None:
         return given or None  # --redis-url '' publishes nothing
+    from tether.config import load_settings
+
     try:
         return load_settings().gateway.redis_url
     except ConfigError as exc:
@@ -43,6 +45,8 @@ def _redis_url(given: str | None) -> str | None:
 
 
 def _confirmation(kill: Kill) -> str:
+    from tether.guard.killswitch import DEFAULT_POLL_INTERVAL_S
+
     within = f"within ~{DEFAULT_POLL_INTERVAL_S * 1000:.0f} ms"
     if kill.target_kind == "run":
         what = f"run [bold cyan]{escape(kill.target)}[/] stops {within}"
@@ -86,6 +90,9 @@ def kill(
     arrives in about a millisecond; otherwise within a poll (~25 ms). Without a
     database, touch the kill file instead (TETHER_KILL_FILE).
     """
+    from tether.guard.killswitch import KillStore, new_kill
+    from tether.store import open_store
+
     given = [flag for flag, value in (("RUN_ID", run_id), ("--agent", agent), ("--all", all_runs)) if value]
     if len(given) != 1:
         detail = f"got {' and '.join(given)}" if given else "got none"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -16,9 +16,10 @@ from rich.tree import Tree
 
 from tether.cli import _format as fmt
 from tether.errors import ConfigError
-from tether.messages import StopReason
-from tether.store import RunSummary, SpanRecord, open_store
 from tether.trace import semconv as sc
+
+if TYPE_CHECKING:
+    from tether.store import RunSummary, SpanRecord
 
 app = typer.Typer(help="List agent runs and show their traces.", no_args_is_help=False, invoke_without_command=True)
 
@@ -54,6 +55,9 @@ def list_runs(
     if ctx.invoked_subcommand is not None:
         ctx.obj = database
         return
+    from tether.messages import StopReason
+    from tether.store import open_store
+
     if stop_reason is not None and stop_reason not in {r.value for r in StopReason}:
         raise ConfigError(
             f"--stop {stop_reason!r} is not a stop reason: use one of {', '.join(r.value for r in StopReason)}"
@@ -172,6 +176,8 @@ def show(
     ] = None,
 ) -> None:
     """Show one run as a span tree: latency, tokens, cost, tool input/output, loops, stop reason."""
+    from tether.store import open_store
+
     store = open_store(database or (ctx.obj if isinstance(ctx.obj, str) else None))
     try:
         run = store.get_run(run_id)
