@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -274,6 +275,19 @@ def _other_eval(evals: EvalStore, record: EvalRecord) -> str | None:
         if candidate.eval_id != record.eval_id:
             return candidate.eval_id
     return None
+
+
+@contextlib.contextmanager
+def _evals(database: str | None) -> Iterator[EvalStore]:
+    """The evals of the store at ``database`` (the configured one when None), for one command."""
+    from tether.evals.results import EvalStore
+    from tether.store import open_store
+
+    store = open_store(database)
+    try:
+        yield EvalStore(store)
+    finally:
+        store.close()
 
 
 # --- tether eval run ----------------------------------------------------------------------------------------------
@@ -591,15 +605,9 @@ def list_evals(
 ) -> None:
     """List evals, newest first: id, suite, version, status, trials per case, pass rate, started."""
     from tether.evals import export
-    from tether.evals.results import EvalStore
-    from tether.store import open_store
 
-    store = open_store(database)
-    try:
-        evals = EvalStore(store)
+    with _evals(database) as evals:
         found = [(r, evals.trials(r.eval_id)) for r in evals.list(suite=suite, agent_version=agent, limit=limit)]
-    finally:
-        store.close()
     rows: list[tuple[EvalRecord, int, int, int]] = []
     for record, stored in found:
         scored = [t for t in stored if t.counted]
@@ -662,17 +670,11 @@ def show(
     """Show one eval: pass rate, pass@k and pass^k with intervals, flaky cases, cost, latency, and every case."""
     from tether.evals import export
     from tether.evals.report import summarize
-    from tether.evals.results import EvalStore
-    from tether.store import open_store
 
-    store = open_store(database)
-    try:
-        evals = EvalStore(store)
+    with _evals(database) as evals:
         record = evals.get(eval_id)
         trials = evals.trials(record.eval_id)
         other = _other_eval(evals, record)
-    finally:
-        store.close()
     summary = summarize(record, trials)
     console = fmt.console(stderr=as_json)
     if as_json:
@@ -805,19 +807,13 @@ def compare_cmd(
     """Compare two evals of one suite, paired per case: McNemar exact and a paired bootstrap, regressed cases."""
     from tether.evals import export
     from tether.evals.compare import compare, gate
-    from tether.evals.results import EvalStore
-    from tether.store import open_store
 
     ks = _parse_ks(k) if k is not None else None
-    store = open_store(database)
-    try:
-        evals = EvalStore(store)
+    with _evals(database) as evals:
         baseline, candidate = evals.get(baseline_id), evals.get(candidate_id)
         comparison = compare(
             (baseline, evals.trials(baseline.eval_id)), (candidate, evals.trials(candidate.eval_id)), ks=ks, alpha=alpha
         )
-    finally:
-        store.close()
     gating = gate_flag or floor is not None
     verdict = gate(comparison, floor=floor) if gating else None
     console = fmt.console(stderr=as_json)
@@ -873,17 +869,11 @@ def scorecard_cmd(
 ) -> None:
     """The safety scorecard: agent versions side by side, one row per safety metric, with intervals."""
     from tether.evals import export
-    from tether.evals.results import EvalStore
     from tether.evals.scorecard import scorecard
-    from tether.store import open_store
 
-    store = open_store(database)
-    try:
-        evals = EvalStore(store)
+    with _evals(database) as evals:
         records = [evals.get(eval_id) for eval_id in eval_ids]
         card = scorecard([(r, evals.trials(r.eval_id)) for r in records])
-    finally:
-        store.close()
     if as_json:
         typer.echo(export.to_json(card.to_dict()))
         return
@@ -956,12 +946,8 @@ def drift_cmd(
     """Has the latest eval of a suite drifted from the ones before it? A report: exit 0 either way."""
     from tether.evals import export
     from tether.evals.drift import drift
-    from tether.evals.results import EvalStore
-    from tether.store import open_store
 
-    store = open_store(database)
-    try:
-        evals = EvalStore(store)
+    with _evals(database) as evals:
         history = evals.history(suite_name, agent, limit=max(50, 2 * window + 2))
         if not history:
             on = f" on {agent!r}" if agent is not None else ""
@@ -971,8 +957,6 @@ def drift_cmd(
         version = agent or history[-1].agent_version
         history = [r for r in history if r.agent_version == version][-(window + 1) :]
         report = drift([(r, evals.trials(r.eval_id)) for r in history], window=window, alpha=alpha)
-    finally:
-        store.close()
     if as_json:
         typer.echo(export.to_json(report.to_dict()))
         return
