@@ -358,7 +358,7 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: Gate
         nxt.add_row("tether runs --stop error", "runs that ended on a provider error the gateway could not absorb")
     nxt.add_row(
         "tether eval run tether.demo.evals:suite --agent tether.demo.evals:careful",
-        "evaluate this agent: 24 on-call cases, 5 trials each, pass^k with intervals (then try :sloppy --gate ID)",
+        "evaluate it: 24 cases x 5 trials, pass^k with intervals",
     )
     nxt.add_row(
         "OTEL_EXPORTER_OTLP_ENDPOINT=…", "also send the spans to Phoenix, Langfuse, Jaeger or any OTLP collector"
