@@ -124,6 +124,26 @@ async def test_the_response_cache_answers_repeated_deterministic_requests() -> N
         assert env.metrics.response_cache[("fast", "miss")] == 1
 
 
+async def test_cache_control_no_cache_skips_the_response_cache() -> None:
+    def cached(upstream: str) -> dict[str, Any]:
+        return base_config(upstream, routes={"fast": {"tiers": [["gpt"]], "response_cache": True}})
+
+    async with running_proxy(cached) as env:
+        env.upstream.on("/v1/chat/completions", json_reply(payload("openai_text.json")))
+        client = env.openai()
+        fresh = {"cache-control": "no-cache"}  # what tether's model adapters send for an eval's trials
+        await client.chat.completions.create(model="fast", messages=HI, temperature=0)  # type: ignore[arg-type]
+        for _ in range(2):
+            await client.chat.completions.create(
+                model="fast",
+                messages=HI,  # type: ignore[arg-type]
+                temperature=0,
+                extra_headers=fresh,
+            )
+        assert len(env.upstream.requests) == 3
+        assert env.metrics.response_cache[("fast", "hit")] == 0
+
+
 async def test_models_lists_the_routes_the_key_may_use() -> None:
     keys = FakeKeys(
         {

@@ -562,3 +562,9 @@ async def test_aclose_closes_only_a_client_the_model_created(server: MockServer)
 
     assert owned._client.is_closed
     assert not server.client.is_closed
+
+
+async def test_an_eval_trial_asks_caches_on_the_way_not_to_answer(model: AnthropicModel, server: MockServer) -> None:
+    server.reply_json("anthropic_text.json")
+    await model.complete(ask(metadata={"cache": "bypass"}))
+    assert server.request.headers["cache-control"] == "no-cache"

@@ -573,3 +573,13 @@ async def test_aclose_closes_only_a_client_the_model_created(server: MockServer)
 
     assert owned._client.is_closed
     assert not server.client.is_closed
+
+
+async def test_an_eval_trial_asks_caches_on_the_way_not_to_answer(model: OpenAIModel, server: MockServer) -> None:
+    server.reply_json("openai_text.json")
+    server.reply_json("openai_text.json")
+    await model.complete(ask())
+    await model.complete(ask(metadata={"cache": "bypass"}))
+    plain, fresh = server.requests
+    assert "cache-control" not in plain.headers
+    assert fresh.headers["cache-control"] == "no-cache"

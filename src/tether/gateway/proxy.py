@@ -160,6 +160,13 @@ class _Headers:
     tags: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    cache_control: str | None = None
+
+    @property
+    def no_cache(self) -> bool:
+        """``Cache-Control: no-cache`` or ``no-store``: never answer from (or keep in) the response cache."""
+        value = (self.cache_control or "").lower()
+        return "no-cache" in value or "no-store" in value
 
     @classmethod
     def of(cls, scope: Scope) -> _Headers:
@@ -181,6 +188,8 @@ class _Headers:
                 found.traceparent = value.decode("latin-1")
             elif name == b"tracestate":
                 found.tracestate = value.decode("latin-1")
+            elif name == b"cache-control":
+                found.cache_control = value.decode("latin-1")
         return found
 
     def secret(self, api: Api) -> str | None:
@@ -823,7 +832,9 @@ class _Proxy:
         try:
             cache_key = None
             temperature = call.data.get("temperature")
-            if route.response_cache and not call.stream and temperature == 0 and not isinstance(temperature, bool):
+            # Cache-Control: no-cache (an eval's trials must be independent) skips the response cache.
+            deterministic = temperature == 0 and not isinstance(temperature, bool)
+            if route.response_cache and not call.stream and deterministic and not call.headers.no_cache:
                 cache_key = hashlib.blake2b(
                     b"\0".join((call.wire.api.encode(), call.route.encode(), call.body)), digest_size=20
                 ).digest()

@@ -221,12 +221,15 @@ class AnthropicModel(Model):
         """The Messages endpoint this model posts to."""
         return f"{self.config.base_url.rstrip('/')}/v1/messages"
 
-    def _headers(self) -> tuple[dict[str, str], list[str]]:
+    def _headers(self, request: ModelRequest | None = None) -> tuple[dict[str, str], list[str]]:
         # Read at call time so the key never lives on this object.
         key = self.config.api_key()
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json", **self.config.extra_headers}
         if key:
             headers["x-api-key"] = key
+        if request is not None and request.metadata.get("cache") == "bypass":
+            # An eval's repeats must be independent: a caching proxy (tether's gateway) must not answer from cache.
+            headers["cache-control"] = "no-cache"
         return headers, [key] if key else []
 
     def build_body(self, request: ModelRequest, *, stream: bool = False) -> dict[str, Any]:
@@ -266,7 +269,7 @@ class AnthropicModel(Model):
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Send one request and return the whole answer."""
-        headers, secrets = self._headers()
+        headers, secrets = self._headers(request)
         data = await post_json(
             self._client,
             self.url,
@@ -329,7 +332,7 @@ class AnthropicModel(Model):
                 before ``message_stop``.
             ModelHTTPError: an error status, or an ``error`` event mid-stream.
         """
-        headers, secrets = self._headers()
+        headers, secrets = self._headers(request)
         state = _StreamState(model=request.model or self.model_name)
         async with open_stream(
             self._client,

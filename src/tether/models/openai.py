@@ -255,12 +255,15 @@ class OpenAIModel(Model):
         """The Chat Completions endpoint this model posts to."""
         return f"{self.config.base_url.rstrip('/')}/chat/completions"
 
-    def _headers(self) -> tuple[dict[str, str], list[str]]:
+    def _headers(self, request: ModelRequest | None = None) -> tuple[dict[str, str], list[str]]:
         # Read at call time so the key never lives on this object.
         key = self.config.api_key()
         headers = {"content-type": "application/json", **self.config.extra_headers}
         if key:
             headers["authorization"] = f"Bearer {key}"
+        if request is not None and request.metadata.get("cache") == "bypass":
+            # An eval's repeats must be independent: a caching proxy (tether's gateway) must not answer from cache.
+            headers["cache-control"] = "no-cache"
         return headers, [key] if key else []
 
     def build_body(self, request: ModelRequest, *, stream: bool = False) -> dict[str, Any]:
@@ -290,7 +293,7 @@ class OpenAIModel(Model):
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """Send one request and return the whole answer."""
-        headers, secrets = self._headers()
+        headers, secrets = self._headers(request)
         data = await post_json(
             self._client,
             self.url,
@@ -345,7 +348,7 @@ class OpenAIModel(Model):
                 before ``data: [DONE]``.
             ModelHTTPError: an error status, or an error object mid-stream.
         """
-        headers, secrets = self._headers()
+        headers, secrets = self._headers(request)
         state = _StreamState(model=request.model or self.model_name)
         async with open_stream(
             self._client,
