@@ -270,6 +270,12 @@ async def test_the_listener_reconnects_after_losing_its_connection(
             client.client_kill_filter(_id=client_id)  # what a Redis restart or a failover does to it
 
         await subscribers(client, channel, count=0)
+        # redis-py may reconnect the broken connection itself before raising; the switch then closes that one and
+        # opens its own subscription. Publish once the switch says it listens again, not at the first subscriber.
+        deadline = time.monotonic() + 5
+        while not any("again after" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the switch never listened again"
+            await asyncio.sleep(0.01)
         await subscribers(client, channel)  # back
         with KillPublisher(redis_url, channel=channel) as publisher:
             publisher.publish(new_kill("run", "run-1", "after the reconnection"))
