@@ -373,3 +373,31 @@ async def test_a_comparison_flags_a_changed_case_not_an_added_one(store: TraceSt
     assert four.record.config["cases"] == 4
     assert not compare((four.record, four.trials), (five.record, five.trials)).suite_changed
     assert compare((four.record, four.trials), (changed.record, changed.trials)).suite_changed
+
+
+def test_trials_round_trip_through_the_store_and_a_rerun_replaces_its_row(store: TraceStore) -> None:
+    from datetime import UTC, datetime
+
+    from tether.evals import CheckResult, EvalRecord, TrialRecord
+
+    results = EvalStore(store)
+    results.create(EvalRecord("e1", "s", "f", "v", 2, 0, "running", Decimal("1.5"), {"k": [1]}, datetime.now(UTC)))
+    when = datetime(2026, 11, 21, 12, 30, 15, 123456, tzinfo=UTC)
+    check = CheckResult("c", "contains", "answer", False, 0.0, "answer lacks 'x'", {"n": 1})
+
+    def trial(index: int, status: str, cost: Decimal | None) -> TrialRecord:
+        return TrialRecord(
+            "e1", "case/1", index, status, 0.0, (check,), ("t",), "r", "a" * 32, "completed", "m",  # type: ignore[arg-type]
+            cost, Decimal("0.000000001"), 0.25, 12, {"tool_sequence": ["a", "b"]}, None, when,
+        )  # fmt: skip
+
+    first = [trial(i, "infra_error" if i == 1 else "failed", Decimal("0.123456789")) for i in range(300)]
+    results.add_trials(first)
+    results.add_trials([trial(1, "passed", None)])  # the infra trial, run again
+
+    stored = results.trials("e1")
+    assert len(stored) == 300
+    by_index = {t.trial: t for t in stored}
+    assert by_index[0].to_dict() == first[0].to_dict()
+    assert by_index[0].created_at == when
+    assert by_index[1].status == "passed" and by_index[1].cost_usd is None

@@ -279,3 +279,18 @@ def test_the_fingerprint_is_the_same_in_every_process() -> None:
         for seed in ("1", "2", "3")
     }
     assert len(prints) == 1
+
+
+def test_a_yaml_judge_names_its_model_by_reference(tmp_path: Path) -> None:
+    path = tmp_path / "judged.yaml"
+    path.write_text(
+        "cases:\n  - id: a\n    input: x\n    checks:\n"
+        "      - judge: {rubric: polite, samples: 1, model: 'sim:claude-haiku-4-5'}\n",
+        encoding="utf-8",
+    )
+    (case,) = load_suite(path).cases
+    # The simulated judge has no scenario: it answers without a score, which is the judge failing.
+    with pytest.raises(Exception, match="without a 'SCORE: <0-10>' line"):
+        grade(case.checks[0], observe("thank you"))
+    with pytest.raises(UserError, match="unknown provider 'nowhere'"):
+        grade(Check("judge", {"rubric": "r", "model": "nowhere:x"}), observe("x"))

@@ -422,7 +422,7 @@ def _judge_prompt(obs: Observation, rubric: str) -> str:
 
 @scorer("judge", kind="judge")
 async def _judge(
-    obs: Observation, rubric: str, samples: int = 3, threshold: float = 0.7, model: Model | None = None
+    obs: Observation, rubric: str, samples: int = 3, threshold: float = 0.7, model: Model | str | None = None
 ) -> Score:
     """An LLM grades the answer ``samples`` times; passes when the mean grade (0-1) reaches ``threshold``.
 
@@ -430,6 +430,8 @@ async def _judge(
     the details. A judge that fails or answers without a ``SCORE:`` line raises ``JudgeFailed``:
     an infrastructure failure of the trial, not a failure of the agent.
     """
+    if isinstance(model, str):  # a YAML suite names its judge: "anthropic:claude-haiku-4-5"
+        model = _judge_named(model)
     judge_model = model or obs.judge_model
     if judge_model is None:
         raise UserError("judge check: no judge model; pass --judge-model (e.g. sim:claude-haiku-4-5) or model=")
@@ -471,6 +473,18 @@ async def _judge(
         value=mean,
         details={"grades": grades, "sd": spread, "reasons": reasons},
     )
+
+
+_JUDGES: dict[str, Model] = {}
+
+
+def _judge_named(ref: str) -> Model:
+    """One model per reference for the whole process (its connections are reused across trials)."""
+    if ref not in _JUDGES:
+        from tether.models import resolve_model
+
+        _JUDGES[ref] = resolve_model(ref)
+    return _JUDGES[ref]
 
 
 def judge(
