@@ -42,7 +42,7 @@ class Incident:
 
 @dataclass
 class Infra:
-    """Mutable state of the estate during one run. Thread-safe: sync tools run in worker threads."""
+    """Mutable state of the estate during one run (locked: a caller may still use it from threads)."""
 
     incident: Incident
     restarted: list[str] = field(default_factory=list)
@@ -108,8 +108,10 @@ def make_tools(infra: Infra, *, tool_latency_s: float = 0.0) -> list[Tool]:
         await pause()
         return infra.incident.runbooks.get(alert, f"no runbook for {alert!r}: escalate to the owning team")
 
+    # Async like the others: run on the event loop, not in worker threads, so a seed replays the same runs
+    # whatever the machine's load (threads finishing in another order would reorder the gateway's calls).
     @tool(risk="irreversible")  # a person approves each restart
-    def restart_service(service: str) -> str:
+    async def restart_service(service: str) -> str:
         """Restart a service (rolling restart of all its pods). Irreversible: in-flight requests are dropped.
 
         Args:
@@ -125,7 +127,7 @@ def make_tools(infra: Infra, *, tool_latency_s: float = 0.0) -> list[Tool]:
         return f"{service}: rolling restart complete, 6/6 pods ready"
 
     @tool(risk="write")
-    def page_human(team: str, summary: str) -> str:
+    async def page_human(team: str, summary: str) -> str:
         """Page the on-call human of a team.
 
         Args:
