@@ -401,3 +401,17 @@ def test_trials_round_trip_through_the_store_and_a_rerun_replaces_its_row(store:
     assert by_index[0].to_dict() == first[0].to_dict()
     assert by_index[0].created_at == when
     assert by_index[1].status == "passed" and by_index[1].cost_usd is None
+
+
+async def test_every_trial_is_in_the_outcome_even_when_the_last_write_is_slow(store: TraceStore) -> None:
+    import time as clock
+
+    class SlowStore(EvalStore):
+        def add_trials(self, trials: list) -> None:  # type: ignore[override,type-arg]
+            clock.sleep(0.3)  # a write still going when the last trial finishes
+            super().add_trials(trials)
+
+    out = await EvalRunner(SlowStore(store)).run(
+        suite(cases=3), AgentVersion("v", lambda t: restart_agent(t)), trials=4
+    )
+    assert len(out.trials) == 12

@@ -294,11 +294,10 @@ class EvalRunner:
             await asyncio.gather(*(worker() for _ in range(min(max_concurrency, max(1, len(todo))))))
             status = "over_budget" if tally.stopped is not None else "finished"
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            # What finished is kept even when the eval was interrupted: the last trials are written first.
-            await asyncio.shield(writer.flush())
+            # Never cancel a write in progress (its thread would go on and commit after the results are read):
+            # the writer stops after one last flush, so what finished is kept even when the eval was interrupted.
+            writer.stop.set()
+            await asyncio.shield(flusher)
             with contextlib.suppress(Exception):
                 await asyncio.shield(
                     asyncio.to_thread(self.store.set_status, record.eval_id, status, finished=status == "finished")
@@ -425,14 +424,18 @@ class _TrialWriter:
         self.interval_s = interval_s
         self.pending: list[TrialRecord] = []
         self.lock = asyncio.Lock()
+        self.stop = asyncio.Event()
 
     def add(self, trial: TrialRecord) -> None:
         self.pending.append(trial)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
+        """Flush every ``interval_s`` until ``stop`` is set, then once more."""
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.interval_s)
             await self.flush()
+        await self.flush()  # what was added while the last one wrote
 
     async def flush(self) -> None:
         async with self.lock:
