@@ -45,3 +45,25 @@ def test_list_approve_and_deny(tmp_path: Path) -> None:
     assert "already approved by alice" in str(again.exception) + again.output
     with open_store(url) as store:
         assert ApprovalStore(store).get(first).status is ApprovalStatus.APPROVED
+
+
+def test_an_unknown_outcome_review_is_listed_as_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tether.db'}"
+    with open_store(url) as store:
+        approvals = ApprovalStore(store)
+        first = approvals.request(
+            ApprovalRequest("run-7", "oncall", "drop_table", "c1", {"table": "users"}, "irreversible", {}, turn=1),
+            timeout_s=600,
+        )
+        approvals.decide(first.id, approve=True, by="alice")
+        check = "an earlier attempt may have run; check drop_table effect before approving"
+        review = ApprovalRequest(
+            "run-7", "oncall", "drop_table", "c1", {"table": "users"}, "outcome unknown", {"check": check}, 1, 1
+        )
+        asked = approvals.request(review, timeout_s=600)
+    assert asked.id != first.id
+
+    listed = orjson.loads(runner.invoke(app, ["approvals", "list", "--database", url, "--json"]).stdout)
+    assert [(a["id"], a["purpose"], a["attempt"], a["turn"]) for a in listed] == [(asked.id, "unknown_outcome", 1, 1)]
+    table = runner.invoke(app, ["approvals", "list", "--database", url]).stdout  # cells wrap: look for pieces
+    assert all(words in table for words in ("unknown-outcome", "review #1", "may have run", "before approving")), table

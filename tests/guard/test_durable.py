@@ -7,16 +7,21 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+from sqlalchemy import select
 
-from tether.guard.durable import DurableRuns, UnknownRun
+from tether.guard.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore, StoredApproval
+from tether.guard.durable import DurableRuns, Effect, EffectState, UnknownRun, arguments_hash
 from tether.guard.guard import Guard
-from tether.messages import StopReason
+from tether.messages import ModelRequest, ModelResponse, StopReason, ToolResultBlock
 from tether.runtime import Agent
 from tether.runtime.tools import tool
-from tether.store import open_store
-from tether.testing import ScriptedModel, tool_response
+from tether.store import TraceStore, open_store
+from tether.store.schema import tool_ledger
+from tether.testing import FunctionModel, ScriptedModel, text_response, tool_response
 
 # One agent definition, used by the first process (which dies) and the one that resumes.
 AGENT_MODULE = textwrap.dedent(
@@ -192,3 +197,173 @@ async def test_a_finished_run_is_checkpointed_and_cannot_be_resumed(tmp_path: Pa
 async def test_resume_needs_a_durable_store() -> None:
     with pytest.raises(Exception, match="durable store"):
         await Agent("ops", ScriptedModel([]), tools=[bump]).resume("run-x")
+
+
+# -- the same call, asked again after a crash: a new decision, never the earlier approval ------------------
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: nothing in the agent loop catches it."""
+
+
+WIRED: list[str] = []
+
+
+@tool(risk="irreversible")
+def wire(amount: int) -> str:
+    """Wire money (irreversible).
+
+    Args:
+        amount: how much.
+    """
+    WIRED.append(f"wire {amount}")
+    if CRASH_AFTER_EFFECT:
+        CRASH_AFTER_EFFECT.pop()
+        raise Crash
+    return f"wired {amount}"
+
+
+CRASH_AFTER_EFFECT: list[bool] = []
+
+
+class Person:
+    """The approver: records each request in the store and decides it at once, or returns its decision."""
+
+    def __init__(self, approvals: ApprovalStore, *, approve: bool) -> None:
+        self.approvals = approvals
+        self.approve = approve
+        self.asked: list[StoredApproval] = []
+
+    async def __call__(self, request: ApprovalRequest) -> StoredApproval:
+        stored = self.approvals.request(request, timeout_s=60)
+        self.asked.append(stored)
+        if stored.status is not ApprovalStatus.PENDING:
+            return stored
+        return self.approvals.decide(stored.id, approve=self.approve, by="person")
+
+
+def wiring_agent(store: TraceStore, person: Person, *, durable: DurableRuns | None = None) -> Agent:
+    def answer(request: ModelRequest) -> ModelResponse:
+        results = sum(isinstance(b, ToolResultBlock) for m in request.messages for b in m.content)
+        # The model reuses its call ids from one turn to the next (some do): the turn tells them apart.
+        return tool_response(("wire", {"amount": 10 * (results + 1)}, "call-1")) if results < 2 else text_response("ok")
+
+    return Agent(
+        "treasury",
+        FunctionModel(answer),
+        tools=[wire],
+        guard=Guard(approver=person),
+        durable=durable or DurableRuns(store),
+    )
+
+
+@pytest.mark.parametrize("approve", [False, True], ids=["review denied", "review approved"])
+async def test_an_unknown_outcome_is_a_new_request_never_the_calls_earlier_approval(
+    tmp_path: Path, approve: bool
+) -> None:
+    # The bug: the review had the same (run, call id) as the call's approval, found it approved, and ran.
+    WIRED.clear()
+    with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
+        approvals = ApprovalStore(store)
+        first_person = Person(approvals, approve=True)
+        CRASH_AFTER_EFFECT[:] = [True]
+        with pytest.raises(Crash):
+            await wiring_agent(store, first_person).run("wire 10, then 20", run_id="run-w")
+        assert WIRED == ["wire 10"]
+        [key] = [k for k in _ledger_keys(store)]
+        effect = DurableRuns(store).effect(key)
+        assert effect is not None and effect.state == "started"
+
+        person = Person(approvals, approve=approve)
+        result = await wiring_agent(store, person).resume("run-w")
+        review = person.asked[0]
+        assert review.id != first_person.asked[0].id  # a new question, not the call's earlier approval
+        assert WIRED.count("wire 10") == (2 if approve else 1)
+        assert (review.purpose, review.attempt, review.turn) == ("unknown_outcome", 1, 1)
+        assert "check wire effect before approving" in str(review.context)
+        assert approvals.get(review.id).status is (ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED)
+        first_call = result.tool_log[0]
+        if approve:
+            assert first_call.output == "wired 10" and DurableRuns(store).effect(key).attempt == 2  # type: ignore[union-attr]
+        else:
+            told = orjson.loads(first_call.output)
+            assert told["error"] == "approval_rejected" and "may have run" in told["message"]
+        # Turn 2 reuses the call id "call-1": it is a call of its own, with its own first approval.
+        assert [(a.turn, a.attempt) for a in person.asked] == [(1, 1), (2, 0)]
+        again = ["wire 10", "wire 20"] if approve else []  # this person says no to both
+        assert ["wire 10", *again] == WIRED
+        assert result.stop_reason is StopReason.COMPLETED
+
+
+class CrashAfterDone(DurableRuns):
+    """Dies right after the ledger's ``done``: before the run's checkpoint after the batch."""
+
+    armed = True
+
+    def mark(self, key: str, state: EffectState, **kwargs: Any) -> None:
+        super().mark(key, state, **kwargs)
+        if state == "done" and self.armed:
+            raise Crash
+
+
+async def test_a_resume_after_a_crash_between_done_and_the_checkpoint_replays_under_the_same_key(
+    tmp_path: Path,
+) -> None:
+    WIRED.clear()
+    CRASH_AFTER_EFFECT.clear()
+    with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
+        approvals = ApprovalStore(store)
+        person = Person(approvals, approve=True)
+        durable = CrashAfterDone(store)
+        with pytest.raises(Crash):
+            await wiring_agent(store, person, durable=durable).run("wire 10, then 20", run_id="run-k")
+        assert WIRED == ["wire 10"] and durable.load("run-k").state["turns"] == 1
+
+        durable.armed = False
+        result = await wiring_agent(store, person, durable=durable).resume("run-k")
+        # Same turn on resume, so the same ledger key: replayed, no new question about turn 1.
+        assert result.tool_log[0].output == "wired 10" and result.tool_log[0].decision is None
+        assert WIRED == ["wire 10", "wire 20"]
+        assert [(a.turn, a.attempt) for a in person.asked] == [(1, 0), (2, 0)]
+        assert _ledger_keys(store) == ["run-k:1:call-1", "run-k:2:call-1"]
+
+
+def _ledger_keys(store: TraceStore) -> list[str]:
+    with store.engine.connect() as connection:
+        return sorted(connection.scalars(select(tool_ledger.c.idempotency_key)))
+
+
+def test_a_ledger_attempt_is_claimed_once(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
+        ledger = DurableRuns(store)
+        call = {"run_id": "r", "agent": "a", "tool": "wire", "arguments": {"amount": 1}}
+        assert ledger.intend("r:1:c", **call) is True
+        assert ledger.intend("r:1:c", **call) is False  # another process got there first: do not run
+        ledger.mark("r:1:c", "started", attempt=1)
+        # After a person approved the review of attempt 1: attempt 2, claimed once.
+        assert ledger.intend("r:1:c", **call, attempt=2) is True
+        assert ledger.intend("r:1:c", **call, attempt=2) is False
+        ledger.mark("r:1:c", "done", output="late", is_error=False, attempt=1)  # a stale attempt changes nothing
+        assert ledger.effect("r:1:c") == Effect(
+            "r:1:c", "wire", "intent", None, None, arguments_hash("wire", {"amount": 1}), 2
+        )
+        ledger.mark("r:1:c", "done", output="ok", is_error=False, attempt=2)
+        assert ledger.intend("r:1:c", **call, attempt=3) is False  # a call with an outcome never runs again
+
+
+def test_approvals_are_one_per_decision(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
+        approvals = ApprovalStore(store)
+
+        def ask(turn: int, attempt: int) -> StoredApproval:
+            return approvals.request(
+                ApprovalRequest("r", "a", "wire", "c", {}, "why", {}, turn=turn, attempt=attempt), timeout_s=60
+            )
+
+        call = ask(1, 0)
+        approvals.decide(call.id, approve=True, by="p")
+        assert ask(1, 0).status is ApprovalStatus.APPROVED  # the same decision: the same request
+        review = ask(1, 1)
+        assert review.id != call.id and review.status is ApprovalStatus.PENDING and review.purpose == "unknown_outcome"
+        assert ask(1, 1).id == review.id and ask(1, 2).id not in (call.id, review.id)
+        assert ask(2, 0).id != call.id  # the same call id in another turn: another call

@@ -55,17 +55,22 @@ def list_approvals(
         console.print("no tool calls are waiting for approval" + ("" if everything else " [dim](history: --all)[/]"))
         return
     table = Table(title=f"{len(found)} approval request(s)", title_justify="left", header_style="bold")
-    for column in ("id", "status", "agent", "tool", "arguments", "why", "expires"):
+    for column in ("id", "status", "kind", "agent", "tool", "arguments", "why", "expires"):
         table.add_column(column, overflow="fold")
     for a in found:
         style = _STATUS_STYLE[a.status]
+        why = escape(a.reason)
+        if a.purpose == "unknown_outcome":
+            # The effect may have happened already: the person must look before letting it run again.
+            why = f"[bold red]an earlier attempt may have run; check {escape(a.tool)} effect before approving.[/] {why}"
         table.add_row(
             f"[cyan]{a.id}[/]",
             f"[{style}]{a.status.value}[/]",
+            f"[red]unknown-outcome review #{a.attempt}[/]" if a.purpose == "unknown_outcome" else "call",
             escape(a.agent),
             escape(a.tool),
             escape(orjson.dumps(a.arguments).decode()[:200]),
-            escape(a.reason),
+            why,
             a.expires_at.astimezone().strftime("%H:%M:%S"),
         )
     console.print(table)

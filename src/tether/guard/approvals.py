@@ -6,7 +6,14 @@ the guard's reason and the run's context — and the run waits. ``tether
 approvals list / approve ID / deny ID --reason`` (or the HTTP API) decides it;
 each request can be decided once: approving an unknown or already decided
 request is an error, never a second execution. An undecided request expires at
-its deadline and counts as a denial::
+its deadline and counts as a denial.
+
+A request is one *decision*, keyed by (run, turn, call id, attempt): attempt 0
+is the first approval of a call; attempt n (purpose ``unknown_outcome``) is the
+review of a call whose ledger attempt n stopped with its outcome unknown (the
+process died while it ran), so it is always a new question to a person, never
+answered by an earlier approval. Asking the same decision again (a resumed run
+waiting on it) returns the same request::
 
     approvals = ApprovalStore(store)
     guard = Guard(policy, approver=approvals.approver(timeout_s=900))
@@ -28,10 +35,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
+from sqlalchemy import Connection, Engine, RowMapping, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import StoreError, UserError
 from tether.store._access import StoreAccess
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApprovalAlreadyDecided",
+    "ApprovalPurpose",
     "approval_routes",
     "ApprovalRequest",
     "ApprovalStatus",
@@ -51,6 +60,9 @@ __all__ = [
 ]
 
 _ARGUMENTS_CHARS = 16_000
+
+#: ``call``: the first approval of a call; ``unknown_outcome``: the review of an attempt that may have run.
+ApprovalPurpose = Literal["call", "unknown_outcome"]
 
 
 class ApprovalStatus(StrEnum):
@@ -76,10 +88,12 @@ class ApprovalRequest:
         run_id: the run waiting on it.
         agent: the agent that wants to make the call.
         tool: the tool.
-        call_id: the model's id for the call (one request per call).
+        call_id: the model's id for the call.
         arguments: the call's arguments, as the model sent them.
         reason: why approval is needed (the guard's reason).
         context: what else helps a person decide: the run's task, the turn, what tainted it.
+        turn: the model call that asked for it (from 1; 0 when the caller does not say).
+        attempt: 0 for the call's first approval; n to review ledger attempt n, whose outcome is unknown.
     """
 
     run_id: str
@@ -89,6 +103,12 @@ class ApprovalRequest:
     arguments: Mapping[str, Any]
     reason: str
     context: Mapping[str, Any]
+    turn: int = 0
+    attempt: int = 0
+
+    @property
+    def purpose(self) -> ApprovalPurpose:
+        return "unknown_outcome" if self.attempt > 0 else "call"
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,9 @@ class StoredApproval:
     decided_at: datetime | None
     decided_by: str | None
     decision_reason: str | None
+    turn: int = 0
+    purpose: ApprovalPurpose = "call"
+    attempt: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values, for ``--json`` and the HTTP API."""
@@ -119,6 +142,9 @@ class StoredApproval:
             "agent": self.agent,
             "tool": self.tool,
             "call_id": self.call_id,
+            "turn": self.turn,
+            "purpose": self.purpose,
+            "attempt": self.attempt,
             "arguments": self.arguments,
             "reason": self.reason,
             "context": self.context,
@@ -150,6 +176,9 @@ def _from_row(row: RowMapping) -> StoredApproval:
         decided_at=_utc(row["decided_at"]) if row["decided_at"] is not None else None,
         decided_by=row["decided_by"],
         decision_reason=row["decision_reason"],
+        turn=row["turn"],
+        purpose="unknown_outcome" if row["purpose"] == "unknown_outcome" else "call",
+        attempt=row["attempt"],
     )
 
 
@@ -169,7 +198,10 @@ class ApprovalStore(StoreAccess):
         return _utc(self._clock())
 
     def request(self, request: ApprovalRequest, *, timeout_s: float) -> StoredApproval:
-        """Record a pending request; the same (run, call) asked again returns the existing one.
+        """Record a pending request; the same decision (run, turn, call, attempt) asked again returns it.
+
+        A review of an unknown outcome (``attempt`` n > 0) is a request of its own: it never returns the
+        call's first approval, nor the review of another attempt.
 
         Raises:
             StoreError: the database failed (the call must not run).
@@ -190,20 +222,29 @@ class ApprovalStore(StoreAccess):
             "status": ApprovalStatus.PENDING.value,
             "created_at": now,
             "expires_at": now + timedelta(seconds=timeout_s),
+            "turn": request.turn,
+            "purpose": request.purpose,
+            "attempt": request.attempt,
         }
         with self._write("recording an approval request") as connection:
-            existing = self._find_call(connection, request.run_id, request.call_id)
-            if existing is not None:
-                return existing
-            connection.execute(insert(approvals).values(**row))
-            found = self._find_call(connection, request.run_id, request.call_id)
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+            # On the unique decision key: two processes asking at once get the one request.
+            connection.execute(dialect.insert(approvals).values(**row).on_conflict_do_nothing())
+            found = self._find_decision(connection, request)
         assert found is not None
         return found
 
     @staticmethod
-    def _find_call(connection: Connection, run_id: str, call_id: str) -> StoredApproval | None:
+    def _find_decision(connection: Connection, request: ApprovalRequest) -> StoredApproval | None:
         row = (
-            connection.execute(select(approvals).where(approvals.c.run_id == run_id, approvals.c.call_id == call_id))
+            connection.execute(
+                select(approvals).where(
+                    approvals.c.run_id == request.run_id,
+                    approvals.c.turn == request.turn,
+                    approvals.c.call_id == request.call_id,
+                    approvals.c.attempt == request.attempt,
+                )
+            )
             .mappings()
             .one_or_none()
         )

@@ -12,7 +12,11 @@ idempotency key (run, turn, call id)::
 continues from the checkpoint. A call the ledger has as ``done`` is not run
 again: its recorded output is replayed to the model. A call left ``intent`` or
 ``started`` has an unknown outcome: it is never retried blindly; the guard asks
-a person (its approver), and without one it is refused.
+a person (its approver) a *new* question — the review of that attempt, never
+answered by the call's first approval — and without one it is refused. Only an
+approved review runs the call again, as the next attempt (``intend(...,
+attempt=n + 1)``, which only one process can claim); should that attempt's
+outcome be unknown too, the next resume asks about it anew.
 
 Read tools are not in the ledger: running them again is harmless.
 """
@@ -55,6 +59,8 @@ class Effect:
     output: str | None
     is_error: bool | None
     arguments_hash: str
+    #: Which attempt at the call ``state`` is about (1 for the first).
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -143,31 +149,71 @@ class DurableRuns(StoreAccess):
         if row is None:
             return None
         return Effect(
-            row["idempotency_key"], row["tool"], row["state"], row["output"], row["is_error"], row["arguments_hash"]
+            row["idempotency_key"],
+            row["tool"],
+            row["state"],
+            row["output"],
+            row["is_error"],
+            row["arguments_hash"],
+            row["attempt"],
         )
 
-    def intend(self, key: str, *, run_id: str, agent: str, tool: str, arguments: Mapping[str, Any]) -> Effect:
-        """Record the intent to make a call; if the key is known already, return its row unchanged."""
-        row = {
-            "idempotency_key": key,
-            "run_id": run_id,
-            "agent": agent,
-            "tool": tool,
-            "arguments_hash": arguments_hash(tool, arguments),
-            "state": "intent",
-            "updated_at": datetime.now(UTC),
-        }
-        with self._write("recording a tool call's intent") as connection:
-            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-            connection.execute(dialect.insert(tool_ledger).values(**row).on_conflict_do_nothing())
-        found = self.effect(key)
-        assert found is not None
-        return found
+    def intend(
+        self, key: str, *, run_id: str, agent: str, tool: str, arguments: Mapping[str, Any], attempt: int = 1
+    ) -> bool:
+        """Record the intent to make attempt ``attempt`` of a call; True when this caller now owns that attempt.
 
-    def mark(self, key: str, state: EffectState, *, output: str | None = None, is_error: bool | None = None) -> None:
-        """Move a call to ``started``, ``done`` or ``failed`` (with what it returned)."""
+        Attempt 1 creates the call's row. A later attempt — a person approved running the call again after
+        attempt ``attempt - 1`` stopped with its outcome unknown — moves the row on from that attempt, only
+        if it is still there, left ``intent`` or ``started``. False: the key is taken (another process made
+        or claimed the attempt, or the call has an outcome): the call must not run.
+        """
+        now = datetime.now(UTC)
+        with self._write("recording a tool call's intent") as connection:
+            if attempt == 1:
+                row = {
+                    "idempotency_key": key,
+                    "run_id": run_id,
+                    "agent": agent,
+                    "tool": tool,
+                    "arguments_hash": arguments_hash(tool, arguments),
+                    "state": "intent",
+                    "updated_at": now,
+                    "attempt": 1,
+                }
+                dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+                statement = dialect.insert(tool_ledger).values(**row).on_conflict_do_nothing()
+            else:
+                statement = (
+                    update(tool_ledger)
+                    .where(
+                        tool_ledger.c.idempotency_key == key,
+                        tool_ledger.c.attempt == attempt - 1,
+                        tool_ledger.c.state.in_(("intent", "started")),
+                    )
+                    .values(attempt=attempt, state="intent", output=None, is_error=None, updated_at=now)
+                )
+            # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT DO NOTHING.
+            return connection.execute(statement.returning(tool_ledger.c.idempotency_key)).first() is not None
+
+    def mark(
+        self,
+        key: str,
+        state: EffectState,
+        *,
+        output: str | None = None,
+        is_error: bool | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Move a call to ``started``, ``done`` or ``failed`` (with what it returned).
+
+        With ``attempt``, only while the row is still about that attempt.
+        """
         values: dict[str, Any] = {"state": state, "updated_at": datetime.now(UTC)}
         if state in ("done", "failed"):
             values.update(output=output, is_error=is_error)
+        where = [tool_ledger.c.idempotency_key == key]
+        if attempt is not None:
+            where.append(tool_ledger.c.attempt == attempt)
         with self._write("updating the tool-call ledger") as connection:
-            connection.execute(update(tool_ledger).where(tool_ledger.c.idempotency_key == key).values(**values))
+            connection.execute(update(tool_ledger).where(*where).values(**values))

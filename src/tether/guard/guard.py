@@ -167,14 +167,30 @@ class Guard:
         arguments: Mapping[str, Any],
         pending: Decision,
         context: Mapping[str, Any] | None = None,
+        *,
+        turn: int = 0,
+        attempt: int = 0,
     ) -> Decision:
-        """Resolve a ``needs_approval`` decision: the approver's answer, or a rejection without one."""
+        """Resolve a ``needs_approval`` decision: the approver's answer, or a rejection without one.
+
+        Args:
+            turn: the model call that asked for the call (part of the decision's key).
+            attempt: 0 for the call's first approval; n > 0 to review ledger attempt n, whose outcome is
+                unknown: a request of its own, which the person is told may follow an effect that happened.
+        """
         if self.approver is None:
             return Decision(
                 Verdict.REJECTED,
                 f"{pending.reason}; no approval channel is configured, so it is refused",
                 rule=pending.rule,
             )
+        about: dict[str, Any] = {"tainted_by": run.tainted_by, **(context or {})}
+        if attempt > 0:
+            about["unknown_outcome"] = {
+                "attempt": attempt,
+                "check": f"an earlier attempt may have run; check {tool} effect before approving "
+                "(approving runs it again)",
+            }
         request = ApprovalRequest(
             run_id=run.run_id,
             agent=run.agent,
@@ -182,7 +198,9 @@ class Guard:
             call_id=call_id,
             arguments=arguments,
             reason=pending.reason,
-            context={"tainted_by": run.tainted_by, **(context or {})},
+            context=about,
+            turn=turn,
+            attempt=attempt,
         )
         answer = await self.approver(request)
         if isinstance(answer, StoredApproval):

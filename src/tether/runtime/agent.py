@@ -756,19 +756,25 @@ class Agent:
                 call_id=call.id, name=call.name, output=prior.output or "", is_error=bool(prior.is_error)
             ), False
         decision = self.guard.authorize(state.guard, tool.name, tool.risk, call.arguments)
+        # The ledger attempt whose unknown outcome a person must review before the call runs again; 0: none.
+        review = 0
         if prior is not None and decision.verdict in (Verdict.ALLOWED, Verdict.NEEDS_APPROVAL):
-            # Left "intent" or "started" by a run that stopped: it may or may not have happened.
+            # Left "intent" or "started" by a run that stopped: it may or may not have happened. This is a
+            # new decision (keyed by the attempt), never answered by the call's first approval.
+            review = prior.attempt
             decision = Decision(
                 Verdict.NEEDS_APPROVAL,
-                f"an earlier attempt at this {tool.name} call may have run (its outcome is unknown): a person "
-                "must check before it runs again",
+                f"an earlier attempt at this {tool.name} call may have run (the outcome is unknown: the process "
+                f"stopped before attempt {review} was recorded as done): a person must check before it runs again",
                 rule="ledger",
             )
         if decision.verdict is Verdict.NEEDS_APPROVAL:
             _record_decision(span, decision, tool.risk)
             self.guard.record(state.guard, tool.name, call.id, call.arguments, decision, span)
             about = {"task": _cap(state.task, 500), "turn": state.turns}
-            decision = await self.guard.decide(state.guard, tool.name, call.id, call.arguments, decision, about)
+            decision = await self.guard.decide(
+                state.guard, tool.name, call.id, call.arguments, decision, about, turn=state.turns, attempt=review
+            )
         _record_decision(span, decision, tool.risk)
         self.guard.record(state.guard, tool.name, call.id, call.arguments, decision, span)
         note.decision = decision.verdict.value
@@ -784,11 +790,23 @@ class Agent:
             return error("denied", refused), False
         context = ToolContext(run_id=state.run_id, agent=self.name, turn=state.turns, call_id=call.id, secrets=secrets)
         scrub = self.guard.scrubber.scrub
+        attempt = review + 1
         if effects is not None:
-            await asyncio.to_thread(
-                effects.intend, key, run_id=state.run_id, agent=self.name, tool=tool.name, arguments=call.arguments
+            owned = await asyncio.to_thread(
+                effects.intend,
+                key,
+                run_id=state.run_id,
+                agent=self.name,
+                tool=tool.name,
+                arguments=call.arguments,
+                attempt=attempt,
             )
-            await asyncio.to_thread(effects.mark, key, "started")
+            if not owned:
+                # Another process resuming the same run made or claimed this attempt: running it here too
+                # could make the effect twice.
+                message = f"this {tool.name} call (attempt {attempt}) was taken by another process; not run here"
+                return error("conflict", message), False
+            await asyncio.to_thread(effects.mark, key, "started", attempt=attempt)
         note.executed = True
         try:
             value = await tool.run(kwargs, context)
@@ -796,19 +814,21 @@ class Agent:
             # Agents bouncing work between them: this run ends too, once the batch it is in is done.
             state.handoff_loop = exc
             if effects is not None:
-                await asyncio.to_thread(effects.mark, key, "failed", output=str(exc), is_error=True)
+                await asyncio.to_thread(effects.mark, key, "failed", output=str(exc), is_error=True, attempt=attempt)
             return error("loop_detected", str(exc)), False
         except Exception as exc:
             # A failing tool is the model's information, not the run's end: it can retry or change course.
             state.tool_errors += 1
             failed = error("tool_failed", scrub(f"{type(exc).__name__}: {exc}"))
             if effects is not None:
-                await asyncio.to_thread(effects.mark, key, "failed", output=failed.output, is_error=True)
+                await asyncio.to_thread(
+                    effects.mark, key, "failed", output=failed.output, is_error=True, attempt=attempt
+                )
             return failed, False
         # Secrets never reach the model: a tool that echoes one gives back its name instead.
         output = scrub(render_output(value))
         if effects is not None:
-            await asyncio.to_thread(effects.mark, key, "done", output=output, is_error=False)
+            await asyncio.to_thread(effects.mark, key, "done", output=output, is_error=False, attempt=attempt)
         for finding in self.guard.inspect(state.guard, tool.name, output, untrusted=tool.untrusted_output):
             self.guard.report(state.guard, tool.name, finding, span)
             note.findings.append(finding.kind)

@@ -328,12 +328,31 @@ def _m0005_create_evals(connection: Connection) -> None:
     metadata.create_all(connection)
 
 
+def _m0006_key_approvals_by_decision(connection: Connection) -> None:
+    # An approval was keyed by (run, call id), so the review of a call whose outcome is unknown found
+    # the call's first approval, already approved, and the call ran again. Now each decision is a row:
+    # (run, turn, call id, attempt), attempt 0 the call's first approval, n the review of ledger attempt n.
+    # Rows from before have turn 0, which no request of the agent (turns count from 1) matches: a call
+    # approved before the upgrade but not yet run is asked about again, never run on an ambiguous match.
+    for statement in (
+        "ALTER TABLE approvals ADD COLUMN turn INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE approvals ADD COLUMN purpose VARCHAR(16) NOT NULL DEFAULT 'call'",
+        "ALTER TABLE approvals ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
+        "DROP INDEX ux_approvals_call",
+        "CREATE UNIQUE INDEX ux_approvals_decision ON approvals (run_id, turn, call_id, attempt)",
+        # Existing ledger rows are their call's first attempt.
+        "ALTER TABLE tool_ledger ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1",
+    ):
+        connection.execute(text(statement))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create spans", _m0001_create_spans),
     Migration(2, "create budgets", _m0002_create_budgets),
     Migration(3, "create virtual keys and costs", _m0003_create_keys_and_costs),
     Migration(4, "create guard audit, approvals, tool ledger, checkpoints, kills, incidents", _m0004_create_guard),
     Migration(5, "create eval runs and trials", _m0005_create_evals),
+    Migration(6, "key approvals by decision (turn, attempt); ledger attempts", _m0006_key_approvals_by_decision),
 )
 
 

@@ -208,8 +208,14 @@ approvals = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("decided_at", DateTime(timezone=True)),
+    # One request per decision, not per call (migration 6): the first approval of the call in its turn
+    # (attempt 0, purpose "call") and, for each ledger attempt n whose outcome is unknown, a review of
+    # it (attempt n, purpose "unknown_outcome"). Turn 0: a request from before the turn was recorded.
+    Column("turn", Integer, nullable=False, server_default="0"),
+    Column("purpose", String(16), nullable=False, server_default="call"),
+    Column("attempt", Integer, nullable=False, server_default="0"),
     Index("ix_approvals_status", "status"),
-    Index("ux_approvals_call", "run_id", "call_id", unique=True),
+    Index("ux_approvals_decision", "run_id", "turn", "call_id", "attempt", unique=True),
 )
 
 # The exactly-once ledger of tool calls with effects: intent -> started -> done | failed | unknown.
@@ -225,6 +231,8 @@ tool_ledger = Table(
     Column("output", Text),
     Column("is_error", Boolean),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Which attempt at the call the state is about: a person's approval after an unknown outcome moves it on.
+    Column("attempt", Integer, nullable=False, server_default="1"),
     Index("ix_tool_ledger_run", "run_id"),
 )
 
