@@ -9,35 +9,22 @@ Both stores: a SQLite file and a PostgreSQL schema.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.store import conftest as store_fixtures
+from tests.faults._support import tether_env, wait_until
 from tether.guard.approvals import ApprovalStatus, ApprovalStore, StoredApproval
 from tether.store import TraceStore, open_store
 
-backend = store_fixtures.backend
-store_url = store_fixtures.store_url
-
 AGENT = Path(__file__).with_name("_exactly_once_agent.py")
 SIGKILLED = -signal.SIGKILL
-
-
-def wait_until(predicate: Callable[[], object], *, timeout_s: float = 20.0, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -63,7 +50,7 @@ class Trial:
 
     def start(self, mode: str, crash_at: str = "") -> subprocess.Popen[str]:
         (self.tmp_path / "IN_EFFECT").unlink(missing_ok=True)
-        env = {**os.environ, "TETHER_DATABASE_URL": self.url, "EFFECTS": str(self.effects), "CRASH_AT": crash_at}
+        env = tether_env(self.url, EFFECTS=str(self.effects), CRASH_AT=crash_at)
         child = subprocess.Popen(
             [sys.executable, str(AGENT), mode, self.run_id],
             env=env,
@@ -91,7 +78,7 @@ class Trial:
                 )
             return bool(found)
 
-        wait_until(asked, what="a pending approval request")
+        wait_until(asked, timeout_s=30, what="a pending approval request")
         assert len(found) == 1, found
         return found[0]
 
@@ -131,29 +118,21 @@ def assert_is_review(request: StoredApproval, *, attempt: int) -> None:
     assert "an earlier attempt may have run; check refund effect before approving" in str(shown["context"]), shown
 
 
-def test_killed_while_the_approval_is_pending_the_resumed_run_waits_on_the_same_request(trial: Trial) -> None:
+def test_killed_while_the_approval_is_pending_then_after_it_before_the_intent_the_call_runs_once(
+    trial: Trial,
+) -> None:
     child = trial.start("run")
     asked = trial.pending(child)
-    trial.kill(child)
+    trial.kill(child)  # kill -9 while the request waits for a person
 
-    resumed = trial.start("resume")
+    resumed = trial.start("resume", crash_at="after_approval")
     again = trial.pending(resumed)
     assert again.id == asked.id  # nothing ran, so the same decision still stands open
     trial.decide(again, approve=True)
-    assert trial.finish(resumed)["stop"] == "completed"
-    assert trial.executions() == 1
-    assert len(trial.all_requests()) == 1
-
-
-def test_killed_after_the_approval_before_the_intent_the_call_runs_once_on_the_earlier_approval(
-    trial: Trial,
-) -> None:
-    child = trial.start("run", crash_at="after_approval")
-    trial.decide(trial.pending(child), approve=True)
-    trial.finish(child, returncode=SIGKILLED)
+    trial.finish(resumed, returncode=SIGKILLED)  # dies once approved, before the ledger's intent
     assert trial.executions() == 0
 
-    done = trial.finish(trial.start("resume"))  # no new question: the call never started
+    done = trial.finish(trial.start("resume"))  # no new question: the call never started, the approval stands
     assert done["told"] == ["refunded 30 on A-1"]
     assert trial.executions() == 1
     assert len(trial.all_requests()) == 1
@@ -165,7 +144,7 @@ def test_killed_during_the_effect_the_unknown_outcome_is_a_new_decision_and_a_de
     child = trial.start("run", crash_at="during_effect")
     first = trial.pending(child)
     trial.decide(first, approve=True)
-    wait_until(lambda: (trial.tmp_path / "IN_EFFECT").exists(), what="the tool to be in its effect")
+    wait_until(lambda: (trial.tmp_path / "IN_EFFECT").exists(), timeout_s=30, what="the tool to be in its effect")
     trial.kill(child)
     assert trial.executions() == 0
 

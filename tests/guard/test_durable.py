@@ -6,13 +6,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import select
 
+from tests.store import conftest as store_fixtures
 from tether.guard.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore, StoredApproval
 from tether.guard.durable import DurableRuns, Effect, EffectState, UnknownRun, arguments_hash
 from tether.guard.guard import Guard
@@ -20,8 +23,14 @@ from tether.messages import ModelRequest, ModelResponse, StopReason, ToolResultB
 from tether.runtime import Agent
 from tether.runtime.tools import tool
 from tether.store import TraceStore, open_store
+from tether.store._engine import create_store_engine
+from tether.store._url import parse_store_url
+from tether.store.migrations import MIGRATIONS, migrate
 from tether.store.schema import tool_ledger
 from tether.testing import FunctionModel, ScriptedModel, text_response, tool_response
+
+backend = store_fixtures.backend
+store_url = store_fixtures.store_url
 
 # One agent definition, used by the first process (which dies) and the one that resumes.
 AGENT_MODULE = textwrap.dedent(
@@ -367,3 +376,39 @@ def test_approvals_are_one_per_decision(tmp_path: Path) -> None:
         assert review.id != call.id and review.status is ApprovalStatus.PENDING and review.purpose == "unknown_outcome"
         assert ask(1, 1).id == review.id and ask(1, 2).id not in (call.id, review.id)
         assert ask(2, 0).id != call.id  # the same call id in another turn: another call
+
+
+def test_migration_6_keeps_older_approvals_and_ledger_rows(store_url: str) -> None:
+    engine = create_store_engine(parse_store_url(store_url))
+    try:
+        migrate(engine, MIGRATIONS[:5])
+        now = datetime.now(UTC)
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO approvals (id, run_id, agent, tool, call_id, arguments, reason, context, status,"
+                    " created_at, expires_at) VALUES ('a1', 'r', 'a', 'wire', 'c', '{}', 'why', '{}', 'approved',"
+                    " :now, :now)"
+                ),
+                {"now": now},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO tool_ledger (idempotency_key, run_id, agent, tool, arguments_hash, state, updated_at)"
+                    " VALUES ('r:1:c', 'r', 'a', 'wire', 'h', 'started', :now)"
+                ),
+                {"now": now},
+            )
+        assert migrate(engine) == [6]
+        old = ApprovalStore(engine).get("a1")
+        assert (old.turn, old.purpose, old.attempt, old.status) == (0, "call", 0, ApprovalStatus.APPROVED)
+        # The agent's requests carry their turn (from 1): an approval from before the upgrade, whose turn is
+        # unknown, is never taken for one — the call is asked about again, never run on a guess.
+        asked = ApprovalStore(engine).request(
+            ApprovalRequest("r", "a", "wire", "c", {}, "why", {}, turn=1), timeout_s=60
+        )
+        assert asked.id != "a1" and asked.status is ApprovalStatus.PENDING
+        effect = DurableRuns(engine).effect("r:1:c")
+        assert effect is not None and (effect.state, effect.attempt) == ("started", 1)
+    finally:
+        engine.dispose()
