@@ -328,12 +328,26 @@ def _m0005_create_evals(connection: Connection) -> None:
     metadata.create_all(connection)
 
 
+def _m0006_reserved(connection: Connection) -> None:
+    # Placeholder so that version 7 follows 6 on this branch: issue 10 assigns version 6 to another
+    # change (the approvals/ledger keying). When both land, that migration replaces this one.
+    return None
+
+
+def _m0007_add_key_scopes(connection: Connection) -> None:
+    # Every key made before scopes existed called models: it stays a model key, and admin keys are
+    # only ever created explicitly (tether keys create NAME --admin).
+    connection.execute(text("ALTER TABLE virtual_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'model'"))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create spans", _m0001_create_spans),
     Migration(2, "create budgets", _m0002_create_budgets),
     Migration(3, "create virtual keys and costs", _m0003_create_keys_and_costs),
     Migration(4, "create guard audit, approvals, tool ledger, checkpoints, kills, incidents", _m0004_create_guard),
     Migration(5, "create eval runs and trials", _m0005_create_evals),
+    Migration(6, "reserved", _m0006_reserved),
+    Migration(7, "add virtual key scopes", _m0007_add_key_scopes),
 )
 
 
