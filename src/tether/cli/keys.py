@@ -253,14 +253,15 @@ def list_keys(
     title = f"{valid} valid key{'s' if valid != 1 else ''}" + (
         f", {len(keys) - valid} revoked" if len(keys) != valid else ""
     )
-    # Fits 100 columns: the prefix sits under the name, dates without the time (--json has both
-    # in full), and the revoked column only when revoked keys are listed.
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("name · prefix", overflow="fold")
+    # Fits 100 columns: the prefix sits under the name, dates without the time (--json has both in
+    # full), the revoked column only when revoked keys are listed, and the wrapping columns share the
+    # width by ratio (left to itself, Rich folds short names to make room for a long budget).
+    table = Table(title=title, title_justify="left", header_style="bold", expand=True)
+    table.add_column("name · prefix", overflow="fold", ratio=4)
     table.add_column("scope", no_wrap=True)
-    table.add_column("routes")
-    table.add_column("budget")
-    table.add_column("limits")
+    table.add_column("routes", ratio=3)
+    table.add_column("budget", ratio=3)
+    table.add_column("limits", ratio=3)
     table.add_column("created", style="dim", no_wrap=True)
     if include_revoked:
         table.add_column("revoked", no_wrap=True)
