@@ -16,8 +16,12 @@ Endpoints::
     GET  /v1/approvals          with ``tether gateway serve``: approval requests; POST …/{id}/approve|deny
                                 decides one (tether.guard.approvals.approval_routes)
 
+The model endpoints take model keys; ``/v1/kill`` and ``/v1/approvals`` take
+only admin keys (``tether keys create NAME --admin``), and an admin key gets a
+403 here: the key an agent calls models with can never decide its approvals.
+
 One request, in order: the virtual key (``Authorization: Bearer`` or
-``x-api-key``; 401), the body (JSON object, at most 32 MiB; 400/413), the
+``x-api-key``; 401; an admin key 403), the body (JSON object, at most 32 MiB; 400/413), the
 route (= the body's ``model``; 404), the key's routes (403), then
 ``Gateway.dispatch``, which picks the deployment. For each deployment tried:
 
