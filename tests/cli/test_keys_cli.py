@@ -8,10 +8,11 @@ import sys
 import orjson
 import pytest
 import sqlalchemy as sa
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.store import conftest as store_fixtures
-from tether.cli import app, main
+from tether.cli import _format, app, main
 from tether.gateway.keys import KeyStore
 from tether.store import open_store
 
@@ -106,6 +107,8 @@ def test_the_secret_is_not_stored_anywhere(store_url: str, raw_engine: sa.Engine
         (["create", "x", "--budget-usd", "-3"], "invalid budget: usd: Input should be greater than 0"),
         (["create", "bad name"], "invalid key name"),
         (["revoke", "ghost"], "no virtual key named 'ghost'"),
+        (["create", "ops", "--admin", "--route", "support"], "an admin key calls no model, so it takes no --route"),
+        (["create", "ops", "--admin", "--budget-usd", "1", "--rpm", "5"], "takes no --budget-usd, --rpm"),
     ],
 )
 def test_mistakes_are_one_clear_line(
@@ -128,3 +131,38 @@ def test_duplicates_and_double_revocations_are_refused(store_url: str) -> None:
     run(store_url, "revoke", "ci-bot")
     again = runner.invoke(app, ["keys", "revoke", "ci-bot", "--database", store_url])
     assert "already revoked" in str(again.exception)
+
+
+def test_admin_keys_are_created_explicitly_and_listed_with_their_scope(store_url: str) -> None:
+    out = run(store_url, "create", "oncall-console", "--admin")
+    assert "created admin key oncall-console" in out and "call no model" in out
+    assert len(SECRET.findall(out)) == 1 and "will not be shown again" in out
+    run(store_url, "create", "ci-bot", "--route", "support")
+
+    listed = {k["name"]: k for k in orjson.loads(run(store_url, "list", "--json"))}
+    assert listed["oncall-console"]["scope"] == "admin" and listed["oncall-console"]["routes"] == []
+    assert listed["ci-bot"]["scope"] == "model"
+    created = orjson.loads(run(store_url, "create", "second-console", "--admin", "--json"))
+    assert created["key"]["scope"] == "admin"
+
+
+def test_the_list_fits_100_columns_with_the_scope(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    run(store_url, "create", "oncall-console", "--admin")
+    run(
+        store_url,
+        *("create", "nightly-evals", "--route", "support", "--route", "triage", "--budget-usd", "12.5"),
+        *("--budget-tokens", "2000000", "--period", "month", "--rpm", "600", "--tpm", "200000"),
+    )
+    run(store_url, "create", "old-bot")
+    run(store_url, "revoke", "old-bot")
+    monkeypatch.setattr(_format, "console", lambda stderr=False: Console(width=100, color_system=None))
+
+    for args in (["list"], ["list", "--all"]):
+        table = run(store_url, *args)
+        lines = table.splitlines()
+        assert max(len(line) for line in lines) <= 100, table
+        assert lines[-1].startswith("└") and lines[-1].endswith("┘"), table  # not cropped at the edge
+        admin_row = next(line for line in lines if "oncall-console" in line)
+        assert "admin" in admin_row and "none" in admin_row, table
+        assert "model" in next(line for line in lines if "nightly-evals" in line), table
+    assert "revoked" in table and "old-bot" in table

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -21,6 +22,7 @@ from tests.store import conftest as store_fixtures
 from tether.errors import StoreUnavailable, UserError
 from tether.gateway.budget import BudgetLimit
 from tether.gateway.keys import (
+    KeyScope,
     KeyStore,
     KeyVerifier,
     UnknownVirtualKey,
@@ -32,6 +34,7 @@ from tether.gateway.ratelimit import RateLimit
 from tether.store import TraceStore, open_store
 from tether.store._engine import create_store_engine
 from tether.store._url import parse_store_url
+from tether.store.migrations import MIGRATIONS, migrate
 
 # The store tests' fixtures: a SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.
 backend = store_fixtures.backend
@@ -194,6 +197,69 @@ def test_routes_must_be_a_list_of_names(keys: KeyStore) -> None:
         keys.create("ci-bot", routes="support")
     with pytest.raises(UserError, match="invalid route name"):
         keys.create("ci-bot", routes=["support", " "])
+
+
+# -- scopes ----------------------------------------------------------------------------------
+
+
+def test_keys_are_model_keys_unless_created_admin(keys: KeyStore, store: TraceStore) -> None:
+    model, _ = keys.create("ci-bot", routes=("support",))
+    admin, _ = keys.create("oncall-console", scope=KeyScope.ADMIN)
+
+    assert model.scope is KeyScope.MODEL and not model.is_admin
+    assert admin.scope is KeyScope.ADMIN and admin.is_admin
+    assert {k.name: k.scope for k in keys.list()} == {"ci-bot": KeyScope.MODEL, "oncall-console": KeyScope.ADMIN}
+    assert {row["name"]: row["scope"] for row in stored_rows(store)} == {"ci-bot": "model", "oncall-console": "admin"}
+    # An admin key names no routes, and that does not mean "every route": it calls none.
+    assert not admin.allows("support") and not admin.allows("anything")
+
+
+@pytest.mark.parametrize(
+    "allowance",
+    [{"routes": ("support",)}, {"budget": BudgetLimit(usd=Decimal(1))}, {"rate_limit": RateLimit(rpm=60)}],
+)
+def test_an_admin_key_takes_no_routes_or_limits(keys: KeyStore, allowance: dict[str, object]) -> None:
+    with pytest.raises(UserError, match="an admin key takes no routes, budget or rate limit"):
+        keys.create("oncall-console", scope=KeyScope.ADMIN, **allowance)  # type: ignore[arg-type]
+    assert keys.list() == []
+
+
+def test_an_unknown_scope_is_refused(keys: KeyStore) -> None:
+    with pytest.raises(UserError, match="invalid key scope 'root': use model or admin"):
+        keys.create("x", scope="root")  # type: ignore[arg-type]
+
+
+async def test_the_scope_is_verified_from_the_cache_without_another_lookup(
+    keys: KeyStore, queries: Queries, clock: Clock
+) -> None:
+    _, secret = keys.create("oncall-console", scope=KeyScope.ADMIN)
+    before = queries.count
+    for _ in range(50):
+        verified = await keys.verify(secret)
+        assert verified is not None and verified.is_admin
+        clock.advance(0.05)
+    assert queries.count == before + 1 and keys.lookups == 1
+
+
+def test_keys_made_before_scopes_existed_become_model_keys(store_url: str) -> None:
+    engine = create_store_engine(parse_store_url(store_url))
+    try:
+        before_scopes = [m for m in MIGRATIONS if m.version < 7]
+        migrate(engine, before_scopes)
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO virtual_keys (id, name, prefix, secret_hash, routes, created_at) "
+                    "VALUES ('k1', 'old-bot', 'tk-abcdef', :digest, '[\"support\"]', :now)"
+                ),
+                {"digest": "0" * 64, "now": datetime.now(UTC)},
+            )
+        assert 7 in migrate(engine)
+    finally:
+        engine.dispose()
+    with open_store(store_url) as store:
+        (old,) = KeyStore(store).list()
+    assert old.name == "old-bot" and old.scope is KeyScope.MODEL and old.allows("support")
 
 
 # -- verify ----------------------------------------------------------------------------------

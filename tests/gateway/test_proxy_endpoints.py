@@ -14,6 +14,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import orjson
@@ -33,7 +34,7 @@ from tests.gateway.proxy_support import (
     sse_events,
     sse_reply,
 )
-from tether.gateway.keys import KeyStore, VirtualKey
+from tether.gateway.keys import KeyScope, KeyStore, VirtualKey
 from tether.gateway.ledger import CostLedger
 from tether.store import open_store
 from tether.store.schema import spans
@@ -163,6 +164,24 @@ async def test_models_lists_the_routes_the_key_may_use() -> None:
         assert reply.json()["data"] == [
             {"type": "model", "id": "sim", "display_name": "sim", "created_at": "1970-01-01T00:00:00Z"}
         ]
+
+
+async def test_an_admin_key_cannot_call_models() -> None:
+    keys = FakeKeys({ALICE: VirtualKey(id="k1", name="oncall-console", prefix="tk-alice", scope=KeyScope.ADMIN)})
+    async with running_proxy(keys=keys) as env:
+        env.upstream.on("/v1/chat/completions", json_reply(payload("openai_text.json")))
+        with pytest.raises(openai.PermissionDeniedError, match="this is an admin key"):
+            await env.openai().chat.completions.create(model="fast", messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.PermissionDeniedError, match="cannot call models"):
+            await env.anthropic().messages.create(model="sim", max_tokens=20, messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(openai.PermissionDeniedError, match="use a model key"):
+            await env.openai().models.list()
+        async with httpx.AsyncClient() as client:
+            reply = await client.get(
+                f"{env.url}/v1/models", headers={"x-api-key": ALICE, "anthropic-version": "2023-06-01"}
+            )
+        assert reply.status_code == 403 and reply.json()["error"]["type"] == "permission_error"
+        assert env.upstream.requests == []
 
 
 async def test_memory_stays_flat_over_many_requests() -> None:

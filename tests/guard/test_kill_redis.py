@@ -509,3 +509,5 @@ async def test_tether_gateway_serve_publishes_kills_on_its_redis(
     finally:
         output = stop_server(process)
     assert "Traceback" not in output
+    # --no-auth opens the admin endpoints too, and start-up says so.
+    assert "--no-auth:" in output and "approve and deny approvals and kill runs" in output

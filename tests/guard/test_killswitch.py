@@ -18,13 +18,13 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 
-from tests.gateway.proxy_support import ALICE, FakeKeys
+from tests.gateway.proxy_support import ALICE, BOB, FakeKeys
 from tests.gateway.test_proxy_endpoints import SIM_TOML, start_server, stop_server
 from tests.store import conftest as store_fixtures
 from tether.errors import StoreUnavailable, UserError
 from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import Gateway
-from tether.gateway.keys import KeyStore
+from tether.gateway.keys import KeyScope, KeyStore, VirtualKey
 from tether.gateway.proxy import create_app
 from tether.guard import killswitch
 from tether.guard.killswitch import Kill, KillStore, KillSwitch, RunWatch, kill_route, parse_kill_file
@@ -565,6 +565,16 @@ async def test_a_failed_recording_still_stops_local_runs(store: TraceStore) -> N
 # --- HTTP -----------------------------------------------------------------------------------------
 
 
+def admin_keys() -> FakeKeys:
+    """Alice holds an admin key (kills need one); Bob a model key."""
+    return FakeKeys(
+        {
+            ALICE: VirtualKey(id="k1", name="alice", prefix="tk-alice", scope=KeyScope.ADMIN),
+            BOB: VirtualKey(id="k2", name="bob", prefix="tk-bob", routes=("support",)),
+        }
+    )
+
+
 def kill_client(store: TraceStore, keys: FakeKeys | None) -> httpx.AsyncClient:
     app = Starlette(routes=[kill_route(KillStore(store), keys=keys)])
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
@@ -578,7 +588,7 @@ AUTH = {"authorization": f"Bearer {ALICE}"}
     [({"run_id": "run-1"}, "run", "run-1"), ({"agent": "oncall"}, "agent", "oncall"), ({"all": True}, "all", "*")],
 )
 async def test_post_kill_records_a_kill(store: TraceStore, body: dict[str, Any], kind: str, target: str) -> None:
-    async with kill_client(store, FakeKeys()) as client:
+    async with kill_client(store, admin_keys()) as client:
         response = await client.post("/v1/kill", json={**body, "reason": "from the pager"}, headers=AUTH)
 
     assert response.status_code == 202
@@ -590,7 +600,7 @@ async def test_post_kill_records_a_kill(store: TraceStore, body: dict[str, Any],
 
 async def test_post_kill_stops_a_watched_run(switch: KillSwitch, store: TraceStore) -> None:
     task = await run_watched(switch, "run-1")
-    async with kill_client(store, FakeKeys()) as client:
+    async with kill_client(store, admin_keys()) as client:
         response = await client.post("/v1/kill", json={"run_id": "run-1"}, headers={"x-api-key": ALICE})
     assert response.status_code == 202
     assert (await ended(task)).killed
@@ -611,7 +621,7 @@ async def test_post_kill_stops_a_watched_run(switch: KillSwitch, store: TraceSto
     ],
 )
 async def test_post_kill_refuses_a_bad_body_clearly(store: TraceStore, body: bytes, message: str) -> None:
-    async with kill_client(store, FakeKeys()) as client:
+    async with kill_client(store, admin_keys()) as client:
         response = await client.post("/v1/kill", content=body, headers=AUTH)
     assert response.status_code == 400
     assert message in response.json()["error"]["message"]
@@ -619,11 +629,22 @@ async def test_post_kill_refuses_a_bad_body_clearly(store: TraceStore, body: byt
 
 
 async def test_post_kill_needs_a_valid_virtual_key(store: TraceStore) -> None:
-    async with kill_client(store, FakeKeys()) as client:
+    async with kill_client(store, admin_keys()) as client:
         missing = await client.post("/v1/kill", json={"all": True})
         wrong = await client.post("/v1/kill", json={"all": True}, headers={"authorization": "Bearer tk-nope"})
     assert missing.status_code == wrong.status_code == 401
     assert "missing API key" in missing.json()["error"]["message"]
+    assert KillStore(store).list() == []
+
+
+async def test_post_kill_refuses_a_model_key(store: TraceStore) -> None:
+    async with kill_client(store, admin_keys()) as client:
+        refused = await client.post("/v1/kill", json={"all": True}, headers={"authorization": f"Bearer {BOB}"})
+    assert refused.status_code == 403
+    assert refused.json()["error"] == {
+        "type": "permission_error",
+        "message": "this needs an admin key: create one with tether keys create NAME --admin",
+    }
     assert KillStore(store).list() == []
 
 
@@ -651,7 +672,7 @@ async def test_the_proxy_app_serves_the_kill_endpoint_beside_chat(store: TraceSt
         "routes": {"sim": {"tiers": [["sim-claude"]]}},
     }
     gateway = Gateway(GatewayConfig.model_validate(config))
-    keys = FakeKeys()
+    keys = admin_keys()
     app = create_app(gateway, keys=keys, extra_routes=[kill_route(KillStore(store), keys=keys)])
     try:
         transport = httpx.ASGITransport(app=app)
@@ -669,7 +690,7 @@ async def test_tether_gateway_serve_mounts_the_kill_endpoint_behind_virtual_keys
     write(Path("tether.toml"), SIM_TOML)
     database = f"sqlite:///{tmp_path / 'gateway.db'}"
     with open_store(database) as store:
-        _, secret = KeyStore(store).create("ops-bot")
+        _, secret = KeyStore(store).create("ops-bot", scope=KeyScope.ADMIN)
     process, url, _ = start_server("--database", database)
     try:
         with open_store(database) as store, KillSwitch(store, poll_interval_s=FAST) as switch:

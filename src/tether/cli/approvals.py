@@ -12,7 +12,13 @@ from rich.table import Table
 
 from tether.cli import _format as fmt
 
-app = typer.Typer(help="Tool calls waiting for a person's approval: list, approve, deny.", no_args_is_help=True)
+app = typer.Typer(
+    help="Tool calls waiting for a person's approval: list, approve, deny.\n\n"
+    "These commands work directly on the database: whoever can reach it is the admin. Over HTTP "
+    "(/v1/approvals on the gateway) deciding needs an admin key instead ('tether keys create NAME --admin'); "
+    "a model key — the kind an agent calls models with — is refused, so a run's own key never decides it.",
+    no_args_is_help=True,
+)
 
 DatabaseOption = Annotated[
     str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")

@@ -48,7 +48,12 @@ def serve(
         Path | None, typer.Option("--config", help="tether.toml to read (default: ./tether.toml or TETHER_CONFIG)")
     ] = None,
     no_auth: Annotated[
-        bool, typer.Option("--no-auth", help="accept requests without a virtual key (local development only)")
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="accept requests without a virtual key, on the admin endpoints (approvals, kill) too: "
+            "local development only",
+        ),
     ] = False,
     database: Annotated[
         str | None, typer.Option(help="store URL for traces, budgets, keys and costs (default: TETHER_DATABASE_URL)")
@@ -58,7 +63,8 @@ def serve(
 
     Point an OpenAI SDK at http://HOST:PORT/v1, or an Anthropic SDK at
     http://HOST:PORT, with a virtual key from 'tether keys create' as the API
-    key and a route name as the model.
+    key and a route name as the model. The admin endpoints (/v1/approvals,
+    POST /v1/kill) take only an admin key: 'tether keys create NAME --admin'.
     """
     import uvicorn
     import uvloop
@@ -95,7 +101,7 @@ def serve(
                 keys=keys,
                 require_keys=not no_auth,
                 tracer=tracing.tracer,
-                # Kills go through the same virtual keys as model calls (none with --no-auth).
+                # Kills and approvals take admin keys only (checked in each route; none with --no-auth).
                 extra_routes=[
                     kill_route(kills, keys=keys),
                     *approval_routes(ApprovalStore(store), keys=keys),
@@ -104,11 +110,19 @@ def serve(
             bound_host, bound_port = sock.getsockname()[:2]
             url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
             auth = "[red]OFF (--no-auth)[/]" if no_auth else "[green]on[/] (virtual keys)"
-            fmt.console().print(
+            console = fmt.console()
+            console.print(
                 f"[bold]tether gateway[/] listening on [cyan]http://{url_host}:{bound_port}[/] · "
                 f"routes: {escape(', '.join(sorted(settings.routes)))} · auth: {auth}",
                 soft_wrap=True,
             )
+            if no_auth:
+                console.print(
+                    "[bold red]⚠ --no-auth:[/] anyone who reaches this port can call every route and also "
+                    "list, approve and deny approvals and kill runs (/v1/approvals, POST /v1/kill) — "
+                    "local development only",
+                    soft_wrap=True,
+                )
             server = uvicorn.Server(
                 uvicorn.Config(
                     application,

@@ -1,4 +1,8 @@
-"""``tether keys``: create, list and revoke the virtual keys that proxy clients present."""
+"""``tether keys``: create, list and revoke the virtual keys that proxy clients present.
+
+A key is a ``model`` key (calls its routes; the default) or an ``admin`` key
+(``--admin``: decides approvals and kills over HTTP, and calls no model).
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ def key_to_dict(key: VirtualKey) -> dict[str, object]:
         "id": key.id,
         "name": key.name,
         "prefix": key.prefix,
+        "scope": key.scope.value,
         "routes": list(key.routes),
         "budget": key.budget.model_dump(mode="json", exclude_none=True) if key.budget else None,
         "rate_limit": key.rate_limit.model_dump(mode="json", exclude_none=True) if key.rate_limit else None,
@@ -79,7 +84,13 @@ def limit_text(limit: RateLimit | None) -> str:
 
 
 def _routes_text(key: VirtualKey) -> str:
+    if key.is_admin:
+        return "[dim]none[/]"
     return escape(", ".join(key.routes)) if key.routes else "[dim]all[/]"
+
+
+def _scope_text(key: VirtualKey) -> str:
+    return "[bold magenta]admin[/]" if key.is_admin else "model"
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -137,16 +148,41 @@ def create(
     ] = None,
     rpm: Annotated[int | None, typer.Option(min=1, help="its own limit in requests per minute")] = None,
     tpm: Annotated[int | None, typer.Option(min=1, help="its own limit in tokens per minute")] = None,
+    admin: Annotated[
+        bool,
+        typer.Option(
+            "--admin",
+            help="an admin key: decides approvals and kills over HTTP, calls no model (no routes, budget or limits)",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the key and its secret as JSON")] = False,
     database: DatabaseOption = None,
 ) -> None:
     """Create a virtual key and print its secret — once: only its hash is stored."""
     from pydantic import ValidationError
 
-    from tether.gateway.keys import KeyStore
+    from tether.gateway.keys import KeyScope, KeyStore
     from tether.gateway.ratelimit import RateLimit
     from tether.store import open_store
 
+    if admin:
+        given = [
+            flag
+            for flag, value in (
+                ("--route", route),
+                ("--budget-usd", budget_usd),
+                ("--budget-tokens", budget_tokens),
+                ("--period", period),
+                ("--rpm", rpm),
+                ("--tpm", tpm),
+            )
+            if value
+        ]
+        if given:
+            raise ConfigError(
+                f"an admin key calls no model, so it takes no {', '.join(given)}: "
+                f"create it with just tether keys create {name} --admin, and a separate model key for model calls"
+            )
     budget = _budget(budget_usd, budget_tokens, period)
     try:
         rate_limit = RateLimit(rpm=rpm, tpm=tpm) if rpm is not None or tpm is not None else None
@@ -155,18 +191,31 @@ def create(
     routes = list(route or [])
     store = open_store(database)
     try:
-        key, secret = KeyStore(store).create(name, routes=routes, budget=budget, rate_limit=rate_limit)
+        key, secret = KeyStore(store).create(
+            name,
+            routes=routes,
+            budget=budget,
+            rate_limit=rate_limit,
+            scope=KeyScope.ADMIN if admin else KeyScope.MODEL,
+        )
     finally:
         store.close()
     if as_json:
         _dump({"key": key_to_dict(key), "secret": secret})
         return
     console = fmt.console()
-    console.print(
-        f"created virtual key [bold cyan]{escape(key.name)}[/]  routes: {_routes_text(key)}  "
-        f"budget: {budget_text(key.budget)}  limits: {limit_text(key.rate_limit)}",
-        highlight=False,
-    )
+    if key.is_admin:
+        console.print(
+            f"created [bold magenta]admin[/] key [bold cyan]{escape(key.name)}[/]: it may list, approve and deny "
+            "approvals and kill runs over HTTP, and call no model",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"created virtual key [bold cyan]{escape(key.name)}[/]  routes: {_routes_text(key)}  "
+            f"budget: {budget_text(key.budget)}  limits: {limit_text(key.rate_limit)}",
+            highlight=False,
+        )
     # One line of its own, unwrapped and unstyled, so it can be copied whole.
     console.print(f"\n  {secret}\n", markup=False, highlight=False, soft_wrap=True)
     console.print(
@@ -183,7 +232,7 @@ def list_keys(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
     database: DatabaseOption = None,
 ) -> None:
-    """List virtual keys: name, prefix, routes, budget, limits, created, revoked. Never the secrets."""
+    """List virtual keys: name, prefix, scope, routes, budget, limits, created (revoked). Never the secrets."""
     from tether.gateway.keys import KeyStore
     from tether.store import open_store
 
@@ -204,27 +253,30 @@ def list_keys(
     title = f"{valid} valid key{'s' if valid != 1 else ''}" + (
         f", {len(keys) - valid} revoked" if len(keys) != valid else ""
     )
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("name", style="cyan", no_wrap=True)
-    table.add_column("prefix", no_wrap=True)
-    table.add_column("routes")
-    table.add_column("budget")
-    table.add_column("limits")
+    # Fits 100 columns: the prefix sits under the name, dates without the time (--json has both in
+    # full), the revoked column only when revoked keys are listed, and the wrapping columns share the
+    # width by ratio (left to itself, Rich folds short names to make room for a long budget).
+    table = Table(title=title, title_justify="left", header_style="bold", expand=True)
+    table.add_column("name · prefix", overflow="fold", ratio=4)
+    table.add_column("scope", no_wrap=True)
+    table.add_column("routes", ratio=3)
+    table.add_column("budget", ratio=3)
+    table.add_column("limits", ratio=3)
     table.add_column("created", style="dim", no_wrap=True)
-    table.add_column("revoked", no_wrap=True)
+    if include_revoked:
+        table.add_column("revoked", no_wrap=True)
     for key in keys:
-        revoked = (
-            f"[red]{key.revoked_at.astimezone().strftime('%Y-%m-%d %H:%M')}[/]" if key.revoked_at else "[green]—[/]"
-        )
-        table.add_row(
-            escape(key.name),
-            f"{escape(key.prefix)}…",
+        row = [
+            f"[cyan]{escape(key.name)}[/]\n[dim]{escape(key.prefix)}…[/]",
+            _scope_text(key),
             _routes_text(key),
             budget_text(key.budget),
             limit_text(key.rate_limit),
-            key.created_at.astimezone().strftime("%Y-%m-%d %H:%M") if key.created_at else "",
-            revoked,
-        )
+            key.created_at.astimezone().strftime("%Y-%m-%d") if key.created_at else "",
+        ]
+        if include_revoked:
+            row.append(f"[red]{key.revoked_at.astimezone():%Y-%m-%d}[/]" if key.revoked_at else "[green]—[/]")
+        table.add_row(*row)
     console.print(table)
 
 

@@ -89,6 +89,10 @@ def kill(
     affected. With Redis configured, the kill is also published there and
     arrives in about a millisecond; otherwise within a poll (~25 ms). Without a
     database, touch the kill file instead (TETHER_KILL_FILE).
+
+    Works directly on the database: whoever can reach it is the admin. Over
+    HTTP (POST /v1/kill on the gateway) a kill needs an admin key instead
+    ('tether keys create NAME --admin'); a model key is refused.
     """
     from tether.guard.killswitch import KillStore, new_kill
     from tether.store import open_store

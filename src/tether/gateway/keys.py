@@ -1,8 +1,13 @@
 """Virtual keys: what a proxy client presents instead of a provider key.
 
-A virtual key has a name, the routes it may use, and optionally its own budget
-and rate limit. Only a SHA-256 hash of its secret is stored (secrets are 160+
-bits of randomness, so a fast hash is enough: there is nothing to brute-force).
+A virtual key has a name and a scope. A ``model`` key (the default) calls the
+routes it names, with optionally its own budget and rate limit; an ``admin``
+key uses the gateway's admin endpoints (approvals, kills) and calls no model.
+Keeping the two apart is what makes "the key of a run can never approve that
+run" structural: whatever key an agent holds to call models cannot decide.
+
+Only a SHA-256 hash of its secret is stored (secrets are 160+ bits of
+randomness, so a fast hash is enough: there is nothing to brute-force).
 
 ``KeyStore`` keeps them in the store's database (table ``virtual_keys``)::
 
@@ -11,6 +16,7 @@ bits of randomness, so a fast hash is enough: there is nothing to brute-force).
     print(secret)                       # shown once: only its hash is kept
     assert await keys.verify(secret) == key
     keys.revoke("ci-bot")               # other processes stop accepting it within cache_ttl_s
+    admin, admin_secret = keys.create("oncall-console", scope=KeyScope.ADMIN)
 
 The secret itself is never stored, logged, put in an error message or on a
 span: the store holds its hash and the first few characters (``prefix``), so
@@ -32,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Protocol
 
 import orjson
@@ -50,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CACHE_TTL_S",
+    "KeyScope",
     "KeyStore",
     "KeyVerifier",
     "UnknownVirtualKey",
@@ -69,6 +77,13 @@ _SECRET_SHAPE: Final = re.compile(rf"{SECRET_PREFIX}[A-Za-z0-9_-]{{20,200}}")
 _KNOWN_NAMES_SHOWN: Final = 20
 
 
+class KeyScope(StrEnum):
+    """What a virtual key may do: call models on its routes, or administer (and nothing else)."""
+
+    MODEL = "model"
+    ADMIN = "admin"
+
+
 @dataclass(frozen=True)
 class VirtualKey:
     """A proxy client's identity and allowances (never the secret itself).
@@ -77,11 +92,12 @@ class VirtualKey:
         id: stable identifier.
         name: unique, human-chosen name (``ci-bot``); what spans, costs and budgets record.
         prefix: the first characters of the secret, to recognise it in a list.
-        routes: routes it may use; empty means every route.
+        routes: routes it may use; empty means every route (an admin key uses none).
         budget: its own budget, or None.
         rate_limit: its own RPM/TPM limit, or None.
         created_at: when it was created (UTC).
         revoked_at: when it was revoked, or None while it is valid.
+        scope: ``model`` (calls its routes) or ``admin`` (the admin endpoints: approvals, kills; no model calls).
     """
 
     id: str
@@ -92,9 +108,15 @@ class VirtualKey:
     rate_limit: RateLimit | None = None
     created_at: datetime | None = None
     revoked_at: datetime | None = None
+    scope: KeyScope = KeyScope.MODEL
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope is KeyScope.ADMIN
 
     def allows(self, route: str) -> bool:
-        return not self.routes or route in self.routes
+        """Whether it may call this route: a model key on one of its routes (or any, if it names none)."""
+        return self.scope is KeyScope.MODEL and (not self.routes or route in self.routes)
 
 
 class KeyVerifier(Protocol):
@@ -122,7 +144,8 @@ def _key_from_row(row: RowMapping) -> VirtualKey:
         routes = tuple(str(r) for r in orjson.loads(row["routes"]))
         budget = BudgetLimit.model_validate_json(row["budget"]) if row["budget"] is not None else None
         rate_limit = RateLimit.model_validate_json(row["rate_limit"]) if row["rate_limit"] is not None else None
-    except (orjson.JSONDecodeError, ValidationError, TypeError) as exc:
+        scope = KeyScope(row["scope"])
+    except (orjson.JSONDecodeError, ValidationError, TypeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise StoreError(f"virtual key {name!r} is stored in a form this tether cannot read: {reason}") from None
     return VirtualKey(
@@ -134,6 +157,7 @@ def _key_from_row(row: RowMapping) -> VirtualKey:
         rate_limit=rate_limit,
         created_at=_utc(row["created_at"]),
         revoked_at=_utc(row["revoked_at"]),
+        scope=scope,
     )
 
 
@@ -221,6 +245,7 @@ class KeyStore(StoreAccess):
         routes: Iterable[str] = (),
         budget: BudgetLimit | None = None,
         rate_limit: RateLimit | None = None,
+        scope: KeyScope = KeyScope.MODEL,
     ) -> tuple[VirtualKey, str]:
         """Create a key and return it with its secret, which is never available again.
 
@@ -229,17 +254,28 @@ class KeyStore(StoreAccess):
             routes: the routes it may use; empty for every route.
             budget: its own budget, charged alongside the route's.
             rate_limit: its own RPM/TPM limit.
+            scope: ``KeyScope.MODEL`` (the default) or ``KeyScope.ADMIN``, which takes no routes, budget
+                or rate limit: it calls no model.
 
         Returns:
             The key, and its secret (``tk-`` and 40 URL-safe characters).
 
         Raises:
             VirtualKeyExists: a key with this name exists (revoked or not).
-            UserError: the name or a route name is malformed.
+            UserError: the name or a route name is malformed, or an admin key was given routes or limits.
             StoreError: the database failed.
         """
         _check_name(name)
         checked_routes = _check_routes(routes)
+        try:
+            scope = KeyScope(scope)
+        except ValueError:
+            raise UserError(f"invalid key scope {scope!r}: use model or admin") from None
+        if scope is KeyScope.ADMIN and (checked_routes or budget is not None or rate_limit is not None):
+            raise UserError(
+                "an admin key takes no routes, budget or rate limit: it calls no model — "
+                "create a separate model key for model calls"
+            )
         if budget is not None and not isinstance(budget, BudgetLimit):
             raise UserError(f"budget must be a BudgetLimit, got {type(budget).__name__}")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
@@ -254,6 +290,7 @@ class KeyStore(StoreAccess):
             budget=budget,
             rate_limit=rate_limit,
             created_at=datetime.now(UTC),
+            scope=scope,
         )
         row = {
             "id": key.id,
@@ -265,6 +302,7 @@ class KeyStore(StoreAccess):
             "rate_limit": rate_limit.model_dump_json(exclude_none=True) if rate_limit is not None else None,
             "created_at": key.created_at,
             "revoked_at": None,
+            "scope": scope.value,
         }
         with self._connect("creating a virtual key") as connection, connection.begin():
             if self._find(connection, name) is not None:

@@ -16,8 +16,12 @@ Endpoints::
     GET  /v1/approvals          with ``tether gateway serve``: approval requests; POST …/{id}/approve|deny
                                 decides one (tether.guard.approvals.approval_routes)
 
+The model endpoints take model keys; ``/v1/kill`` and ``/v1/approvals`` take
+only admin keys (``tether keys create NAME --admin``), and an admin key gets a
+403 here: the key an agent calls models with can never decide its approvals.
+
 One request, in order: the virtual key (``Authorization: Bearer`` or
-``x-api-key``; 401), the body (JSON object, at most 32 MiB; 400/413), the
+``x-api-key``; 401; an admin key 403), the body (JSON object, at most 32 MiB; 400/413), the
 route (= the body's ``model``; 404), the key's routes (403), then
 ``Gateway.dispatch``, which picks the deployment. For each deployment tried:
 
@@ -695,6 +699,13 @@ class _Proxy:
         key = await self.keys.verify(secret)
         if key is None:
             return 401, "invalid API key: this tether virtual key is unknown or has been revoked"
+        if key.is_admin:
+            # Admin keys decide approvals and kills; one that could also call models would let a run's
+            # own key approve that run. (The scope is part of the cached key: no extra lookup.)
+            return 403, (
+                "this is an admin key: it decides approvals and kills but cannot call models — "
+                "use a model key (tether keys create NAME --route ROUTE)"
+            )
         return key
 
     # --- chat ---
@@ -727,7 +738,8 @@ class _Proxy:
         if self.require_keys:
             verdict = await self._authenticate(headers, wire.api)
             if isinstance(verdict, tuple):
-                return await self._reject(call, send, verdict[0], verdict[1], code="invalid_api_key")
+                code = "invalid_api_key" if verdict[0] == 401 else "admin_key"
+                return await self._reject(call, send, verdict[0], verdict[1], code=code)
             key = verdict
         try:
             call.body = body = await _read_body(receive, MAX_BODY_BYTES)
@@ -1215,7 +1227,8 @@ class _Proxy:
         if self.require_keys:
             verdict = await self._authenticate(_Headers.of(request.scope), wire.api)
             if isinstance(verdict, tuple):
-                body = wire.error_body(verdict[0], verdict[1], code="invalid_api_key")
+                code = "invalid_api_key" if verdict[0] == 401 else "admin_key"
+                body = wire.error_body(verdict[0], verdict[1], code=code)
                 return Response(body, status_code=verdict[0], media_type="application/json")
             key = verdict
         routes = self.allowed_routes(key)

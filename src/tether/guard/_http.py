@@ -1,4 +1,10 @@
-"""What the guard's HTTP endpoints share: the gateway's virtual-key auth, JSON bodies and errors."""
+"""What the guard's HTTP endpoints share: admin-key auth, JSON bodies and errors.
+
+Every guard endpoint (approvals, kills) is an admin endpoint: it takes an
+admin virtual key (``tether keys create NAME --admin``) and refuses a model key
+with 403, so no key an agent holds to call models can decide its own approvals
+or stop other agents' runs.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ if TYPE_CHECKING:
     from tether.gateway.keys import KeyVerifier
 
 MAX_BODY: Final = 64 * 1024
+NEEDS_ADMIN: Final = "this needs an admin key: create one with tether keys create NAME --admin"
 
 
 def answer(status: int, body: Any) -> Response:
@@ -37,7 +44,10 @@ def secret_of(request: Request) -> str | None:
 
 
 async def caller(request: Request, keys: KeyVerifier | None) -> str | Response:
-    """Who is asking (``key:<name>``, or ``http (no auth)``), or the 401/503 answer to send."""
+    """Which admin key is asking (``key:<name>``, or ``http (no auth)``), or the 401/403/503 answer to send.
+
+    No key, or an unknown or revoked one, is a 401; a valid model key is a 403.
+    """
     if keys is None:
         return "http (no auth)"
     secret = secret_of(request)
@@ -51,6 +61,8 @@ async def caller(request: Request, keys: KeyVerifier | None) -> str | Response:
         return refuse(503, "store_unavailable", f"cannot verify the key: {exc}")
     if key is None:
         return refuse(401, "authentication_error", "invalid API key: unknown or revoked tether virtual key")
+    if not key.is_admin:
+        return refuse(403, "permission_error", NEEDS_ADMIN)
     return f"key:{key.name}"
 
 

@@ -350,11 +350,15 @@ def approval_routes(approvals: ApprovalStore, *, keys: Any = None, prefix: str =
     - ``GET  /v1/approvals[?status=pending|approved|denied|expired|all]`` → the requests, oldest first.
     - ``POST /v1/approvals/{id}/approve`` and ``…/deny`` with an optional ``{"reason": "…"}`` → 200 with the
       decided request; 404 for an unknown id; 409 when it was decided (or expired) already — a request is
-      decided once; 401 without a valid key (``keys`` None accepts everyone: ``--no-auth``).
+      decided once.
+    - Every one needs an admin virtual key (``tether keys create NAME --admin``): 401 without a valid key,
+      403 for a model key — so the key a run calls models with can never decide that run's approvals.
+      ``keys`` None accepts everyone (``--no-auth``, local development only). ``decided_by`` records the
+      admin key's name (``key:<name>``).
 
     Args:
         approvals: where requests live.
-        keys: a ``KeyVerifier`` (the proxy's virtual keys), or None.
+        keys: a ``KeyVerifier`` (the gateway's virtual keys), or None.
         prefix: where to mount them.
     """
     from starlette.requests import Request

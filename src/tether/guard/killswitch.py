@@ -1118,14 +1118,14 @@ def kill_route(kills: KillStore, *, keys: KeyVerifier | None, path: str = "/v1/k
     Body: ``{"run_id": "…"}``, ``{"agent": "…"}`` or ``{"all": true}``, with an
     optional ``"reason"``. Answers 202 with the kill (``id``, ``target_kind``,
     ``target``, ``reason``, ``requested_by``, ``created_at``); 400 for a bad
-    body; 401 without a valid virtual key (when ``keys`` is given: the same
-    keys as the proxy, ``Authorization: Bearer`` or ``x-api-key``); 503 when
-    the database fails. Any valid key may kill any run: a kill is refused for
-    nobody who may talk to the gateway.
+    body; 401 without a valid virtual key and 403 for a model key (when
+    ``keys`` is given: it needs an admin key, ``tether keys create NAME
+    --admin``, as ``Authorization: Bearer`` or ``x-api-key``) — an agent's key
+    cannot stop other agents' runs; 503 when the database fails.
 
     Args:
         kills: where kills are recorded.
-        keys: verifies virtual keys; None accepts every request (``--no-auth``).
+        keys: verifies virtual keys; None accepts every request (``--no-auth``, local development only).
         path: where to mount it.
     """
     from starlette.responses import Response

@@ -346,6 +346,12 @@ def _m0006_key_approvals_by_decision(connection: Connection) -> None:
         connection.execute(text(statement))
 
 
+def _m0007_add_key_scopes(connection: Connection) -> None:
+    # Every key made before scopes existed called models: it stays a model key, and admin keys are
+    # only ever created explicitly (tether keys create NAME --admin).
+    connection.execute(text("ALTER TABLE virtual_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'model'"))
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create spans", _m0001_create_spans),
     Migration(2, "create budgets", _m0002_create_budgets),
@@ -353,6 +359,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(4, "create guard audit, approvals, tool ledger, checkpoints, kills, incidents", _m0004_create_guard),
     Migration(5, "create eval runs and trials", _m0005_create_evals),
     Migration(6, "key approvals by decision (turn, attempt); ledger attempts", _m0006_key_approvals_by_decision),
+    Migration(7, "add virtual key scopes", _m0007_add_key_scopes),
 )
 
 

@@ -28,6 +28,8 @@ sums are exact and a BIGINT holds up to $9.2 billion.
 ``virtual_keys`` holds the proxy's virtual keys (``tether.gateway.keys``): only
 the SHA-256 hash of each secret, never the secret. Uniqueness is by unique
 *indexes* rather than constraints so that both databases report them alike.
+``scope`` is ``model`` (calls routes) or ``admin`` (approvals, kills, incident
+releases); keys made before migration 7 are ``model``.
 
 ``costs`` is the cost ledger (``tether.gateway.ledger``): one append-only row
 per settled model call, ``cost_nanousd`` in nano-dollars and NULL when the
@@ -141,6 +143,7 @@ virtual_keys = Table(
     Column("rate_limit", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("scope", Text, nullable=False, server_default="model"),
     Index("ux_virtual_keys_name", "name", unique=True),
     Index("ux_virtual_keys_secret_hash", "secret_hash", unique=True),
 )
