@@ -20,7 +20,14 @@ DatabaseOption = Annotated[
 
 
 def _dump(data: Any) -> None:
-    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    typer.echo(_scrub(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()))
+
+
+def _scrub(text: str) -> str:
+    # Rows are scrubbed when written; this covers any secret this process knows (defence in depth).
+    from tether.redaction import default_scrubber
+
+    return default_scrubber().scrub(text)
 
 
 # By ApprovalStatus value: a StrEnum member finds its value's entry, and start-up need not import the guard.
@@ -64,8 +71,8 @@ def list_approvals(
             f"[{style}]{a.status.value}[/]",
             escape(a.agent),
             escape(a.tool),
-            escape(orjson.dumps(a.arguments).decode()[:200]),
-            escape(a.reason),
+            escape(_scrub(orjson.dumps(a.arguments).decode())[:200]),
+            escape(_scrub(a.reason)),
             a.expires_at.astimezone().strftime("%H:%M:%S"),
         )
     console.print(table)

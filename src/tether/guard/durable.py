@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import UserError
+from tether.redaction import default_scrubber, scrubbed_json
 from tether.store._access import StoreAccess
 from tether.store.schema import checkpoints, tool_ledger
 
@@ -68,6 +69,9 @@ class Checkpoint:
     updated_at: datetime
 
 
+_SCRUBBER = default_scrubber()
+
+
 def arguments_hash(tool: str, arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps([tool, dict(arguments)], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -82,12 +86,12 @@ class DurableRuns(StoreAccess):
     # -- checkpoints -----------------------------------------------------------------------
 
     def save(self, run_id: str, agent: str, status: str, state: Mapping[str, Any]) -> None:
-        """Write the run's checkpoint (replacing the previous one)."""
+        """Write the run's checkpoint (replacing the previous one), known secrets scrubbed."""
         row = {
             "run_id": run_id,
             "agent": agent,
             "status": status,
-            "state": orjson.dumps(dict(state), default=str).decode(),
+            "state": scrubbed_json(dict(state)),
             "updated_at": datetime.now(UTC),
         }
         with self._write("saving a run checkpoint") as connection:
@@ -168,6 +172,7 @@ class DurableRuns(StoreAccess):
         """Move a call to ``started``, ``done`` or ``failed`` (with what it returned)."""
         values: dict[str, Any] = {"state": state, "updated_at": datetime.now(UTC)}
         if state in ("done", "failed"):
-            values.update(output=output, is_error=is_error)
+            # Replayed to the model and kept for as long as the run: never with a secret in it.
+            values.update(output=_SCRUBBER.scrub(output) if output is not None else None, is_error=is_error)
         with self._write("updating the tool-call ledger") as connection:
             connection.execute(update(tool_ledger).where(tool_ledger.c.idempotency_key == key).values(**values))
