@@ -341,6 +341,25 @@ class CredentialBroker:
         if missing:
             raise CredentialNotGranted(agent, tool, missing)
 
+    def register_granted(self, agent: str) -> int:
+        """Read every secret granted to ``agent`` (for any tool) and register it with the scrubber; how many.
+
+        Called when an agent is built (``Guard.bind``), so that a granted value the model
+        echoes before any tool has received it — in a call's arguments, hence in the
+        checkpoint and the approval request — is scrubbed too. A secret that cannot be
+        read or is too short is skipped here: ``for_call`` raises for it when a tool needs it.
+        """
+        names = sorted({n for (who, _), granted in self._grants.items() if who == agent for n in granted})
+        registered = 0
+        for name in names:
+            try:
+                value = self._store.get(self._refs[name])
+                self._scrubber.register(name, value)
+            except (SecretUnavailable, SecretTooShort):
+                continue
+            registered += 1
+        return registered
+
     def for_call(self, agent: str, tool: str, declared: Iterable[str]) -> Mapping[str, str]:
         """The values of the secrets ``tool`` declared, read now.
 
