@@ -204,7 +204,10 @@ def test_a_canary_secret_appears_nowhere(store: str, tmp_path: Path, request: py
                 )
                 with ThreadPoolExecutor(2) as pool:  # two CLI processes side by side: the machine has two cores
                     table, as_json = (
-                        pool.submit(run_tether, ["approvals", "list", *extra], env=env, cwd=tmp_path)
+                        # Wide enough that Rich folds no cell (a secret folded across lines would not be found).
+                        pool.submit(
+                            run_tether, ["approvals", "list", *extra], env={**env, "COLUMNS": "4000"}, cwd=tmp_path
+                        )
                         for extra in ([], ["--json"])
                     )
                     listed, listed_json = table.result(), as_json.result()
