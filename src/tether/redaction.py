@@ -34,6 +34,7 @@ from tether.errors import ConfigError
 
 __all__ = [
     "MIN_SECRET_LENGTH",
+    "SECRET_NAME",
     "SecretLogFilter",
     "SecretTooShort",
     "Scrubber",
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 #: log line — and would still not protect it, since a short secret can be guessed.
 MIN_SECRET_LENGTH: Final = 8
 
+#: What a secret's name may be (it is shown as ``[secret:NAME]``, so nothing that needs escaping in JSON).
 SECRET_NAME: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _NAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.:-]")
 
