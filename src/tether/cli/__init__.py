@@ -52,7 +52,10 @@ def main() -> None:
         app()
     except TetherError as exc:
         # escape: messages name TOML tables like [routes.x], which Rich would take for markup.
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        from tether.redaction import default_scrubber
+
+        message = default_scrubber().scrub(str(exc))
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")

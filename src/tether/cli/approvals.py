@@ -26,7 +26,14 @@ DatabaseOption = Annotated[
 
 
 def _dump(data: Any) -> None:
-    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    typer.echo(_scrub(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()))
+
+
+def _scrub(text: str) -> str:
+    # Rows are scrubbed when written; this covers any secret this process knows (defence in depth).
+    from tether.redaction import default_scrubber
+
+    return default_scrubber().scrub(text)
 
 
 # By ApprovalStatus value: a StrEnum member finds its value's entry, and start-up need not import the guard.
@@ -65,7 +72,7 @@ def list_approvals(
         table.add_column(column, overflow="fold")
     for a in found:
         style = _STATUS_STYLE[a.status]
-        why = escape(a.reason)
+        why = escape(_scrub(a.reason))
         if a.purpose == "unknown_outcome":
             # The effect may have happened already: the person must look before letting it run again.
             why = f"[bold red]an earlier attempt may have run; check {escape(a.tool)} effect before approving.[/] {why}"
@@ -75,7 +82,7 @@ def list_approvals(
             f"[red]unknown-outcome review #{a.attempt}[/]" if a.purpose == "unknown_outcome" else "call",
             escape(a.agent),
             escape(a.tool),
-            escape(orjson.dumps(a.arguments).decode()[:200]),
+            escape(_scrub(orjson.dumps(a.arguments).decode())[:200]),
             why,
             a.expires_at.astimezone().strftime("%H:%M:%S"),
         )

@@ -7,7 +7,7 @@ passthrough at ~6,000 req/s with an aiohttp session and ~600 with
 Every request goes to a URL taken from ``tether.toml`` (never from the client),
 with the provider's key read from its environment variable at call time;
 redirects are not followed, so an upstream cannot send the key elsewhere.
-Error bodies are redacted before they go anywhere.
+Error bodies are redacted before they go anywhere; the headers passed on are request ids only, scrubbed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import orjson
 from tether.errors import MalformedResponseError, ModelConnectionError, ModelHTTPError, ModelTimeoutError
 from tether.models._http import parse_retry_after
 from tether.models.base import redact
+from tether.redaction import default_scrubber
 
 __all__ = ["Upstream", "UpstreamReply", "UpstreamTimeouts", "kept_headers"]
 
@@ -67,9 +68,10 @@ class UpstreamReply:
 
 
 def kept_headers(headers: Mapping[str, str]) -> tuple[tuple[bytes, bytes], ...]:
-    """The upstream response headers the proxy passes on (request ids only)."""
+    """The upstream response headers the proxy passes on (request ids only), known secrets scrubbed."""
+    scrub = default_scrubber().scrub
     return tuple(
-        (name.encode(), headers[name].encode("latin-1", "replace")) for name in _KEPT_HEADERS if name in headers
+        (name.encode(), scrub(headers[name]).encode("latin-1", "replace")) for name in _KEPT_HEADERS if name in headers
     )
 
 

@@ -164,8 +164,13 @@ def _build_model(config: GatewayConfig, deployment: DeploymentConfig) -> Model:
                 ) from None
         return SimModel(deployment.model, scenario=scenario)
     settings = ProviderConfig(
-        base_url=provider.resolved_base_url, api_key_env=provider.resolved_key_env, timeout_s=timeout
+        base_url=provider.resolved_base_url,
+        api_key_env=provider.resolved_key_env,
+        timeout_s=timeout,
+        name=deployment.provider,
     )
+    # A provider key is a secret like any other: scrubbed from every record from the start.
+    settings.register_key()
     if provider.kind == "anthropic":
         from tether.models.anthropic import AnthropicModel
 

@@ -53,6 +53,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from tether.gateway.cost import CONFIGURED_PRICE_VERSION, CostRecord, Pricer
 from tether.messages import Usage
 from tether.models.base import PriceRef
+from tether.redaction import default_scrubber
 from tether.store._access import StoreAccess
 from tether.store._bulk import insert_rows
 from tether.store._engine import SQLITE_BEGIN
@@ -106,6 +107,9 @@ def _nanos_to_usd(nanos: int) -> Decimal:
     return Decimal(nanos).scaleb(-_NANOS_PER_USD)
 
 
+_SCRUBBER: Final = default_scrubber()
+
+
 def _text(value: str) -> str:
     # PostgreSQL text cannot hold NUL; one such name must not poison a whole batch.
     return value.replace("\x00", "") if "\x00" in value else value
@@ -129,7 +133,7 @@ def cost_row(record: CostRecord) -> Row:
     """
     time_ns = _count(record.time_ns, "time_ns")
     usage = record.usage
-    return {
+    row: Row = {
         "id": uuid.uuid4().hex,
         "time_ns": time_ns,
         "day": time.strftime("%Y-%m-%d", time.gmtime(time_ns // _NS_PER_S)),
@@ -147,6 +151,11 @@ def cost_row(record: CostRecord) -> Row:
         "cost_nanousd": None if record.cost_usd is None else _usd_to_nanos(record.cost_usd),
         "price_version": _text(record.price_version),
     }
+    # The free-text fields come from clients (agent, run id) and upstreams (model): no secret is kept.
+    # One search over them all; each is scrubbed only when it holds one.
+    if _SCRUBBER.active and _SCRUBBER.contains_secret("\x00".join(v for v in row.values() if isinstance(v, str))):
+        row = {k: _SCRUBBER.scrub(v) if isinstance(v, str) else v for k, v in row.items()}
+    return row
 
 
 # -- report records --------------------------------------------------------------------------

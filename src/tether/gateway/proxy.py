@@ -121,6 +121,7 @@ from tether.gateway.ratelimit import RateLimitBackendUnavailable, RequestTooLarg
 from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEvent, Usage
 from tether.models.anthropic import API_VERSION
 from tether.models.base import ProviderConfig
+from tether.redaction import default_scrubber
 from tether.trace import semconv as sc
 
 __all__ = ["MAX_BODY_BYTES", "ProxyApp", "create_app"]
@@ -143,6 +144,9 @@ _SSE_HEADERS: Final = [
     (b"x-accel-buffering", b"no"),
 ]
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
+# Every byte that reaches a client passes through it (``_respond``, ``_pump``): an upstream that echoes a
+# provider key, in its answer, an error body or a mid-stream error event, shows ``[secret:provider:NAME]``.
+_SCRUBBER: Final = default_scrubber()
 
 
 class _ClientDisconnected(Exception):
@@ -571,9 +575,10 @@ async def _respond(
     content_type: bytes = _JSON,
     extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
-    """Send a whole response (once: a failure after it must not try to send another)."""
+    """Send a whole response (once: a failure after it must not try to send another), known secrets scrubbed."""
     call.response_started = True
     call.status = status
+    body = _SCRUBBER.scrub_bytes(body)
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -669,11 +674,15 @@ class _Proxy:
             provider = config.providers[deployment.provider]
             base = provider.resolved_base_url
             timeout_s = deployment.timeout_s or provider.timeout_s
+            settings = ProviderConfig(base_url=base, api_key_env=provider.resolved_key_env, name=deployment.provider)
+            # Scrubbed from responses, records and logs from the start, whatever its shape (api_key() at each
+            # call registers a rotated one).
+            settings.register_key()
             self.targets[name] = _Target(
                 name=name,
                 kind=provider.kind,
                 model=deployment.model,
-                provider=ProviderConfig(base_url=base, api_key_env=provider.resolved_key_env),
+                provider=settings,
                 urls={api: wire.upstream_url(base) for api, wire in self.wires.items()},
                 timeouts=UpstreamTimeouts.of(timeout_s),
             )
@@ -1083,8 +1092,12 @@ class _Proxy:
                 span.end()
 
     async def _pump(self, wire: Wire, stream: _Stream, send: Send) -> None:
+        scrub = _SCRUBBER.scrub_bytes
         try:
-            async for chunk in stream.chunks:
+            # Each chunk is whole SSE events (the passthrough relay splits on event boundaries, the renderer
+            # writes whole events), so a secret inside one event is never split across two chunks.
+            async for raw in stream.chunks:
+                chunk = scrub(raw)
                 if isinstance(stream, _PassthroughStream) and stream.complete:
                     # The batch with the end marker ends the response too: one write, not two.
                     await send({"type": "http.response.body", "body": chunk, "more_body": False})

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from tether.errors import StoreError
+from tether.redaction import default_scrubber
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -27,7 +28,9 @@ NEEDS_ADMIN: Final = "this needs an admin key: create one with tether keys creat
 def answer(status: int, body: Any) -> Response:
     from starlette.responses import Response
 
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    # Rows are scrubbed when written; this covers what a secret registered since then would show.
+    content = default_scrubber().scrub_bytes(orjson.dumps(body))
+    return Response(content, status_code=status, media_type="application/json")
 
 
 def refuse(status: int, kind: str, message: str) -> Response:

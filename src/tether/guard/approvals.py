@@ -22,9 +22,10 @@ waiting on it) returns the same request::
 and polls for the decision (every ``poll_s``), so a decision made in any
 process — the CLI, another replica — reaches the waiting run.
 
-Arguments are stored as the model sent them (after the guard's scrubbing of
-known secrets, once the credentials module is wired in); the decision, who made
-it and why are kept for the audit.
+Arguments are stored as the model sent them, except that every known secret
+(``tether.redaction``, in any encoding) is scrubbed from them, the reason and
+the context before the row is written; the decision, who made it and why are
+kept for the audit.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from sqlalchemy import Connection, Engine, RowMapping, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import StoreError, UserError
+from tether.redaction import default_scrubber, scrubbed_json
 from tether.store._access import StoreAccess
 from tether.store.schema import approvals
 
@@ -207,7 +209,9 @@ class ApprovalStore(StoreAccess):
             StoreError: the database failed (the call must not run).
         """
         now = self._now()
-        arguments = orjson.dumps(dict(request.arguments), option=orjson.OPT_SORT_KEYS).decode()
+        # Scrubbed at write time: the row never holds a secret the model echoed, whoever reads it later
+        # (the CLI, the HTTP API, a replica that never registered that secret).
+        arguments = scrubbed_json(dict(request.arguments), sort_keys=True)
         if len(arguments) > _ARGUMENTS_CHARS:
             arguments = orjson.dumps({"_truncated": arguments[:_ARGUMENTS_CHARS]}).decode()
         row = {
@@ -217,8 +221,8 @@ class ApprovalStore(StoreAccess):
             "tool": request.tool,
             "call_id": request.call_id,
             "arguments": arguments,
-            "reason": request.reason,
-            "context": orjson.dumps(dict(request.context), default=str).decode(),
+            "reason": default_scrubber().scrub(request.reason),
+            "context": scrubbed_json(dict(request.context)),
             "status": ApprovalStatus.PENDING.value,
             "created_at": now,
             "expires_at": now + timedelta(seconds=timeout_s),
@@ -290,7 +294,12 @@ class ApprovalStore(StoreAccess):
             changed = connection.execute(
                 update(approvals)
                 .where(approvals.c.id == approval_id, approvals.c.status == ApprovalStatus.PENDING.value)
-                .values(status=status.value, decided_at=now, decided_by=by, decision_reason=reason or None)
+                .values(
+                    status=status.value,
+                    decided_at=now,
+                    decided_by=by,
+                    decision_reason=default_scrubber().scrub(reason) or None,
+                )
             ).rowcount
         stored = self.get(approval_id)
         if changed != 1:

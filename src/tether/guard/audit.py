@@ -74,10 +74,10 @@ from sqlalchemy import Connection, Engine, Insert, RowMapping, Table, select, up
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import UserError
-from tether.guard.credentials import Scrubber, default_scrubber
 from tether.guard.guard import RunGuard
 from tether.guard.policy import Policy
 from tether.guard.types import Decision, Finding
+from tether.redaction import Scrubber, default_scrubber
 from tether.store._access import StoreAccess
 from tether.store._bulk import insert_rows
 from tether.store._engine import SQLITE_BEGIN

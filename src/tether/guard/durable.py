@@ -34,6 +34,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import UserError
+from tether.redaction import default_scrubber, scrubbed_json
 from tether.store._access import StoreAccess
 from tether.store.schema import checkpoints, tool_ledger
 
@@ -74,6 +75,9 @@ class Checkpoint:
     updated_at: datetime
 
 
+_SCRUBBER = default_scrubber()
+
+
 def arguments_hash(tool: str, arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps([tool, dict(arguments)], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -88,12 +92,12 @@ class DurableRuns(StoreAccess):
     # -- checkpoints -----------------------------------------------------------------------
 
     def save(self, run_id: str, agent: str, status: str, state: Mapping[str, Any]) -> None:
-        """Write the run's checkpoint (replacing the previous one)."""
+        """Write the run's checkpoint (replacing the previous one), known secrets scrubbed."""
         row = {
             "run_id": run_id,
             "agent": agent,
             "status": status,
-            "state": orjson.dumps(dict(state), default=str).decode(),
+            "state": scrubbed_json(dict(state)),
             "updated_at": datetime.now(UTC),
         }
         with self._write("saving a run checkpoint") as connection:
@@ -211,7 +215,8 @@ class DurableRuns(StoreAccess):
         """
         values: dict[str, Any] = {"state": state, "updated_at": datetime.now(UTC)}
         if state in ("done", "failed"):
-            values.update(output=output, is_error=is_error)
+            # Replayed to the model and kept for as long as the run: never with a secret in it.
+            values.update(output=_SCRUBBER.scrub(output) if output is not None else None, is_error=is_error)
         where = [tool_ledger.c.idempotency_key == key]
         if attempt is not None:
             where.append(tool_ledger.c.attempt == attempt)

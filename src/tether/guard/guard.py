@@ -102,8 +102,14 @@ class Guard:
         self.quarantined: dict[str, str] = {}  # agent -> why
 
     def bind(self, agent: str, tools: Mapping[str, Any]) -> None:
-        """Check the policy against the tools the agent has (an unknown tool is a ``PolicyError``)."""
+        """Check the policy against the tools the agent has (an unknown tool is a ``PolicyError``).
+
+        The agent's granted secrets are registered with the scrubber now, so one the model
+        echoes before a tool has received it is scrubbed from every record all the same.
+        """
         self.policy.check_tools(agent, tools)
+        if self.credentials is not None:
+            self.credentials.register_granted(agent)
 
     def _rule(self, agent: str, tool: str) -> tuple[ToolRule | None, str | None]:
         grants = self.policy.for_agent(agent)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tether.errors import ConfigError
 from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEvent
+from tether.redaction import default_scrubber, register_credential
 
 __all__ = ["Model", "PriceRef", "ProviderConfig", "redact"]
 
@@ -32,13 +33,22 @@ class ProviderConfig:
     """Where and as whom to call a provider.
 
     The key is read from the environment variable ``api_key_env`` when a call
-    is made, so it is never stored on an object that might be logged.
+    is made, so it is never stored on an object that might be logged. Every key
+    read is registered with the process-wide scrubber (``tether.redaction``) as
+    ``provider:<name>``, whatever its shape, so an upstream that echoes it (in a
+    body, a header, an error) shows ``[secret:provider:<name>]`` in every record
+    and response instead.
+
+    Attributes:
+        name: the provider's name in ``tether.toml`` (the label the key is scrubbed as);
+            the variable's name when None.
     """
 
     base_url: str
     api_key_env: str | None = None
     timeout_s: float = 600.0
     extra_headers: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
 
     def api_key(self) -> str | None:
         if self.api_key_env is None:
@@ -49,18 +59,26 @@ class ProviderConfig:
                 f"environment variable {self.api_key_env} is not set: export it with your API key, "
                 "or use a 'sim:<model>' model to run without one"
             )
+        # Registered at every read (a known value costs one dict lookup), so a rotated key is covered too.
+        register_credential(f"provider:{self.name or self.api_key_env}", value)
         return value
+
+    def register_key(self) -> None:
+        """Register the key with the scrubber now if it is set (at start-up: before any call echoes it)."""
+        if self.api_key_env is not None and os.environ.get(self.api_key_env):
+            self.api_key()
 
 
 _KEYLIKE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9_\-\.]{8,})")
 
 
 def redact(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
-    """Remove every known secret value and anything shaped like an API key."""
+    """Remove every registered secret (any encoding), the given values, and anything shaped like an API key."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[REDACTED]")
-    return _KEYLIKE.sub("[REDACTED]", text)
+    # Then every registered value in every encoding (a provider key is registered when it is read).
+    return _KEYLIKE.sub("[REDACTED]", default_scrubber().scrub(text))
 
 
 class Model(ABC):

@@ -9,7 +9,7 @@ from typing import Any, Final
 import orjson
 from sqlalchemy import RowMapping
 
-from tether.guard.credentials import default_scrubber
+from tether.redaction import default_scrubber
 from tether.store.records import SpanRecord
 from tether.trace import semconv
 

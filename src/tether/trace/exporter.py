@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status, StatusCode
 
-from tether.guard.credentials import Scrubber, default_scrubber
+from tether.redaction import Scrubber, default_scrubber
 from tether.store import SpanRecord, TraceStore
 from tether.store._rows import build_row
 from tether.trace import semconv

@@ -13,7 +13,7 @@ either way (tests compare the two paths).
 
 Known secret values never leave through either: rows are scrubbed where they
 are built, every exporter is wrapped in ``ScrubbingSpanExporter``, and log
-records are scrubbed as they are created (``tether.guard.credentials``).
+records are scrubbed as they are created (``tether.redaction``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Tracer
 
-from tether.guard.credentials import install_log_scrubbing
+from tether.redaction import install_log_scrubbing
 from tether.store import TraceStore
 from tether.trace.exporter import ScrubbingSpanExporter
 from tether.trace.processor import RowWriter, StoreSpanProcessor
