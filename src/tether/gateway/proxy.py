@@ -75,6 +75,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 import orjson
+from genai_prices import data_snapshot
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
@@ -1358,6 +1359,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # genai-prices loads its price data on first use: ~0.3 s (1 s without bytecode caches)
+        # that would otherwise stall the event loop under the first call priced from it.
+        await asyncio.to_thread(data_snapshot.get_snapshot)
         try:
             yield
         finally:
