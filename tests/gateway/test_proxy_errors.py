@@ -304,12 +304,17 @@ async def test_the_upstream_url_cannot_be_steered_by_the_request() -> None:
         assert len(env.upstream.requests) == 1
 
 
-async def test_a_body_over_the_limit_is_413(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tether.gateway.proxy.MAX_BODY_BYTES", 1024)
-    async with running_proxy() as env:
+async def test_a_body_over_the_limit_is_413() -> None:
+    def config(upstream: str) -> dict[str, Any]:
+        return base_config(upstream, gateway={"max_request_bytes": 1024})
+
+    async with running_proxy(config) as env:
         reply = await post(env.url, OPENAI, {**HI_OPENAI, "padding": "x" * 2048})
         assert reply.status_code == 413
-        assert "larger than" in openai_error(reply)["message"]
+        error = openai_error(reply)
+        assert "larger than this gateway accepts (1,024 bytes)" in error["message"]
+        assert "max_request_bytes under [gateway] in tether.toml" in error["message"]
+        assert error["code"] == "request_too_large"
 
 
 async def test_an_unreachable_upstream_is_503_without_its_address() -> None:

@@ -8,6 +8,7 @@ request handling is written once.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Iterator
 from typing import Any, Final, Literal, Protocol
 
@@ -19,6 +20,7 @@ from tether.messages import ModelRequest, ModelResponse, StreamEvent, Usage
 __all__ = [
     "CHARS_PER_TOKEN",
     "DEFAULT_MAX_TOKENS",
+    "MAX_OUTPUT_TOKENS",
     "Api",
     "BadRequest",
     "PassthroughTracker",
@@ -26,8 +28,12 @@ __all__ = [
     "StreamRenderer",
     "Wire",
     "estimate_tokens",
+    "json_type",
+    "output_cap",
     "parse_sse_block",
     "rewrite_body",
+    "shown",
+    "tool_schema",
 ]
 
 Api = Literal["openai", "anthropic"]
@@ -38,6 +44,12 @@ CHARS_PER_TOKEN: Final = 4
 # Reserved (budgets, TPM) when an OpenAI request names no output cap, and sent as
 # the cap when such a request is translated to a format that requires one.
 DEFAULT_MAX_TOKENS: Final = 4096
+
+
+# The largest output cap a request may name. No model emits more than a few hundred thousand
+# tokens; above this a cap is a mistake, and budget and rate-limit arithmetic stays far from
+# the 64-bit limits of Redis and the store.
+MAX_OUTPUT_TOKENS: Final = 1_000_000
 
 
 def estimate_tokens(chars: int) -> int:
@@ -51,14 +63,84 @@ class BadRequest(Exception):
     Attributes:
         message: what is wrong and how to fix it.
         param: the offending field, when there is one.
-        status: the HTTP status (400 unless the problem is the body's size).
+        status: the HTTP status (400 unless the problem is the request's size: 413).
+        code: a machine-readable error code for the OpenAI format's ``code`` field, when there is one.
     """
 
-    def __init__(self, message: str, *, param: str | None = None, status: int = 400) -> None:
+    def __init__(self, message: str, *, param: str | None = None, status: int = 400, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.status = status
+        self.code = code
+
+
+# --- request validation helpers --------------------------------------------------------------
+
+_JSON_TYPES: Final = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
+
+# Error messages quote what the client sent, never more than a few dozen characters of it
+# (a value may be megabytes, and repr() of it all would cost as much as the request).
+_REPR: Final = reprlib.Repr()
+_REPR.maxstring = 40
+_REPR.maxother = 40
+_REPR.maxlist = 3
+_REPR.maxdict = 3
+_REPR.maxlevel = 2
+
+
+def json_type(value: object) -> str:
+    """The JSON type of a parsed value, as an error message names it ("an object", "null")."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def shown(value: object) -> str:
+    """A short, bounded rendering of a client's value for an error message."""
+    return _REPR.repr(value)
+
+
+def output_cap(value: object, field: str) -> int | None:
+    """A request's output cap: None when absent, else an integer in 1..``MAX_OUTPUT_TOKENS``.
+
+    Raises:
+        BadRequest: the value is not such an integer (booleans are not integers here).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_OUTPUT_TOKENS:
+        raise BadRequest(
+            f"{field} must be a positive integer of at most {MAX_OUTPUT_TOKENS:,}, got {shown(value)}", param=field
+        )
+    return value
+
+
+def tool_schema(schema: object, where: str) -> dict[str, Any]:
+    """A tool's input schema, checked as far as both APIs require: a JSON Schema for an object.
+
+    Raises:
+        BadRequest: not an object, a ``type`` other than ``"object"``, ``properties`` not an
+            object, or ``required`` not a list of strings.
+    """
+    if not isinstance(schema, dict):
+        raise BadRequest(f"{where} must be a JSON Schema object, got {json_type(schema)}", param="tools")
+    kind = schema.get("type", "object")
+    if kind != "object":
+        raise BadRequest(f"{where}.type must be 'object' (a tool takes an object), got {shown(kind)}", param="tools")
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict):
+        raise BadRequest(f"{where}.properties must be an object, got {json_type(properties)}", param="tools")
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise BadRequest(f"{where}.required must be a list of property names", param="tools")
+    return schema
 
 
 # --- body rewriting -------------------------------------------------------------------------

@@ -34,7 +34,16 @@ from typing import Any, Final
 import orjson
 
 from tether.errors import ModelHTTPError
-from tether.gateway._wire import Api, BadRequest, estimate_tokens, parse_sse_block
+from tether.gateway._wire import (
+    Api,
+    BadRequest,
+    estimate_tokens,
+    json_type,
+    output_cap,
+    parse_sse_block,
+    shown,
+    tool_schema,
+)
 from tether.messages import (
     ContentBlock,
     FinishReason,
@@ -119,7 +128,8 @@ def _has_cache_control(value: object) -> bool:
 
 
 def _cacheable(block: object, kinds: frozenset[str]) -> bool:
-    if not isinstance(block, dict) or block.get("type") not in kinds:
+    # A type that is not a string (an object, a list) cannot be looked up in a set: it is not cacheable.
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str) or block["type"] not in kinds:
         return False
     # The API refuses a breakpoint on an empty text block.
     return block.get("type") != "text" or (isinstance(block.get("text"), str) and bool(block["text"]))
@@ -213,62 +223,91 @@ def _text_of(content: object, where: str) -> str:
         return content
     if content is None:
         return ""
+    param = "system" if where == "system" else "messages"
     if not isinstance(content, list):
-        raise BadRequest(f"{where} must be a string or a list of text blocks", param=where)
+        raise BadRequest(f"{where} must be a string or a list of text blocks, got {json_type(content)}", param=param)
     texts: list[str] = []
     for i, block in enumerate(content):
-        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-            raise BadRequest(f"{where}[{i}]: content of type {kind!r} {_CANNOT_TRANSLATE}", param=where)
-        texts.append(block["text"])
+        at = f"{where}[{i}]"
+        if not isinstance(block, dict):
+            raise BadRequest(f"{at} must be a content block object, got {json_type(block)}", param=param)
+        kind = block.get("type")
+        if not isinstance(kind, str):
+            raise BadRequest(f"{at}.type must be a string, got {json_type(kind)}", param=param)
+        if kind != "text":
+            raise BadRequest(f"{at}: content of type {shown(kind)} {_CANNOT_TRANSLATE}", param=param)
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise BadRequest(f"{at}.text must be a string, got {json_type(text)}", param=param)
+        texts.append(text)
     return "\n".join(texts)
 
 
-def _blocks(content: object, role: str, where: str) -> tuple[ContentBlock, ...]:
+def _blocks(content: object, role: str, where: str) -> list[ContentBlock]:
     if isinstance(content, str):
-        return (TextBlock(text=content),)
+        return [TextBlock(text=content)]
     if not isinstance(content, list):
-        raise BadRequest(f"{where} must be a string or a list of content blocks", param="messages")
+        raise BadRequest(
+            f"{where} must be a string or a list of content blocks, got {json_type(content)}", param="messages"
+        )
     blocks: list[ContentBlock] = []
     for i, block in enumerate(content):
         at = f"{where}[{i}]"
-        kind = block.get("type") if isinstance(block, dict) else None
-        if not isinstance(block, dict) or kind in _SKIPPED_BLOCKS:
-            if kind is None:
-                raise BadRequest(f"{at} must be a content block object", param="messages")
+        if not isinstance(block, dict):
+            raise BadRequest(f"{at} must be a content block object, got {json_type(block)}", param="messages")
+        kind = block.get("type")
+        if not isinstance(kind, str):
+            raise BadRequest(f"{at}.type must be a string, got {json_type(kind)}", param="messages")
+        if kind in _SKIPPED_BLOCKS:
             continue
-        if kind == "text" and isinstance(block.get("text"), str):
-            blocks.append(TextBlock(text=block["text"]))
+        if kind == "text":
+            text = block.get("text")
+            if not isinstance(text, str):
+                raise BadRequest(f"{at}.text must be a string, got {json_type(text)}", param="messages")
+            blocks.append(TextBlock(text=text))
         elif kind == "tool_use" and role == "assistant":
             call_id, name, arguments = block.get("id"), block.get("name"), block.get("input", {})
-            if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, dict):
-                raise BadRequest(f"{at}: tool_use needs an id, a name and an input object", param="messages")
+            if not isinstance(call_id, str):
+                raise BadRequest(f"{at}.id must be a string, got {json_type(call_id)}", param="messages")
+            if not isinstance(name, str):
+                raise BadRequest(f"{at}.name must be a string, got {json_type(name)}", param="messages")
+            if not isinstance(arguments, dict):
+                raise BadRequest(f"{at}.input must be an object, got {json_type(arguments)}", param="messages")
             blocks.append(ToolUseBlock(id=call_id, name=name, input=arguments))
         elif kind == "tool_result" and role == "user":
             call_id, is_error = block.get("tool_use_id"), block.get("is_error", False)
-            if not isinstance(call_id, str) or not isinstance(is_error, bool):
-                raise BadRequest(f"{at}: tool_result needs a tool_use_id", param="messages")
+            if not isinstance(call_id, str):
+                raise BadRequest(f"{at}.tool_use_id must be a string, got {json_type(call_id)}", param="messages")
+            if not isinstance(is_error, bool):
+                raise BadRequest(f"{at}.is_error must be true or false, got {json_type(is_error)}", param="messages")
             text = _text_of(block.get("content"), f"{at}.content")
             blocks.append(ToolResultBlock(tool_use_id=call_id, content=text, is_error=is_error))
         else:
-            raise BadRequest(f"{at}: a {kind!r} block in a {role} message {_CANNOT_TRANSLATE}", param="messages")
-    return tuple(blocks)
+            raise BadRequest(f"{at}: a {shown(kind)} block in a {role} message {_CANNOT_TRANSLATE}", param="messages")
+    return blocks
 
 
 def _tools(raw: object) -> tuple[ToolSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise BadRequest("tools must be a list", param="tools")
+        raise BadRequest(f"tools must be a list, got {json_type(raw)}", param="tools")
     specs: list[ToolSpec] = []
     for i, tool in enumerate(raw):
-        kind = tool.get("type", "custom") if isinstance(tool, dict) else type(tool).__name__
-        if not isinstance(tool, dict) or kind != "custom":
-            raise BadRequest(f"tools[{i}]: a tool of type {kind!r} {_CANNOT_TRANSLATE}", param="tools")
+        at = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise BadRequest(f"{at} must be a tool object, got {json_type(tool)}", param="tools")
+        kind = tool.get("type", "custom")
+        if kind != "custom":
+            raise BadRequest(f"{at}: a tool of type {shown(kind)} {_CANNOT_TRANSLATE}", param="tools")
         name, description = tool.get("name"), tool.get("description", "")
-        schema = tool.get("input_schema")
-        if not isinstance(name, str) or not isinstance(description, str) or not isinstance(schema, dict):
-            raise BadRequest(f"tools[{i}] needs a name and an input_schema object", param="tools")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"{at}.name must be a non-empty string, got {shown(name)}", param="tools")
+        if not isinstance(description, str):
+            raise BadRequest(f"{at}.description must be a string, got {json_type(description)}", param="tools")
+        if "input_schema" not in tool:
+            raise BadRequest(f"{at}.input_schema is required (a JSON Schema object)", param="tools")
+        schema = tool_schema(tool["input_schema"], f"{at}.input_schema")
         specs.append(ToolSpec(name=name, description=description, input_schema=schema))
     return tuple(specs)
 
@@ -441,26 +480,28 @@ class AnthropicWire:
         return _event(b"error", {"type": "error", "error": {"type": _error_type(status), "message": message}})
 
     def max_tokens(self, data: dict[str, Any]) -> int | None:
-        value = data.get("max_tokens")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadRequest(
-                f"max_tokens is required and must be a positive integer, got {value!r}", param="max_tokens"
-            )
+        value = output_cap(data.get("max_tokens"), "max_tokens")
+        if value is None:
+            raise BadRequest("max_tokens is required: the most tokens the answer may have", param="max_tokens")
         return value
 
     def parse_request(self, data: dict[str, Any]) -> ModelRequest:
         tool_choice = data.get("tool_choice")
         if tool_choice is not None and not (isinstance(tool_choice, dict) and tool_choice.get("type") == "auto"):
-            raise BadRequest(f"tool_choice={tool_choice!r} {_CANNOT_TRANSLATE}", param="tool_choice")
+            raise BadRequest(f"tool_choice={shown(tool_choice)} {_CANNOT_TRANSLATE}", param="tool_choice")
         raw = data.get("messages")
         if not isinstance(raw, list) or not raw:
             raise BadRequest("messages must be a non-empty list", param="messages")
         messages: list[Message] = []
         for i, message in enumerate(raw):
-            role = message.get("role") if isinstance(message, dict) else None
+            where = f"messages[{i}]"
+            if not isinstance(message, dict):
+                raise BadRequest(f"{where} must be an object, got {json_type(message)}", param="messages")
+            role = message.get("role")
             if role not in ("user", "assistant"):
-                raise BadRequest(f"messages[{i}].role must be 'user' or 'assistant'", param="messages")
-            messages.append(Message(role=role, content=_blocks(message.get("content"), role, f"messages[{i}].content")))
+                raise BadRequest(f"{where}.role must be 'user' or 'assistant', got {shown(role)}", param="messages")
+            content = _blocks(message.get("content"), role, f"{where}.content")
+            messages.append(Message(role=role, content=tuple(content)))
         stops = data.get("stop_sequences", [])
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise BadRequest("stop_sequences must be a list of strings", param="stop_sequences")

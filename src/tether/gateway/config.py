@@ -189,7 +189,7 @@ class BudgetsConfig(_Strict):
 
 
 class GatewaySettings(_Strict):
-    """Where shared state lives."""
+    """Where shared state lives, and the bounds on one proxied request."""
 
     redis_url: str | None = None
     default_route: str | None = None
@@ -203,6 +203,10 @@ class GatewaySettings(_Strict):
     budget_lease_s: float = Field(default=1.0, gt=0, le=60)
     # How stale the budget burn read for step-down rules may be.
     budget_burn_refresh_s: float = Field(default=1.0, ge=0, le=60)
+    # The largest request the proxy reads (413 above it): Anthropic's own limit for the Messages API.
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # The most messages one request may carry (413 above it); translation is linear in them.
+    max_request_messages: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class GatewayConfig(_Strict):

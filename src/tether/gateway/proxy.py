@@ -21,9 +21,14 @@ only admin keys (``tether keys create NAME --admin``), and an admin key gets a
 403 here: the key an agent calls models with can never decide its approvals.
 
 One request, in order: the virtual key (``Authorization: Bearer`` or
-``x-api-key``; 401; an admin key 403), the body (JSON object, at most 32 MiB; 400/413), the
-route (= the body's ``model``; 404), the key's routes (403), then
-``Gateway.dispatch``, which picks the deployment. For each deployment tried:
+``x-api-key``; 401; an admin key 403), the body (JSON object, at most ``[gateway]
+max_request_bytes``, 32 MiB by default; 400/413), the route (= the body's
+``model``; 404), the key's routes (403), the request's fields (400; at most
+``max_request_messages`` messages, 10,000 by default; 413), then
+``Gateway.dispatch``, which picks the deployment. A body over
+``_OFF_LOOP_BYTES`` is parsed and translated in a worker thread, so one huge
+request does not hold up the others on the event loop. For each deployment
+tried:
 
 - **passthrough** when the deployment speaks the client's format (an OpenAI
   request to an ``openai`` provider, an Anthropic one to ``anthropic``): the
@@ -64,6 +69,7 @@ import hashlib
 import logging
 import math
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -73,6 +79,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 import orjson
+from genai_prices import data_snapshot
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
@@ -109,6 +116,7 @@ from tether.gateway._wire import (
     StreamRenderer,
     Wire,
     estimate_tokens,
+    json_type,
     rewrite_body,
 )
 from tether.gateway._wire_anthropic import AnthropicWire, with_cache_breakpoints
@@ -129,7 +137,15 @@ __all__ = ["MAX_BODY_BYTES", "ProxyApp", "create_app"]
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES: Final = 32 * 1024 * 1024
-"""The largest request body accepted (Anthropic's own limit for the Messages API)."""
+"""The default largest request body (``[gateway] max_request_bytes``; Anthropic's own limit)."""
+
+# Bodies larger than this are parsed (and translated) in a worker thread. Translation costs up to
+# ~0.3 µs of CPU per byte (tiny content blocks), so 64 KiB is ~20 ms: the most one request may
+# hold the event loop. The thread hop (~0.1 ms) is nothing next to such a request's upstream call.
+_OFF_LOOP_BYTES: Final = 64 * 1024
+# Unexpected exceptions while a request is read are logged once per place they were raised.
+_REPORTED: set[tuple[str, str, int]] = set()
+_MAX_REPORTED: Final = 256
 
 _MAX_TAGS: Final = 16
 _MAX_LABEL_CHARS: Final = 128
@@ -561,7 +577,13 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BadRequest(f"the request body is larger than the gateway accepts ({limit:,} bytes)", status=413)
+            # Refused as soon as the limit is passed: the rest is never read into memory.
+            raise BadRequest(
+                f"the request body is larger than this gateway accepts ({limit:,} bytes); send a smaller "
+                "request, or raise max_request_bytes under [gateway] in tether.toml",
+                status=413,
+                code="request_too_large",
+            )
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -589,6 +611,43 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object with a route name in ``model``; raises ``BadRequest``."""
+    if not body.strip():
+        raise BadRequest("the request body is empty: send a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"the request body must be a JSON object, got {json_type(data)}")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required: name the tether route to use", param="model")
+    return data
+
+
+def _unreadable(exc: Exception) -> BadRequest:
+    """A last resort: an exception no validation foresaw while a request was read, as a 400.
+
+    Logged once per place it was raised, with the exception's type and where, never its
+    message or the body (either may carry what the client sent, secrets included).
+    """
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ is not None else None
+    where = (type(exc).__name__, frame.filename if frame else "?", frame.lineno or 0 if frame else 0)
+    if where not in _REPORTED and len(_REPORTED) < _MAX_REPORTED:
+        _REPORTED.add(where)
+        logger.error(
+            "tether gateway: a malformed request raised %s at %s:%d while it was read (answered 400); "
+            "a field is not validated, please report it",
+            *where,
+        )
+    return BadRequest(
+        f"the gateway could not read this request ({type(exc).__name__} while checking its fields); "
+        "check the request's fields and their types against the API reference"
+    )
 
 
 def _usage_of(result: _Complete | _Stream) -> Usage | None:
@@ -750,19 +809,19 @@ class _Proxy:
                 code = "invalid_api_key" if verdict[0] == 401 else "admin_key"
                 return await self._reject(call, send, verdict[0], verdict[1], code=code)
             key = verdict
+        limits = self.gateway.config.gateway
         try:
-            call.body = body = await _read_body(receive, MAX_BODY_BYTES)
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(f"the request body is not valid JSON ({exc})") from None
-            if not isinstance(data, dict):
-                raise BadRequest("the request body must be a JSON object")
-            model = data.get("model")
-            if not isinstance(model, str) or not model:
-                raise BadRequest("model is required: name the tether route to use", param="model")
+            call.body = body = await _read_body(receive, limits.max_request_bytes)
+            off_loop = len(body) > _OFF_LOOP_BYTES
+            data = await asyncio.to_thread(_decode, body) if off_loop else _decode(body)
         except BadRequest as exc:
-            return await self._reject(call, send, exc.status, exc.message, param=exc.param)
+            return await self._reject(call, send, exc.status, exc.message, param=exc.param, code=exc.code)
+        except _ClientDisconnected:
+            raise
+        except Exception as exc:  # a hole in validation: still the client's malformed request, not a 500
+            bad = _unreadable(exc)
+            return await self._reject(call, send, bad.status, bad.message)
+        model: str = data["model"]
         route = self.gateway.config.routes.get(model)
         if route is None:
             known = ", ".join(sorted(self.allowed_routes(key)))
@@ -782,20 +841,40 @@ class _Proxy:
                 call, send, 403, f"the key {key.name!r} may not use route {model!r}", code="route_not_allowed"
             )
         try:
-            max_tokens = self._read_request(call, data)
+            if off_loop:
+                max_tokens = await asyncio.to_thread(self._read_request, call, data)
+            else:
+                max_tokens = self._read_request(call, data)
         except BadRequest as exc:
-            return await self._reject(call, send, exc.status, exc.message, param=exc.param)
+            return await self._reject(call, send, exc.status, exc.message, param=exc.param, code=exc.code)
+        except Exception as exc:  # a hole in validation: still the client's malformed request, not a 500
+            bad = _unreadable(exc)
+            return await self._reject(call, send, bad.status, bad.message)
         await self._dispatch(call, route, key, max_tokens, receive, send)
 
     def _read_request(self, call: _Call, data: dict[str, Any]) -> int:
-        """Validate what the gateway reads; returns the output cap to reserve for."""
+        """Validate what the gateway reads (and translate, where a deployment needs it); returns the output cap.
+
+        Runs in a worker thread for large bodies: it reads ``call`` and ``data`` and sets
+        fields of ``call``, which nothing else touches until it returns.
+        """
         wire = call.wire
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
-            raise BadRequest("stream must be true or false", param="stream")
+            raise BadRequest(f"stream must be true or false, got {json_type(stream)}", param="stream")
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages must be a non-empty list", param="messages")
+        limit = self.gateway.config.gateway.max_request_messages
+        if len(messages) > limit:
+            raise BadRequest(
+                f"the request has {len(messages):,} messages; this gateway accepts at most {limit:,} per request. "
+                "Send fewer (summarise or drop old turns), or raise max_request_messages under [gateway] "
+                "in tether.toml",
+                param="messages",
+                status=413,
+                code="request_too_large",
+            )
         temperature = data.get("temperature")
         if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, int | float)):
             raise BadRequest("temperature must be a number", param="temperature")
@@ -1306,6 +1385,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # genai-prices loads its price data on first use: ~0.3 s (1 s without bytecode caches)
+        # that would otherwise stall the event loop under the first call priced from it.
+        await asyncio.to_thread(data_snapshot.get_snapshot)
         try:
             yield
         finally:

@@ -516,13 +516,16 @@ class SimModel(Model):
         looping = False
         action: _Action = _Advance(0)
         for turn in range(len(assistant_at) + 1):
-            seen = messages[: assistant_at[turn]] if turn < len(assistant_at) else messages
+            # The last message this turn had seen (None before any): indexed, not sliced, so that
+            # replaying a long conversation stays linear in its length.
+            end = assistant_at[turn] if turn < len(assistant_at) else len(messages)
+            last = messages[end - 1] if end > 0 else None
             previous = (
                 tuple(b for b in messages[assistant_at[turn - 1]].content if isinstance(b, ToolUseBlock))
                 if turn > 0
                 else ()
             )
-            injected = _injected(seen[-1]) if seen and knobs.follow_injection_rate > 0 else ()
+            injected = _injected(last) if last is not None and knobs.follow_injection_rate > 0 else ()
             if looping and previous:
                 action = _Repeat(previous)
             elif injected and play.roll(turn, "follow_injection", knobs.follow_injection_rate):
