@@ -29,10 +29,14 @@ What it costs, and the bounds:
   ends (at most ``lease_s`` after it began, once its calls in flight are
   settled): until then it shows the lease as reserved. ``usage`` on this
   ledger is exact for this replica's own leases.
-* **A crash.** A replica that dies loses what it spent on its open leases since
-  they began — at most one lease per budget — and leaves the leases reserved
-  until ``sweep_stale`` releases them. The calls themselves are still in the
-  cost ledger (``tether cost``); only the budget under-counts them.
+* **A crash.** A replica that dies leaves its open leases (at most one per
+  budget) reserved in the shared ledger until ``sweep_stale`` (scheduled by
+  ``tether gateway serve``) ends them, counting each lease as spent in full:
+  what its calls spent is not known to anyone else, and fail closed means
+  never handing back as unspent money that may have been spent. The budget
+  over-counts by the lease's unused room, at most ``fraction`` of the limit
+  per budget; the calls themselves are in the cost ledger (``tether cost``,
+  kept through the crash by the cost journal).
 
 Run budgets (``run:<id>``) are leased too: a run lives in one process, so its
 lease is never contended. ``fraction = 0`` turns leasing off (every call goes
@@ -90,6 +94,8 @@ _CALLS_PER_LEASE: Final = 4
 _DIRECT_BELOW_CALLS: Final = 2
 # Attempts at a lease that the shared ledger refuses, each a quarter of what the refusal said was left.
 _LEASE_ATTEMPTS: Final = 3
+# Longest wait between two attempts at recording a lease's spend while the shared ledger is down.
+_SETTLE_RETRY_MAX_S: Final = 5.0
 # Attempts at a usage read that no lease change overlapped.
 _USAGE_ATTEMPTS: Final = 20
 
@@ -289,26 +295,37 @@ class LeasedBudgetLedger:
         self._spawn(state, self._settle_lease(lease))
 
     async def _settle_lease(self, lease: _Lease) -> None:
-        """Replace the lease's reservation in the shared ledger by what its calls spent."""
+        """Replace the lease's reservation in the shared ledger by what its calls spent.
+
+        Retried with backoff until the shared ledger takes it, never dropped: meanwhile the shared ledger
+        still holds the whole lease, so every replica counts at least what its calls spent. If the process
+        stops first, the lease stays reserved and the stale sweep counts all of it as spent (fail closed).
+        """
         self._begin_change(lease.key[0])
         try:
-            for attempt in range(5):
+            delay = 0.2
+            attempt = 0
+            while True:
                 try:
                     await self.inner.settle(lease.held, usd=_to_usd(lease.spent_nanos), tokens=lease.spent_tokens)
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the store is down: try again, then leave it to the sweep
-                    if attempt == 4:
+                except Exception as exc:  # the store is down: keep the spend and try again
+                    attempt += 1
+                    if attempt == 5:
                         logger.error(
-                            "tether: the spend of a budget lease on %s ($%s, %d tokens) could not be recorded: %s",
+                            "tether: the spend of a budget lease on %s ($%s, %d tokens) is not recorded yet (%s); "
+                            "retrying until it is",
                             lease.key[0],
                             _to_usd(lease.spent_nanos),
                             lease.spent_tokens,
                             exc,
                         )
-                        break
-                    await asyncio.sleep(0.2 * 2**attempt)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _SETTLE_RETRY_MAX_S)
+            if attempt >= 5:
+                logger.info("tether: the spend of a budget lease on %s is recorded now", lease.key[0])
         finally:
             self._forget(lease)
             self._end_change(lease.key[0])
@@ -531,7 +548,12 @@ class LeasedBudgetLedger:
             return
         self._give_back(hold.parts, (_to_nanos(usd, ROUND_CEILING), tokens))
         if hold.inner is not None:
-            await self.inner.settle(hold.inner, usd=usd, tokens=tokens)
+            try:
+                await self.inner.settle(hold.inner, usd=usd, tokens=tokens)
+            except BaseException:
+                # The shared ledger did not take it: keep what is left, so a retry settles only that.
+                self._holds[reservation.id] = _Hold([], hold.inner, hold.created_at)
+                raise
 
     async def release(self, reservation: Reservation) -> None:
         """Give the reservation back; nothing happens if it is already settled or released."""
@@ -577,7 +599,7 @@ class LeasedBudgetLedger:
         )
 
     async def sweep_stale(self, older_than: timedelta) -> int:
-        """Release this replica's calls and the shared ledger's reservations older than ``older_than``."""
+        """Count this replica's calls and the shared ledger's reservations older than ``older_than`` as spent."""
         # Our own leases first: each is reported (or, with calls still in flight, stays open until they settle),
         # so a sweep after a long pause never drops what a lease spent.
         await self.flush()
@@ -585,9 +607,11 @@ class LeasedBudgetLedger:
         stale = [rid for rid, hold in self._holds.items() if hold.created_at < cutoff]
         for rid in stale:
             hold = self._holds.pop(rid)
-            self._give_back(hold.parts)
+            # Fail closed, as the shared ledgers sweep: a call that never settled may have been billed in full.
+            for part in hold.parts:
+                self._give_back([part], (part.nanos, part.tokens))
             if hold.inner is not None:
-                await self.inner.release(hold.inner)
+                await self.inner.settle(hold.inner, usd=hold.inner.usd, tokens=hold.inner.tokens)
         return len(stale) + await self.inner.sweep_stale(older_than)
 
     async def flush(self) -> None:
@@ -599,8 +623,11 @@ class LeasedBudgetLedger:
         while state.background:
             await asyncio.gather(*list(state.background), return_exceptions=True)
 
-    async def aclose(self) -> None:
-        """Report every lease (what calls still in flight spend is then settled on the shared ledger) and close."""
+    async def aclose(self, settle_timeout_s: float = 5.0) -> None:
+        """Report every lease (what calls still in flight spend is then settled on the shared ledger) and close.
+
+        Waits up to ``settle_timeout_s`` for the reports (they retry while the shared ledger is down).
+        """
         if self._closed:
             return
         state = self._state
@@ -609,14 +636,28 @@ class LeasedBudgetLedger:
                 state.rotator.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await state.rotator
-            await self.flush()
+            for key, lease in list(self._leases.items()):
+                self._retire(state, key, lease)
+            self._rotate(time.monotonic())
             # Leases with calls still in flight: report what they spent so far and settle the rest directly.
             for leases in list(self._open.values()):
                 for lease in leases:
                     if not lease.closing:
                         self._report(state, lease)
             self._holds.clear()
-            while state.background:
+            # Bounded: with the shared ledger down, a report retries forever. One still unrecorded at the
+            # bound leaves its lease reserved, and the stale sweep counts all of it as spent.
+            deadline = time.monotonic() + settle_timeout_s
+            while state.background and (left := deadline - time.monotonic()) > 0:
+                await asyncio.wait(list(state.background), timeout=left)
+            if state.background:
+                logger.error(
+                    "tether: %d budget lease(s) could not be reported before shutdown; they stay reserved and the "
+                    "stale sweep counts them as spent in full",
+                    len(state.background),
+                )
+                for task in list(state.background):
+                    task.cancel()
                 await asyncio.gather(*list(state.background), return_exceptions=True)
         self._closed = True
         await self.inner.aclose()
