@@ -94,8 +94,9 @@ _CALLS_PER_LEASE: Final = 4
 _DIRECT_BELOW_CALLS: Final = 2
 # Attempts at a lease that the shared ledger refuses, each a quarter of what the refusal said was left.
 _LEASE_ATTEMPTS: Final = 3
-# Longest wait between two attempts at recording a lease's spend while the shared ledger is down.
-_SETTLE_RETRY_MAX_S: Final = 5.0
+# Waits between attempts at recording a lease's spend while the shared ledger is down: doubling, capped.
+_SETTLE_RETRY_FIRST_S = 0.2
+_SETTLE_RETRY_MAX_S = 5.0
 # Attempts at a usage read that no lease change overlapped.
 _USAGE_ATTEMPTS: Final = 20
 
@@ -303,7 +304,7 @@ class LeasedBudgetLedger:
         """
         self._begin_change(lease.key[0])
         try:
-            delay = 0.2
+            delay = _SETTLE_RETRY_FIRST_S
             attempt = 0
             while True:
                 try:

@@ -79,6 +79,8 @@ __all__ = ["CallContext", "Deployment", "Gateway", "GatewayModel", "Placement"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Waits between attempts at a call's settle the budget ledger did not take: doubling, capped.
+_SETTLE_RETRY_FIRST_S = 0.2
 _SETTLE_RETRY_MAX_S = 5.0
 
 
@@ -604,7 +606,7 @@ class Gateway:
             return
         except Exception:  # noqa: S110 - it failed: retried below
             pass
-        delay = 0.2
+        delay = _SETTLE_RETRY_FIRST_S
         while True:
             await asyncio.sleep(delay)
             try:
