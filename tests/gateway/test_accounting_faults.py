@@ -220,9 +220,10 @@ class Hanging(MemoryBudgetLedger):
         raise StoreUnavailable(f"cannot reach PostgreSQL at {ADDRESS}: connection refused — check TETHER_DATABASE_URL")
 
 
+@pytest.mark.parametrize("leased", [False, True], ids=["direct", "leased"])
 @pytest.mark.parametrize("hang", [True, False], ids=["hangs", "refuses"])
 async def test_a_budget_store_that_hangs_or_refuses_gets_a_quick_503_naming_it_without_its_address(
-    hang: bool,
+    hang: bool, leased: bool
 ) -> None:
     config = GatewayConfig.model_validate(
         {
@@ -232,7 +233,8 @@ async def test_a_budget_store_that_hangs_or_refuses_gets_a_quick_503_naming_it_w
             "gateway": {"dependency_timeout_s": 0.2},
         }
     )
-    gateway = Gateway(config, budgets=Hanging(hang=hang))
+    shared = Hanging(hang=hang)
+    gateway = Gateway(config, budgets=LeasedBudgetLedger(shared) if leased else shared)
     app = create_app(gateway, keys=None, require_keys=False)
     body = {"model": "r", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
     try:

@@ -179,7 +179,9 @@ def serve(
             # Budgets and rate limits are shared (the database or Redis, as [gateway] in tether.toml
             # says), so replicas enforce one copy of every limit instead of each its own.
             gateway = Gateway.from_config(settings, store=store, cost_sink=costs)
-            keys: KeyVerifier | None = None if no_auth else KeyStore(store)
+            keys: KeyVerifier | None = (
+                None if no_auth else KeyStore(store, lookup_timeout_s=options.dependency_timeout_s)
+            )
             application = create_app(
                 gateway,
                 keys=keys,

@@ -58,13 +58,14 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Final
+from typing import Final, TypeVar
 
 from tether.errors import BudgetExceeded, StoreError
+from tether.gateway._deps import bounded
 from tether.gateway.budget import (
     BudgetLedger,
     BudgetScope,
@@ -83,6 +84,7 @@ from tether.gateway.budget import (
 __all__ = ["DEFAULT_LEASE_FRACTION", "DEFAULT_LEASE_S", "LeasedBudgetLedger", "LeaseStats"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: A lease's share of the budget's limit, by default.
 DEFAULT_LEASE_FRACTION: Final = 0.01
@@ -204,6 +206,7 @@ class LeasedBudgetLedger:
         if lease_s <= 0:
             raise ValueError(f"a lease must last more than 0 s, got {lease_s}")
         self.inner = inner
+        self._dependency: tuple[str, float] | None = None  # bound_waits
         self.fraction = Decimal(str(fraction))
         self.lease_s = lease_s
         self._clock: Clock = clock or getattr(inner, "_clock", None) or _now
@@ -451,6 +454,22 @@ class LeasedBudgetLedger:
 
     # -- the ledger ------------------------------------------------------------------------------------------
 
+    def bound_waits(self, dependency: str, timeout_s: float) -> None:
+        """Bound every wait of ``reserve`` on the shared ledger: past ``timeout_s`` it raises
+        ``DependencyUnavailable`` naming ``dependency``. Calls served from a lease never wait."""
+        self._dependency = (dependency, timeout_s)
+
+    def settles_locally(self, reservation: Reservation) -> bool:
+        """Whether settling ``reservation`` touches only memory (its call was served from leases alone)."""
+        hold = self._holds.get(reservation.id)
+        return hold is not None and hold.inner is None
+
+    async def _wait(self, awaitable: Awaitable[T]) -> T:
+        if self._dependency is None:
+            return await awaitable
+        dependency, timeout_s = self._dependency
+        return await bounded(awaitable, dependency=dependency, timeout_s=timeout_s)
+
     async def reserve(self, scopes: Sequence[BudgetScope], *, usd: Decimal, tokens: int) -> Reservation:
         """Charge every scope or none, from leases where they have room; see ``BudgetLedger.reserve``."""
         _check_amounts(usd, tokens)
@@ -470,7 +489,7 @@ class LeasedBudgetLedger:
                 key = (str(scope), period_key(scope.limit.period, now))
                 lease = self._leases.get(key)
                 if lease is None or not lease.fits(nanos, tokens):
-                    lease = await self._lease(state, scope, key, nanos, tokens)
+                    lease = await self._wait(self._lease(state, scope, key, nanos, tokens))
                 if lease is not None and lease.fits(nanos, tokens):
                     lease.reserved_nanos += nanos
                     lease.reserved_tokens += tokens
@@ -486,7 +505,7 @@ class LeasedBudgetLedger:
             inner: Reservation | None = None
             if direct:
                 try:
-                    inner = await self.inner.reserve(direct, usd=usd, tokens=tokens)
+                    inner = await self._wait(self.inner.reserve(direct, usd=usd, tokens=tokens))
                 except BudgetExceeded as refused:
                     raise self._own_view(refused) from None
         except BaseException:

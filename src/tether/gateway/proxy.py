@@ -96,7 +96,7 @@ from tether.errors import (
     UnknownPriceError,
     UnknownRouteError,
 )
-from tether.gateway._deps import DependencyUnavailable, backend_of, bounded
+from tether.gateway._deps import DependencyUnavailable, backend_of
 from tether.gateway._metrics import UNKNOWN_ROUTE, Metrics
 from tether.gateway._upstream import Upstream, UpstreamTimeouts, kept_headers
 from tether.gateway._wire import (
@@ -768,8 +768,6 @@ class _Proxy:
             for api in self.wires
         }
         self.metrics = Metrics(config.routes, config.deployments)
-        key_backend = backend_of(keys) if keys is not None else "memory"
-        self.key_dependency: str | None = None if key_backend == "memory" else f"the key store ({key_backend})"
         self.readiness = _Readiness(gateway.dependency_timeout_s)
 
     # --- auth ---
@@ -782,12 +780,8 @@ class _Proxy:
                 "missing API key: send your tether virtual key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
             )
         assert self.keys is not None
-        verify = self.keys.verify(secret)
-        key = await (
-            verify
-            if self.key_dependency is None
-            else bounded(verify, dependency=self.key_dependency, timeout_s=self.gateway.dependency_timeout_s)
-        )
+        # A KeyStore bounds its own database lookups (``lookup_timeout_s``): a cache hit pays for no timer.
+        key = await self.keys.verify(secret)
         if key is None:
             return 401, "invalid API key: this tether virtual key is unknown or has been revoked"
         return key
