@@ -534,6 +534,8 @@ class _Readiness:
 
     def add_store(self, store: TraceStore) -> None:
         engine = store.engine
+        if engine.url.get_backend_name() == "sqlite" and (engine.url.database or ":memory:") == ":memory:":
+            return  # one connection shared by every thread, in this process: nothing to probe, nothing to hang
 
         def ping() -> None:
             with engine.connect() as connection:
