@@ -140,11 +140,14 @@ def serve(
         str | None, typer.Option(help="store URL for traces, budgets, keys and costs (default: TETHER_DATABASE_URL)")
     ] = None,
 ) -> None:
-    """Serve POST /v1/chat/completions and /v1/messages (plus /v1/models, /healthz, /metrics, POST /v1/kill).
+    """Serve POST /v1/chat/completions and /v1/messages (plus /v1/models, /healthz, /readyz, /metrics, POST /v1/kill).
 
     Point an OpenAI SDK at http://HOST:PORT/v1, or an Anthropic SDK at
     http://HOST:PORT, with a virtual key from 'tether keys create' as the API
     key and a route name as the model.
+
+    SIGTERM or Ctrl-C: requests in flight get [gateway] shutdown_grace_s to
+    finish, costs and spans are stored, and the exit code is 0.
     """
     import uvicorn
     import uvloop
