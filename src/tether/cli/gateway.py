@@ -231,10 +231,15 @@ def serve(
                 sweeper = asyncio.get_running_loop().create_task(_sweep_forever(gateway, settings.stale_reservation_s))
                 try:
                     await server.serve(sockets=[sock])
-                    # Requests cancelled at the grace bound settle in their own cleanup: let them finish it.
-                    cancelled = [task for task in server.server_state.tasks if not task.done()]
-                    if cancelled:
-                        await asyncio.wait(cancelled, timeout=5.0)
+                    # Requests cancelled at the grace bound (or still running after a second signal) settle
+                    # in their own cleanup: let them finish it.
+                    running = [task for task in server.server_state.tasks if not task.done()]
+                    for task in running:
+                        task.cancel()
+                    if running:
+                        await asyncio.wait(running, timeout=5.0)
+                    if server.force_exit and server.started:
+                        await server.lifespan.shutdown()  # skipped by uvicorn after a second signal
                 finally:
                     sweeper.cancel()
                     await asyncio.gather(sweeper, return_exceptions=True)

@@ -1128,6 +1128,7 @@ class _Proxy:
         """
         pumped = False  # the stream was relayed to its end
         left = False  # the client went away first
+        stopped = False  # cancelled from outside: the server is stopping and its grace is over
         watcher: asyncio.Future[None] | None = None
         try:
             call.response_started = True
@@ -1149,9 +1150,11 @@ class _Proxy:
                 await self._pump(call.wire, stream, send)
                 pumped = True
             except asyncio.CancelledError:
-                if not left:
-                    raise  # cancelled from outside (the server is stopping): settled below all the same
-                relay.uncancel()  # our own cancellation: the client left
+                # Ours: the client left. Otherwise the server is stopping (uvicorn cancels what is still
+                # running past its graceful-shutdown bound): the stream is settled below all the same,
+                # then ended for the client with an error event instead of a dropped connection.
+                stopped = not left
+                relay.uncancel()
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -1160,6 +1163,13 @@ class _Proxy:
                 await self._settle(call, stream, placement, span, gone=not pumped)
             finally:
                 span.end()
+        if stopped:
+            message = "the gateway is shutting down: this answer is incomplete (what was streamed is billed)"
+            with contextlib.suppress(Exception):
+                await send(
+                    {"type": "http.response.body", "body": call.wire.stream_error(503, message), "more_body": True}
+                )
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, wire: Wire, stream: _Stream, send: Send) -> None:
         try:
