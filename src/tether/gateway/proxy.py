@@ -1147,7 +1147,7 @@ class _Proxy:
             watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
             watcher.add_done_callback(client_left)
             try:
-                await self._pump(call.wire, stream, send)
+                await self._pump(call, stream, placement, send)
                 pumped = True
             except asyncio.CancelledError:
                 # Ours: the client left. Otherwise the server is stopping (uvicorn cancels what is still
@@ -1171,13 +1171,19 @@ class _Proxy:
                 )
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _pump(self, wire: Wire, stream: _Stream, send: Send) -> None:
+    async def _pump(self, call: _Call, stream: _Stream, placement: Placement, send: Send) -> None:
+        wire = call.wire
         try:
             async for chunk in stream.chunks:
                 if isinstance(stream, _PassthroughStream) and stream.complete:
+                    # Billed before the end marker leaves: once the client has its whole answer, its cost is
+                    # in the journal already (a crash right after the send cannot lose it).
+                    await self._bill(call, stream, placement)
                     # The batch with the end marker ends the response too: one write, not two.
                     await send({"type": "http.response.body", "body": chunk, "more_body": False})
                     return
+                if isinstance(stream, _ModelStream) and stream.response is not None:
+                    await self._bill(call, stream, placement)  # the final chunk: billed first, as above
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception as exc:
             logger.exception("tether gateway: a stream failed inside the proxy")
@@ -1186,6 +1192,13 @@ class _Proxy:
             message = "the gateway failed while streaming this answer; it is incomplete"
             await send({"type": "http.response.body", "body": wire.stream_error(500, message), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _bill(self, call: _Call, stream: _Stream, placement: Placement) -> None:
+        """Settle a stream that ended well, before its last bytes go (``_settle`` then finds it settled)."""
+        try:
+            await placement.finish(stream.usage(call.input_estimate)[0])
+        except Exception:  # the answer is whole: a failure to account it must not cut it
+            logger.warning("tether gateway: settling a finished stream failed", exc_info=True)
 
     async def _settle(self, call: _Call, stream: _Stream, placement: Placement, span: Span, *, gone: bool) -> None:
         # A stream that ended well is billed before its connection is drained (up to a second): the client
