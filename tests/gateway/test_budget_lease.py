@@ -324,12 +324,12 @@ def test_processes_with_leases_never_overspend_together(store_url: str, tmp_path
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_a_replica_that_dies_loses_at_most_its_open_lease(store_url: str, tmp_path: Path) -> None:
+def test_a_replica_that_dies_leaves_its_open_lease_to_be_swept_as_spent(store_url: str, tmp_path: Path) -> None:
     open_store(store_url).close()
     assert _race(store_url, tmp_path, ["crash"]) == [3]
 
     # Its lease ($0.04) is still reserved and the three cents it spent are not in the budget (they are in the
-    # cost ledger): the documented bound. The sweep gives the lease back.
+    # cost ledger). The sweep counts the whole lease as spent: fail closed, never money handed back.
     assert _row(store_url) == (0, 40_000_000, 0)
 
     async def sweep() -> int:
@@ -340,7 +340,7 @@ def test_a_replica_that_dies_loses_at_most_its_open_lease(store_url: str, tmp_pa
             await ledger.aclose()
 
     assert asyncio.run(sweep()) == 1
-    assert _row(store_url) == (0, 0, 0)
+    assert _row(store_url) == (40_000_000, 0, 0)
 
 
 # --- in flight, cancelled, failing ------------------------------------------------------------------------------

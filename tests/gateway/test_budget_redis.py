@@ -56,7 +56,7 @@ test_no_scopes_reserve_nothing = shared.test_no_scopes_reserve_nothing
 test_a_thousand_tiny_reservations_add_up_exactly = shared.test_a_thousand_tiny_reservations_add_up_exactly
 test_sub_nano_dollar_amounts_round_towards_refusal = shared.test_sub_nano_dollar_amounts_round_towards_refusal
 test_a_hundred_concurrent_reservations_never_overspend = shared.test_a_hundred_concurrent_reservations_never_overspend
-test_the_sweep_releases_only_stale_reservations = shared.test_the_sweep_releases_only_stale_reservations
+test_the_sweep_counts_only_stale_reservations_as_spent = shared.test_the_sweep_counts_only_stale_reservations_as_spent
 
 
 @pytest.fixture
@@ -321,9 +321,9 @@ async def test_the_sweep_works_through_more_than_one_batch(ledger: RedisBudgetLe
 
     assert await ledger.sweep_stale(timedelta(minutes=30)) == 1001
 
-    assert await used(ledger, budget) == (0, CENT, 0, 1)
+    assert await used(ledger, budget) == (CENT * 1001, CENT, 1001, 1)  # swept as spent: fail closed
     await ledger.release(recent)
-    assert await used(ledger, budget) == ZERO
+    assert await used(ledger, budget) == (CENT * 1001, 0, 1001, 0)
 
 
 async def test_the_sweep_forgets_reservations_that_expired_with_their_period(
@@ -410,7 +410,7 @@ async def test_the_scripts_are_loaded_again_after_a_flush(
     await client.script_flush()
     assert await ledger.sweep_stale(timedelta(0)) == 1
 
-    assert await used(ledger, budget) == (CENT, 0, 0, 0)
+    assert await used(ledger, budget) == (2 * CENT, 0, 0, 0)  # the swept one counts as spent
 
 
 async def test_a_ledger_on_an_existing_client(redis_url: str, redis_prefix: str) -> None:

@@ -657,12 +657,14 @@ async def test_post_kill_without_auth_records_who_could_not_be_known(store: Trac
 async def test_post_kill_reports_a_store_failure_as_503(store: TraceStore) -> None:
     class Broken(KillStore):
         def add(self, kill: Kill) -> None:
-            raise StoreUnavailable("database is down")
+            raise StoreUnavailable("cannot reach PostgreSQL at postgresql://tether@db.internal:5432/prod")
 
     app = Starlette(routes=[kill_route(Broken(store), keys=None)])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
         response = await client.post("/v1/kill", json={"all": True})
-    assert response.status_code == 503 and "database is down" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert response.status_code == 503 and "the store is unavailable" in message
+    assert "db.internal" not in message and "5432" not in message  # the store's address is for the log only
 
 
 async def test_the_proxy_app_serves_the_kill_endpoint_beside_chat(store: TraceStore) -> None:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import logging
+import signal
 import socket
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -15,7 +21,13 @@ from tether.cli import _format as fmt
 from tether.errors import ConfigError
 
 if TYPE_CHECKING:
+    import uvicorn
+
+    from tether.gateway.gateway import Gateway
+    from tether.gateway.journal import CostJournal
     from tether.gateway.keys import KeyVerifier
+
+logger = logging.getLogger(__name__)
 
 app = typer.Typer(help="Run tether's gateway as an HTTP proxy for agents not built with tether.", no_args_is_help=True)
 
@@ -40,6 +52,80 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _open_journal(directory: str, *, fsync: bool) -> CostJournal:
+    from tether.gateway.journal import CostJournal
+
+    try:
+        return CostJournal(directory, fsync=fsync)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the cost journal in {directory}: {exc.strerror or exc} — set [gateway] journal_dir in "
+            "tether.toml to a writable directory"
+        ) from None
+
+
+async def _sweep_forever(gateway: Gateway, older_than_s: float) -> None:
+    """Sweep budget reservations a dead replica left, at start-up and then every minute (or sooner)."""
+    interval = min(60.0, max(older_than_s / 2, 0.5))
+    while True:
+        try:
+            swept = await gateway.sweep_stale_reservations(timedelta(seconds=older_than_s))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store is down: try again at the next round
+            logger.warning("tether gateway: sweeping stale budget reservations failed: %s", type(exc).__name__)
+        else:
+            if swept:
+                logger.warning(
+                    "tether gateway: %d stale budget reservation(s) (a replica that stopped mid-call) counted as spent",
+                    swept,
+                )
+        await asyncio.sleep(interval)
+
+
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server with SIGTERM handled as SIGINT, on the event loop, and never re-raised.
+
+        uvicorn catches both signals for its graceful stop and then raises the caught one again. SIGINT
+        then becomes KeyboardInterrupt and the flushing ``finally`` blocks run; SIGTERM's default action
+        kills the process on the spot (exit 143) before any of them. Here neither is raised again: the
+        serve call returns, everything is flushed, and the process exits 0. A second signal stops
+        waiting for requests in flight.
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            handled = (signal.SIGINT, signal.SIGTERM)
+            for sig in handled:
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in handled:
+                    loop.remove_signal_handler(sig)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit:
+                self.force_exit = True
+                return
+            self.should_exit = True
+            logger.warning(
+                "tether gateway: %s received: finishing the requests in flight (up to %gs), then stopping",
+                signal.Signals(sig).name,
+                self.config.timeout_graceful_shutdown,
+            )
+
+    return Server
+
+
+def _server(config: uvicorn.Config) -> uvicorn.Server:
+    return _server_class()(config)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on (loopback unless you mean otherwise)")] = "127.0.0.1",
@@ -59,12 +145,15 @@ def serve(
         str | None, typer.Option(help="store URL for traces, budgets, keys and costs (default: TETHER_DATABASE_URL)")
     ] = None,
 ) -> None:
-    """Serve POST /v1/chat/completions and /v1/messages (plus /v1/models, /healthz, /metrics, POST /v1/kill).
+    """Serve POST /v1/chat/completions and /v1/messages (plus /v1/models, /healthz, /readyz, /metrics, POST /v1/kill).
 
     Point an OpenAI SDK at http://HOST:PORT/v1, or an Anthropic SDK at
     http://HOST:PORT, with a virtual key from 'tether keys create' as the API
     key and a route name as the model. The admin endpoints (/v1/approvals,
     POST /v1/kill) take only an admin key: 'tether keys create NAME --admin'.
+
+    SIGTERM or Ctrl-C: requests in flight get [gateway] shutdown_grace_s to
+    finish, costs and spans are stored, and the exit code is 0.
     """
     import uvicorn
     import uvloop
@@ -85,17 +174,23 @@ def serve(
             "no routes are defined: add [providers.<name>], [deployments.<name>] and [routes.<name>] to tether.toml "
             "(the route name is the model clients ask for)"
         )
+    options = settings.gateway
+    journal = _open_journal(options.journal_dir, fsync=options.journal_fsync)
     sock = _bind(host, port)
     store = open_store(database or settings.store.url)
     try:
         tracing = configure_tracing(store)
-        costs = CostWriter(store)
-        kills = KillStore(store, redis_url=settings.gateway.redis_url)
+        costs = CostWriter(store, journal=journal)
+        # What a process that died (kill -9, OOM) left in the journal: stored before anything new.
+        costs.replay()
+        kills = KillStore(store, redis_url=options.redis_url)
         try:
             # Budgets and rate limits are shared (the database or Redis, as [gateway] in tether.toml
             # says), so replicas enforce one copy of every limit instead of each its own.
             gateway = Gateway.from_config(settings, store=store, cost_sink=costs)
-            keys: KeyVerifier | None = None if no_auth else KeyStore(store)
+            keys: KeyVerifier | None = (
+                None if no_auth else KeyStore(store, lookup_timeout_s=options.dependency_timeout_s)
+            )
             application = create_app(
                 gateway,
                 keys=keys,
@@ -106,6 +201,7 @@ def serve(
                     kill_route(kills, keys=keys),
                     *approval_routes(ApprovalStore(store), keys=keys),
                 ],
+                store=store,
             )
             bound_host, bound_port = sock.getsockname()[:2]
             url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -123,7 +219,8 @@ def serve(
                     "local development only",
                     soft_wrap=True,
                 )
-            server = uvicorn.Server(
+            grace_s = options.shutdown_grace_s
+            server = _server(
                 uvicorn.Config(
                     application,
                     loop="none",
@@ -133,7 +230,9 @@ def serve(
                     log_level="warning",
                     proxy_headers=False,
                     server_header=False,
-                    timeout_graceful_shutdown=30,
+                    # Past the grace, requests still running (streams) are cancelled: each is then
+                    # settled and billed for what it used, in its own cleanup.
+                    timeout_graceful_shutdown=max(grace_s, 0.01),  # type: ignore[arg-type]  # a float works
                 )
             )
 
@@ -143,9 +242,21 @@ def serve(
                 # c=64 p99 tail is its pauses otherwise).
                 gc.collect()
                 gc.freeze()
+                sweeper = asyncio.get_running_loop().create_task(_sweep_forever(gateway, settings.stale_reservation_s))
                 try:
                     await server.serve(sockets=[sock])
+                    # Requests cancelled at the grace bound (or still running after a second signal) settle
+                    # in their own cleanup: let them finish it.
+                    running = [task for task in server.server_state.tasks if not task.done()]
+                    for task in running:
+                        task.cancel()
+                    if running:
+                        await asyncio.wait(running, timeout=5.0)
+                    if server.force_exit and server.started:
+                        await server.lifespan.shutdown()  # skipped by uvicorn after a second signal
                 finally:
+                    sweeper.cancel()
+                    await asyncio.gather(sweeper, return_exceptions=True)
                     await gateway.aclose()
 
             # One worker: budgets and limits are shared through the database and Redis, so scale

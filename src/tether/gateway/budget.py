@@ -345,7 +345,7 @@ class MemoryBudgetLedger:
             self._held[reservation.id] = _Held(keys, nanos, tokens, now)
         return reservation
 
-    def _give_back(self, reservation_id: str) -> None:
+    def _give_back(self, reservation_id: str, *, as_spent: bool = False) -> None:
         held = self._held.pop(reservation_id, None)
         if held is None:
             return  # settled, released or swept already
@@ -353,6 +353,9 @@ class MemoryBudgetLedger:
             row = self._row(key)
             row.reserved_nanousd -= held.nanousd
             row.reserved_tokens -= held.tokens
+            if as_spent:
+                row.spent_nanousd += held.nanousd
+                row.spent_tokens += held.tokens
 
     async def settle(self, reservation: Reservation, *, usd: Decimal, tokens: int) -> None:
         """Record the real cost; see ``SqlBudgetLedger.settle`` for a settle after a sweep."""
@@ -377,12 +380,12 @@ class MemoryBudgetLedger:
             return self._rows.get((str(scope), period), _Counters()).usage(str(scope), period)
 
     async def sweep_stale(self, older_than: timedelta) -> int:
-        """Release reservations made more than ``older_than`` ago; returns how many."""
+        """End reservations made more than ``older_than`` ago as spent in full (fail closed); returns how many."""
         with self._lock:
             cutoff = _utc(self._clock()) - older_than
             stale = [rid for rid, held in self._held.items() if held.created_at < cutoff]
             for rid in stale:
-                self._give_back(rid)
+                self._give_back(rid, as_spent=True)
         return len(stale)
 
     async def aclose(self) -> None:
@@ -490,6 +493,7 @@ class _Settle:
 @dataclass(frozen=True)
 class _Release:
     reservation_id: str
+    as_spent: bool = False  # the stale sweep: the reserved amounts count as spent (fail closed)
 
 
 _Op: TypeAlias = _Reserve | _Settle | _Release
@@ -816,8 +820,9 @@ class SqlBudgetLedger:
                     continue
                 reservation_id = op.reservation.id if isinstance(op, _Settle) else op.reservation_id
                 taken = held.pop(reservation_id, [])  # gone: settled, released or swept already
+                spent = isinstance(op, _Release) and op.as_spent
                 for key, nanos, tokens in taken:
-                    tally.add(key, 0, -nanos, 0, -tokens)
+                    tally.add(key, nanos if spent else 0, -nanos, tokens if spent else 0, -tokens)
                 if isinstance(op, _Settle):
                     # Recorded even when the reservation is gone: spend is never dropped.
                     for scope, period in zip(op.reservation.scopes, op.reservation.periods, strict=True):
@@ -1042,21 +1047,22 @@ class SqlBudgetLedger:
             return list(connection.scalars(_STALE_IDS, {"cutoff": cutoff}))
 
     async def sweep_stale(self, older_than: timedelta) -> int:
-        """Release reservations made more than ``older_than`` ago, e.g. by a process that died mid-call.
+        """End reservations made more than ``older_than`` ago (e.g. by a process that died mid-call) as spent.
 
-        Choose ``older_than`` well above the longest call: a call still running
-        when its reservation is swept is still settled in full, but until then
-        its budget could be over-committed by the released amount.
+        Fail closed: a dead replica's lease or call may have been billed, and nothing says for how much,
+        so the whole reservation counts as spent, never as money given back. Choose ``older_than`` well
+        above the longest call: a call still running when its reservation is swept is settled in full
+        later, on top (counted twice: the safe side).
 
         Returns:
-            How many reservations were released.
+            How many reservations were swept.
         """
         stale = await asyncio.to_thread(self._stale_ids, _utc(self._clock()) - older_than)
         released = 0
         # A batch's worth at a time, so a large sweep never crowds live calls out of the queue.
         for start in range(0, len(stale), self._max_batch):
             chunk = stale[start : start + self._max_batch]
-            outcomes = await asyncio.gather(*(self._submit(_Release(rid)) for rid in chunk))
+            outcomes = await asyncio.gather(*(self._submit(_Release(rid, as_spent=True)) for rid in chunk))
             released += sum(outcome is True for outcome in outcomes)
         return released
 

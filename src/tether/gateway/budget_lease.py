@@ -29,10 +29,14 @@ What it costs, and the bounds:
   ends (at most ``lease_s`` after it began, once its calls in flight are
   settled): until then it shows the lease as reserved. ``usage`` on this
   ledger is exact for this replica's own leases.
-* **A crash.** A replica that dies loses what it spent on its open leases since
-  they began — at most one lease per budget — and leaves the leases reserved
-  until ``sweep_stale`` releases them. The calls themselves are still in the
-  cost ledger (``tether cost``); only the budget under-counts them.
+* **A crash.** A replica that dies leaves its open leases (at most one per
+  budget) reserved in the shared ledger until ``sweep_stale`` (scheduled by
+  ``tether gateway serve``) ends them, counting each lease as spent in full:
+  what its calls spent is not known to anyone else, and fail closed means
+  never handing back as unspent money that may have been spent. The budget
+  over-counts by the lease's unused room, at most ``fraction`` of the limit
+  per budget; the calls themselves are in the cost ledger (``tether cost``,
+  kept through the crash by the cost journal).
 
 Run budgets (``run:<id>``) are leased too: a run lives in one process, so its
 lease is never contended. ``fraction = 0`` turns leasing off (every call goes
@@ -54,13 +58,14 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Final
+from typing import Final, TypeVar
 
 from tether.errors import BudgetExceeded, StoreError
+from tether.gateway._deps import bounded
 from tether.gateway.budget import (
     BudgetLedger,
     BudgetScope,
@@ -79,6 +84,7 @@ from tether.gateway.budget import (
 __all__ = ["DEFAULT_LEASE_FRACTION", "DEFAULT_LEASE_S", "LeasedBudgetLedger", "LeaseStats"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: A lease's share of the budget's limit, by default.
 DEFAULT_LEASE_FRACTION: Final = 0.01
@@ -90,6 +96,9 @@ _CALLS_PER_LEASE: Final = 4
 _DIRECT_BELOW_CALLS: Final = 2
 # Attempts at a lease that the shared ledger refuses, each a quarter of what the refusal said was left.
 _LEASE_ATTEMPTS: Final = 3
+# Waits between attempts at recording a lease's spend while the shared ledger is down: doubling, capped.
+_SETTLE_RETRY_FIRST_S = 0.2
+_SETTLE_RETRY_MAX_S = 5.0
 # Attempts at a usage read that no lease change overlapped.
 _USAGE_ATTEMPTS: Final = 20
 
@@ -197,6 +206,7 @@ class LeasedBudgetLedger:
         if lease_s <= 0:
             raise ValueError(f"a lease must last more than 0 s, got {lease_s}")
         self.inner = inner
+        self._dependency: tuple[str, float] | None = None  # bound_waits
         self.fraction = Decimal(str(fraction))
         self.lease_s = lease_s
         self._clock: Clock = clock or getattr(inner, "_clock", None) or _now
@@ -289,26 +299,37 @@ class LeasedBudgetLedger:
         self._spawn(state, self._settle_lease(lease))
 
     async def _settle_lease(self, lease: _Lease) -> None:
-        """Replace the lease's reservation in the shared ledger by what its calls spent."""
+        """Replace the lease's reservation in the shared ledger by what its calls spent.
+
+        Retried with backoff until the shared ledger takes it, never dropped: meanwhile the shared ledger
+        still holds the whole lease, so every replica counts at least what its calls spent. If the process
+        stops first, the lease stays reserved and the stale sweep counts all of it as spent (fail closed).
+        """
         self._begin_change(lease.key[0])
         try:
-            for attempt in range(5):
+            delay = _SETTLE_RETRY_FIRST_S
+            attempt = 0
+            while True:
                 try:
                     await self.inner.settle(lease.held, usd=_to_usd(lease.spent_nanos), tokens=lease.spent_tokens)
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the store is down: try again, then leave it to the sweep
-                    if attempt == 4:
+                except Exception as exc:  # the store is down: keep the spend and try again
+                    attempt += 1
+                    if attempt == 5:
                         logger.error(
-                            "tether: the spend of a budget lease on %s ($%s, %d tokens) could not be recorded: %s",
+                            "tether: the spend of a budget lease on %s ($%s, %d tokens) is not recorded yet (%s); "
+                            "retrying until it is",
                             lease.key[0],
                             _to_usd(lease.spent_nanos),
                             lease.spent_tokens,
                             exc,
                         )
-                        break
-                    await asyncio.sleep(0.2 * 2**attempt)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _SETTLE_RETRY_MAX_S)
+            if attempt >= 5:
+                logger.info("tether: the spend of a budget lease on %s is recorded now", lease.key[0])
         finally:
             self._forget(lease)
             self._end_change(lease.key[0])
@@ -433,6 +454,22 @@ class LeasedBudgetLedger:
 
     # -- the ledger ------------------------------------------------------------------------------------------
 
+    def bound_waits(self, dependency: str, timeout_s: float) -> None:
+        """Bound every wait of ``reserve`` on the shared ledger: past ``timeout_s`` it raises
+        ``DependencyUnavailable`` naming ``dependency``. Calls served from a lease never wait."""
+        self._dependency = (dependency, timeout_s)
+
+    def settles_locally(self, reservation: Reservation) -> bool:
+        """Whether settling ``reservation`` touches only memory (its call was served from leases alone)."""
+        hold = self._holds.get(reservation.id)
+        return hold is not None and hold.inner is None
+
+    async def _wait(self, awaitable: Awaitable[T]) -> T:
+        if self._dependency is None:
+            return await awaitable
+        dependency, timeout_s = self._dependency
+        return await bounded(awaitable, dependency=dependency, timeout_s=timeout_s)
+
     async def reserve(self, scopes: Sequence[BudgetScope], *, usd: Decimal, tokens: int) -> Reservation:
         """Charge every scope or none, from leases where they have room; see ``BudgetLedger.reserve``."""
         _check_amounts(usd, tokens)
@@ -452,7 +489,7 @@ class LeasedBudgetLedger:
                 key = (str(scope), period_key(scope.limit.period, now))
                 lease = self._leases.get(key)
                 if lease is None or not lease.fits(nanos, tokens):
-                    lease = await self._lease(state, scope, key, nanos, tokens)
+                    lease = await self._wait(self._lease(state, scope, key, nanos, tokens))
                 if lease is not None and lease.fits(nanos, tokens):
                     lease.reserved_nanos += nanos
                     lease.reserved_tokens += tokens
@@ -468,7 +505,7 @@ class LeasedBudgetLedger:
             inner: Reservation | None = None
             if direct:
                 try:
-                    inner = await self.inner.reserve(direct, usd=usd, tokens=tokens)
+                    inner = await self._wait(self.inner.reserve(direct, usd=usd, tokens=tokens))
                 except BudgetExceeded as refused:
                     raise self._own_view(refused) from None
         except BaseException:
@@ -531,7 +568,12 @@ class LeasedBudgetLedger:
             return
         self._give_back(hold.parts, (_to_nanos(usd, ROUND_CEILING), tokens))
         if hold.inner is not None:
-            await self.inner.settle(hold.inner, usd=usd, tokens=tokens)
+            try:
+                await self.inner.settle(hold.inner, usd=usd, tokens=tokens)
+            except BaseException:
+                # The shared ledger did not take it: keep what is left, so a retry settles only that.
+                self._holds[reservation.id] = _Hold([], hold.inner, hold.created_at)
+                raise
 
     async def release(self, reservation: Reservation) -> None:
         """Give the reservation back; nothing happens if it is already settled or released."""
@@ -577,7 +619,7 @@ class LeasedBudgetLedger:
         )
 
     async def sweep_stale(self, older_than: timedelta) -> int:
-        """Release this replica's calls and the shared ledger's reservations older than ``older_than``."""
+        """Count this replica's calls and the shared ledger's reservations older than ``older_than`` as spent."""
         # Our own leases first: each is reported (or, with calls still in flight, stays open until they settle),
         # so a sweep after a long pause never drops what a lease spent.
         await self.flush()
@@ -585,9 +627,11 @@ class LeasedBudgetLedger:
         stale = [rid for rid, hold in self._holds.items() if hold.created_at < cutoff]
         for rid in stale:
             hold = self._holds.pop(rid)
-            self._give_back(hold.parts)
+            # Fail closed, as the shared ledgers sweep: a call that never settled may have been billed in full.
+            for part in hold.parts:
+                self._give_back([part], (part.nanos, part.tokens))
             if hold.inner is not None:
-                await self.inner.release(hold.inner)
+                await self.inner.settle(hold.inner, usd=hold.inner.usd, tokens=hold.inner.tokens)
         return len(stale) + await self.inner.sweep_stale(older_than)
 
     async def flush(self) -> None:
@@ -599,8 +643,11 @@ class LeasedBudgetLedger:
         while state.background:
             await asyncio.gather(*list(state.background), return_exceptions=True)
 
-    async def aclose(self) -> None:
-        """Report every lease (what calls still in flight spend is then settled on the shared ledger) and close."""
+    async def aclose(self, settle_timeout_s: float = 5.0) -> None:
+        """Report every lease (what calls still in flight spend is then settled on the shared ledger) and close.
+
+        Waits up to ``settle_timeout_s`` for the reports (they retry while the shared ledger is down).
+        """
         if self._closed:
             return
         state = self._state
@@ -609,14 +656,28 @@ class LeasedBudgetLedger:
                 state.rotator.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await state.rotator
-            await self.flush()
+            for key, lease in list(self._leases.items()):
+                self._retire(state, key, lease)
+            self._rotate(time.monotonic())
             # Leases with calls still in flight: report what they spent so far and settle the rest directly.
             for leases in list(self._open.values()):
                 for lease in leases:
                     if not lease.closing:
                         self._report(state, lease)
             self._holds.clear()
-            while state.background:
+            # Bounded: with the shared ledger down, a report retries forever. One still unrecorded at the
+            # bound leaves its lease reserved, and the stale sweep counts all of it as spent.
+            deadline = time.monotonic() + settle_timeout_s
+            while state.background and (left := deadline - time.monotonic()) > 0:
+                await asyncio.wait(list(state.background), timeout=left)
+            if state.background:
+                logger.error(
+                    "tether: %d budget lease(s) could not be reported before shutdown; they stay reserved and the "
+                    "stale sweep counts them as spent in full",
+                    len(state.background),
+                )
+                for task in list(state.background):
+                    task.cancel()
                 await asyncio.gather(*list(state.background), return_exceptions=True)
         self._closed = True
         await self.inner.aclose()

@@ -124,7 +124,8 @@ local function negate(s)
 end
 
 -- Give an open reservation's amounts back to its counters and forget it; false if it is gone.
-local function give_back(reservation)
+-- as_spent (the stale sweep): count the amounts as spent instead, since the call may have been billed.
+local function give_back(reservation, as_spent)
   local flat = redis.call('HGETALL', reservation)
   if #flat == 0 then return false end
   local held = {}
@@ -135,6 +136,10 @@ local function give_back(reservation)
     if redis.call('EXISTS', counters) == 1 then
       redis.call('HINCRBY', counters, 'reserved_nanousd', negate(held['nanousd']))
       redis.call('HINCRBY', counters, 'reserved_tokens', negate(held['tokens']))
+      if as_spent then
+        redis.call('HINCRBY', counters, 'spent_nanousd', held['nanousd'])
+        redis.call('HINCRBY', counters, 'spent_tokens', held['tokens'])
+      end
     end
   end
   redis.call('DEL', reservation)
@@ -222,7 +227,7 @@ _SWEEP = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local released = 0
 for _, id in ipairs(ids) do
-  if give_back(ARGV[3] .. id) then released = released + 1 end
+  if give_back(ARGV[3] .. id, true) then released = released + 1 end
   redis.call('ZREM', KEYS[1], id)
 end
 return {released, #ids}
@@ -575,9 +580,11 @@ class RedisBudgetLedger(BudgetLedger):
         await self._eval(_RELEASE_SCRIPT, keys, [reservation.id], "releasing budget")
 
     async def sweep_stale(self, older_than: timedelta) -> int:
-        """Release reservations made more than ``older_than`` ago, e.g. by a process that died mid-call.
+        """End reservations made more than ``older_than`` ago (e.g. by a process that died mid-call) as spent.
 
-        One script per 1,000 reservations, so Redis is never blocked for long.
+        Fail closed: a dead replica's lease or call may have been billed, and nothing says for how much,
+        so its whole reservation counts as spent. One script per 1,000 reservations, so Redis is never
+        blocked for long.
         As with ``SqlBudgetLedger.sweep_stale``, choose ``older_than`` well above
         the longest call.
 

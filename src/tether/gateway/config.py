@@ -207,6 +207,20 @@ class GatewaySettings(_Strict):
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     # The most messages one request may carry (413 above it); translation is linear in them.
     max_request_messages: int = Field(default=10_000, ge=1, le=1_000_000)
+    # On SIGTERM/SIGINT: how long calls and streams in flight may take to finish; streams still open
+    # then are cut and billed for what they used.
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=3600)
+    # Each cost record is appended here before its call's answer leaves, until the costs table has it
+    # (survives kill -9; see tether.gateway.journal). Relative paths are from the working directory.
+    journal_dir: str = ".tether/journal"
+    # Flush each journal line to disk too (survives a power cut; one disk flush per call).
+    journal_fsync: bool = False
+    # Longest wait for the store or Redis on a request (key check, budget, rate limit): past it the
+    # request gets a 503 naming the dependency.
+    dependency_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # A budget reservation older than this is a dead replica's (its lease or call): swept and counted as
+    # spent in full. None: the longest deployment timeout plus two leases plus a minute.
+    stale_reservation_s: float | None = Field(default=None, gt=0)
 
 
 class GatewayConfig(_Strict):
@@ -218,6 +232,16 @@ class GatewayConfig(_Strict):
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     budgets: BudgetsConfig = BudgetsConfig()
     gateway: GatewaySettings = GatewaySettings()
+
+    @property
+    def stale_reservation_s(self) -> float:
+        """How old a budget reservation must be before the sweep takes it for a dead replica's."""
+        if self.gateway.stale_reservation_s is not None:
+            return self.gateway.stale_reservation_s
+        longest = max(
+            (d.timeout_s or self.providers[d.provider].timeout_s for d in self.deployments.values()), default=600.0
+        )
+        return longest + 2 * self.gateway.budget_lease_s + 60.0
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:

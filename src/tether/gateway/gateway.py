@@ -46,6 +46,7 @@ from tether.errors import (
     UnknownPriceError,
     UnknownRouteError,
 )
+from tether.gateway._deps import backend_of, bounded
 from tether.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 from tether.gateway.budget import (
     BudgetLedger,
@@ -78,6 +79,9 @@ __all__ = ["CallContext", "Deployment", "Gateway", "GatewayModel", "Placement"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Waits between attempts at a call's settle the budget ledger did not take: doubling, capped.
+_SETTLE_RETRY_FIRST_S = 0.2
+_SETTLE_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,23 @@ class Gateway:
         self.pricer = Pricer(config.prices)
         self.budgets = budgets or MemoryBudgetLedger()
         self.rate_limiter = RateLimiter(rate_limits or MemoryRateLimitBackend())
+        # Waits on the shared budget and rate-limit stores are bounded on the request path (a 503 naming
+        # the store past the bound); in-memory ones never wait, so they skip the timer.
+        self.dependency_timeout_s = config.gateway.dependency_timeout_s
+        budget_backend = backend_of(self.budgets)
+        limits_backend = backend_of(self.rate_limiter.backend)
+        self.budget_dependency: str | None = (
+            None if budget_backend == "memory" else f"the budget store ({budget_backend})"
+        )
+        # A leased ledger serves most calls from memory: it bounds only its own waits on the shared
+        # ledger, so a call served from a lease pays for no timer (~5-10 µs each on this machine).
+        self._leased = isinstance(self.budgets, LeasedBudgetLedger)
+        if self._leased and self.budget_dependency is not None:
+            assert isinstance(self.budgets, LeasedBudgetLedger)
+            self.budgets.bound_waits(self.budget_dependency, self.dependency_timeout_s)
+        self.limits_dependency: str | None = (
+            None if limits_backend == "memory" else f"the rate-limit store ({limits_backend})"
+        )
         self.breakers = BreakerRegistry()
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -219,6 +240,7 @@ class Gateway:
         self._cache = _ResponseCache(capacity=response_cache_size)
         self._burns: dict[str, tuple[float, float]] = {}  # route -> (read at, burn)
         self._burn_reads: dict[str, asyncio.Task[float]] = {}  # refreshes running in the background
+        self._unsettled: set[asyncio.Task[None]] = set()  # settles the ledger could not take yet, retried
         self.breaker_changes: list[tuple[str, BreakerState, BreakerState, str]] = []
         # Counters for reports and /metrics: retries, fallbacks, calls served and failed per deployment.
         self.stats: Counter[str] = Counter()
@@ -338,7 +360,8 @@ class Gateway:
         if cached is not None and age < refresh_s:
             return cached[1]
         assert task is not None
-        return await asyncio.shield(task)  # one read for every caller that needs it now
+        # One read for every caller that needs it now, bounded (a read from memory never gets here).
+        return await self._bounded(asyncio.shield(task), self.budget_dependency)
 
     async def _read_burn(self, route_name: str, budget: BudgetLimit) -> float:
         read_at = self._clock()
@@ -509,7 +532,8 @@ class Gateway:
         grants: list[Grant] = []
         try:
             for scope, limit in limits:
-                grants.append(await self.rate_limiter.acquire(scope, limit, estimated_tokens=tokens))
+                acquire = self.rate_limiter.acquire(scope, limit, estimated_tokens=tokens)
+                grants.append(await self._bounded(acquire, self.limits_dependency))
         except BaseException:
             for grant in grants:
                 await self.rate_limiter.release(grant)
@@ -533,10 +557,16 @@ class Gateway:
                 f'set [prices."{model_name}"] in tether.toml or use a priced model'
             )
         try:
-            return await self.budgets.reserve(scopes, usd=worst.usd, tokens=estimated_tokens + max_tokens)
+            reserve = self.budgets.reserve(scopes, usd=worst.usd, tokens=estimated_tokens + max_tokens)
+            return await (reserve if self._leased else self._bounded(reserve, self.budget_dependency))
         except BaseException:
             deployment.breaker.release()
             raise
+
+    async def _bounded(self, awaitable: Awaitable[T], dependency: str | None) -> T:
+        if dependency is None:
+            return await awaitable
+        return await bounded(awaitable, dependency=dependency, timeout_s=self.dependency_timeout_s)
 
     def _record(self, record: CostRecord) -> None:
         if self._cost_sink is not None:
@@ -545,18 +575,105 @@ class Gateway:
             except Exception:  # accounting must never break a call that already succeeded
                 logger.warning("tether: cost record for %s could not be queued", record.deployment, exc_info=True)
 
+    async def _settle(self, reservation: Reservation, *, usd: Decimal, tokens: int) -> None:
+        """Settle a call's budget; if the ledger cannot take it now, keep retrying in the background.
+
+        The provider has answered (and billed): the client gets its answer either way. Until the settle is
+        recorded the ledger still holds the call's whole reservation, so the budget counts at least what
+        was spent meanwhile; the spend itself is kept here and retried with backoff, never dropped.
+        """
+        budgets = self.budgets
+        if self.budget_dependency is None or (
+            isinstance(budgets, LeasedBudgetLedger) and budgets.settles_locally(reservation)
+        ):
+            # In memory: nothing to wait for, so no task and no timer on the hot path.
+            try:
+                await budgets.settle(reservation, usd=usd, tokens=tokens)
+            except ValueError:
+                raise
+            except Exception as exc:
+                logger.warning("tether: the spend of a call is not recorded in the budget yet (%s): retrying", exc)
+                self._keep_settling(None, reservation, usd, tokens)
+            return
+        # Its own task, shielded: a settle the client stops waiting for still runs (and is never run twice).
+        first = asyncio.ensure_future(budgets.settle(reservation, usd=usd, tokens=tokens))
+        try:
+            async with asyncio.timeout(self.dependency_timeout_s):
+                await asyncio.shield(first)
+            return
+        except ValueError:
+            raise
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not first.done():
+                self._keep_settling(first, reservation, usd, tokens)
+                raise
+            logger.warning(
+                "tether: the spend of a call ($%s, %d tokens) is not recorded in the budget yet (%s): retrying",
+                usd,
+                tokens,
+                type(exc).__name__,
+            )
+        self._keep_settling(first, reservation, usd, tokens)
+
+    def _keep_settling(
+        self, first: asyncio.Future[None] | None, reservation: Reservation, usd: Decimal, tokens: int
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle_later(first, reservation, usd, tokens))
+        self._unsettled.add(task)
+        task.add_done_callback(self._unsettled.discard)
+
+    async def _settle_later(
+        self, first: asyncio.Future[None] | None, reservation: Reservation, usd: Decimal, tokens: int
+    ) -> None:
+        if first is not None:
+            try:
+                await first  # the settle already sent may still go through: never send a second one alongside
+                return
+            except Exception:  # noqa: S110 - it failed: retried below
+                pass
+        delay = _SETTLE_RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.budgets.settle(reservation, usd=usd, tokens=tokens)
+            except Exception:
+                delay = min(delay * 2, _SETTLE_RETRY_MAX_S)
+                continue
+            logger.info("tether: the spend of a call ($%s, %d tokens) is recorded in the budget now", usd, tokens)
+            return
+
+    @property
+    def unsettled(self) -> int:
+        """Calls whose spend the budget ledger has not taken yet (retried in the background)."""
+        return len(self._unsettled)
+
     async def sweep_stale_reservations(self, older_than: timedelta = timedelta(minutes=30)) -> int:
         """Release budget reservations left by calls that never settled (a replica that died mid-call).
 
-        Run it periodically (``tether gateway serve`` does, every minute); ``older_than``
-        must be well above the longest call.
+        Run it periodically (``tether gateway serve`` does, see ``[gateway] stale_reservation_s``);
+        ``older_than`` must be well above the longest call. The shared ledgers count a swept reservation
+        as spent in full (fail closed: the dead replica's calls may have been billed).
         """
         return await self.budgets.sweep_stale(older_than)
 
-    async def aclose(self) -> None:
-        """Close every deployment's connections and the shared backends."""
+    async def aclose(self, *, settle_timeout_s: float = 5.0) -> None:
+        """Close every deployment's connections and the shared backends.
+
+        Spend still being retried gets up to ``settle_timeout_s`` more; what is then still not recorded
+        stays reserved in the shared ledger, and its sweep counts the reservation as spent in full.
+        """
         for task in list(self._burn_reads.values()):
             task.cancel()
+        if self._unsettled:
+            _, pending = await asyncio.wait(list(self._unsettled), timeout=settle_timeout_s)
+            if pending:
+                logger.error(
+                    "tether: the spend of %d call(s) could not be recorded in the budget before shutdown; their "
+                    "reservations stay and are counted as spent in full when swept",
+                    len(pending),
+                )
+                for unsettled in pending:
+                    unsettled.cancel()
         for deployment in self.deployments.values():
             await deployment.model.aclose()
         await self.rate_limiter.aclose()
@@ -620,10 +737,8 @@ class Placement:
         model_name = deployment.config.model
         cost = gateway.pricer.price(deployment.price_ref, model_name, usage)
         self.cost_usd = cost.usd
-        if self._reservation is not None:
-            await gateway.budgets.settle(self._reservation, usd=cost.usd or Decimal(0), tokens=usage.total_tokens)
-        for grant in self._grants:
-            await gateway.rate_limiter.settle(grant, usage.total_tokens)
+        # Recorded first: the cost journal has it before the call's answer leaves (and before any await
+        # below), so it survives the process being killed while the budget is settled.
         gateway._record(
             CostRecord(
                 time_ns=time.time_ns(),
@@ -639,6 +754,10 @@ class Placement:
                 price_version=cost.price_version,
             )
         )
+        if self._reservation is not None:
+            await gateway._settle(self._reservation, usd=cost.usd or Decimal(0), tokens=usage.total_tokens)
+        for grant in self._grants:
+            await gateway.rate_limiter.settle(grant, usage.total_tokens)
 
 
 class GatewayModel(Model):

@@ -47,6 +47,7 @@ from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tether.errors import StoreError, UnknownVirtualKey, UserError, VirtualKeyExists, VirtualKeyRevoked
+from tether.gateway._deps import backend_of, bounded
 from tether.gateway.budget import BudgetLimit
 from tether.gateway.ratelimit import RateLimit
 from tether.store._access import StoreAccess
@@ -207,6 +208,8 @@ class KeyStore(StoreAccess):
         cache_size: most entries in each of the valid and the unknown-secret caches.
         max_lookups: most database lookups ``verify`` runs at once.
         clock: monotonic seconds, for the cache (tests pass a fake).
+        lookup_timeout_s: longest wait for a lookup; past it (or when the database fails) ``verify``
+            raises ``DependencyUnavailable`` naming the key store, not its address. None: no bound.
     """
 
     def __init__(
@@ -217,6 +220,7 @@ class KeyStore(StoreAccess):
         cache_size: int = 10_000,
         max_lookups: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        lookup_timeout_s: float | None = None,
     ) -> None:
         if not cache_ttl_s >= 0:
             raise ValueError(f"cache_ttl_s must be ≥ 0, got {cache_ttl_s!r}")
@@ -235,6 +239,8 @@ class KeyStore(StoreAccess):
         self._inflight: dict[str, asyncio.Task[VirtualKey | None]] = {}
         self._gate: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self.lookups = 0  # database lookups made by ``verify``, for tests and metrics
+        self.lookup_timeout_s = lookup_timeout_s
+        self._dependency = f"the key store ({backend_of(self)})"
 
     # -- managing keys ---------------------------------------------------------------------
 
@@ -422,7 +428,10 @@ class KeyStore(StoreAccess):
             lookup = loop.create_task(self._fetch(digest))
             self._inflight[digest] = lookup
             lookup.add_done_callback(functools.partial(self._fetched, digest))
-        return await asyncio.shield(lookup)
+        if self.lookup_timeout_s is None:
+            return await asyncio.shield(lookup)
+        # Bounded only here, on a cache miss: a hit never pays for the timer.
+        return await bounded(asyncio.shield(lookup), dependency=self._dependency, timeout_s=self.lookup_timeout_s)
 
     async def _fetch(self, digest: str) -> VirtualKey | None:
         async with self._semaphore(asyncio.get_running_loop()):

@@ -34,6 +34,7 @@ own rate.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 import uuid
@@ -51,6 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from tether.gateway.cost import CONFIGURED_PRICE_VERSION, CostRecord, Pricer
+from tether.gateway.journal import CostJournal, JournalEntry
 from tether.messages import Usage
 from tether.models.base import PriceRef
 from tether.redaction import default_scrubber
@@ -125,8 +127,8 @@ def _count(value: object, what: str) -> int:
     return value
 
 
-def cost_row(record: CostRecord) -> Row:
-    """The ``costs`` row for one record, with a fresh id.
+def cost_row(record: CostRecord, row_id: str | None = None) -> Row:
+    """The ``costs`` row for one record, with ``row_id`` as its id (a fresh one when None).
 
     Raises:
         ValueError: a token count or the cost is negative, not a number, or too large to store.
@@ -134,7 +136,7 @@ def cost_row(record: CostRecord) -> Row:
     time_ns = _count(record.time_ns, "time_ns")
     usage = record.usage
     row: Row = {
-        "id": uuid.uuid4().hex,
+        "id": row_id or uuid.uuid4().hex,
         "time_ns": time_ns,
         "day": time.strftime("%Y-%m-%d", time.gmtime(time_ns // _NS_PER_S)),
         "route": _text(record.route),
@@ -609,8 +611,9 @@ class CostLedger(StoreAccess):
 class _RecordSink:
     """Turns records into rows in the writer's thread, so the gateway's call path only queues the record."""
 
-    def __init__(self, ledger: CostLedger) -> None:
+    def __init__(self, ledger: CostLedger, journal: CostJournal | None) -> None:
         self.ledger = ledger
+        self.journal = journal
         self.rejected = 0
         self._warned = False
 
@@ -618,16 +621,18 @@ class _RecordSink:
     def url(self) -> str:
         return self.ledger.url
 
-    def write_rows(self, records: Sequence[CostRecord], /) -> None:
+    def write_rows(self, entries: Sequence[JournalEntry], /) -> None:
         rows: list[Row] = []
         refused: list[Exception] = []
-        for record in records:
+        for entry in entries:
             try:
-                rows.append(cost_row(record))
+                rows.append(cost_row(entry.record, entry.id))
             except Exception as exc:  # malformed: kept out, counted once it is clear the batch was stored
                 refused.append(exc)
         if rows:
             self.ledger.write_rows(rows)  # raises when the database fails: the batch stays queued, whole
+        if self.journal is not None:
+            self.journal.stored(entries)  # committed (or never storable): their journal lines may go
         if refused:
             self.rejected += len(refused)
             level = logging.DEBUG if self._warned else logging.WARNING
@@ -644,11 +649,17 @@ class CostWriter:
     negative token count, a cost that is not a number) is counted in
     ``rejected`` and logged once.
 
+    With a ``journal``, each record is also appended to it (one ``os.write``)
+    before the call returns, and forgotten there once its row is committed, so
+    a record survives the process being killed, and one dropped from a full
+    buffer is still in the journal for the next start (``replay``).
+
     Args:
         store: a ``TraceStore`` or an ``Engine`` on a migrated database, or a ``CostLedger``.
         interval_s: longest time a record waits before it is written.
         batch_size: rows per insert; a full batch wakes the writer early.
         max_buffer: most rows kept waiting while the database is unreachable; older ones are dropped.
+        journal: where records wait on disk until they are stored (see ``tether.gateway.journal``).
     """
 
     def __init__(
@@ -658,10 +669,15 @@ class CostWriter:
         interval_s: float = DEFAULT_INTERVAL_S,
         batch_size: int = DEFAULT_BATCH,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        journal: CostJournal | None = None,
     ) -> None:
         self.ledger = store if isinstance(store, CostLedger) else CostLedger(store)
-        self._sink = _RecordSink(self.ledger)
-        self._writer: RowWriter[CostRecord] = RowWriter(
+        self.journal = journal
+        self._sink = _RecordSink(self.ledger, journal)
+        # Row ids: a random prefix and a counter, made on the call path (cheaper than uuid4 there).
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._ids = itertools.count()
+        self._writer: RowWriter[JournalEntry] = RowWriter(
             self._sink, what="cost records", interval_s=interval_s, batch_size=batch_size, max_buffer=max_buffer
         )
 
@@ -686,16 +702,33 @@ class CostWriter:
         return self._writer.dropped
 
     def __call__(self, record: CostRecord) -> None:
-        """Queue one record; returns at once."""
-        self._writer.add(record)
+        """Queue one record (and journal it first, when there is a journal); returns at once."""
+        entry_id = f"{self._id_prefix}{next(self._ids):012x}"
+        journal = self.journal
+        segment = journal.append(entry_id, record) if journal is not None else None
+        self._writer.add(JournalEntry(entry_id, record, segment))
+
+    def replay(self) -> int:
+        """Queue the records a process that stopped left in the journal (none without one); how many."""
+        if self.journal is None:
+            return 0
+        entries = self.journal.adopt()
+        for entry in entries:
+            self._writer.add(entry)
+        return len(entries)
 
     def flush(self) -> bool:
         """Store everything queued now; False if the database could not take it (it stays queued)."""
         return self._writer.flush()
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Stop the writer after a last flush; records queued afterwards are dropped."""
+        """Stop the writer after a last flush; records queued afterwards are dropped.
+
+        Records that could not be stored stay in the journal (when there is one) for the next start.
+        """
         self._writer.shutdown(timeout_s)
+        if self.journal is not None:
+            self.journal.close()
 
     def __enter__(self) -> Self:
         return self

@@ -10,7 +10,9 @@ Endpoints::
     POST /v1/messages           Anthropic Messages (stream or not)
     GET  /v1/models             the routes the key may use, as an OpenAI model list
                                 (Anthropic's list format when anthropic-version is sent)
-    GET  /healthz               200, with every circuit breaker's state
+    GET  /healthz               200, with every circuit breaker's state (liveness)
+    GET  /readyz                200 while the store (and Redis) answered their last background probe,
+                                else 503 naming the dependency that did not (readiness)
     GET  /metrics               Prometheus text (see tether.gateway._metrics)
     POST /v1/kill               with ``tether gateway serve``: a kill (tether.guard.killswitch.kill_route)
     GET  /v1/approvals          with ``tether gateway serve``: approval requests; POST …/{id}/approve|deny
@@ -71,11 +73,11 @@ import math
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
 import orjson
@@ -105,6 +107,7 @@ from tether.errors import (
     UnknownPriceError,
     UnknownRouteError,
 )
+from tether.gateway._deps import DependencyUnavailable, backend_of
 from tether.gateway._metrics import UNKNOWN_ROUTE, Metrics
 from tether.gateway._upstream import Upstream, UpstreamTimeouts, kept_headers
 from tether.gateway._wire import (
@@ -131,6 +134,9 @@ from tether.models.anthropic import API_VERSION
 from tether.models.base import ProviderConfig
 from tether.redaction import default_scrubber
 from tether.trace import semconv as sc
+
+if TYPE_CHECKING:
+    from tether.store import TraceStore
 
 __all__ = ["MAX_BODY_BYTES", "ProxyApp", "create_app"]
 
@@ -527,6 +533,89 @@ class _ModelStream:
             await closer()
 
 
+_PROBE_INTERVAL_S: Final = 1.0
+
+
+class _Readiness:
+    """Background probes of the gateway's dependencies, for ``GET /readyz`` (never one per request).
+
+    Each probe runs every ``_PROBE_INTERVAL_S``; one that fails, or does not answer within the dependency
+    timeout, marks its dependency unavailable until a later probe answers. A probe still stuck (a
+    database that hangs) is not started again meanwhile, so a hang costs one thread, not one per round.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._checks: dict[str, Callable[[], Awaitable[object]]] = {}
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        self._running: dict[str, asyncio.Future[object]] = {}
+        self.problems: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._checks)
+
+    def add_store(self, store: TraceStore) -> None:
+        engine = store.engine
+        if engine.url.get_backend_name() == "sqlite" and (engine.url.database or ":memory:") == ":memory:":
+            return  # one connection shared by every thread, in this process: nothing to probe, nothing to hang
+
+        def ping() -> None:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+
+        self._checks[f"the store ({backend_of(store)})"] = lambda: asyncio.to_thread(ping)
+
+    def add_redis(self, url: str) -> None:
+        from tether.gateway._redis import connect
+
+        client, _ = connect(url, timeout_s=self.timeout_s, max_connections=2)
+        self._checks["redis"] = client.ping
+        self._closers.append(client.aclose)
+
+    def start(self) -> None:
+        if self._checks and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(name) for name in self._checks))
+            await asyncio.sleep(_PROBE_INTERVAL_S)
+
+    async def _probe(self, name: str) -> None:
+        running = self._running.get(name)
+        if running is None or running.done():
+            running = self._running[name] = asyncio.ensure_future(self._checks[name]())
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await asyncio.shield(running)
+        except TimeoutError:
+            self._failed(name, f"did not answer within {self.timeout_s:g} s")
+        except Exception as exc:
+            self._failed(name, f"unavailable ({type(exc).__name__})")  # the type only: the text has its address
+        else:
+            if self.problems.pop(name, None) is not None:
+                logger.warning("tether gateway: %s answers again", name)
+
+    def _failed(self, name: str, problem: str) -> None:
+        if name not in self.problems:
+            logger.error("tether gateway: not ready: %s %s", name, problem)
+        self.problems[name] = problem
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for running in self._running.values():
+            running.cancel()
+        for close in self._closers:
+            with contextlib.suppress(Exception):
+                await close()
+
+
 class _ResponseCache:
     """Whole answers to deterministic requests, for routes with ``response_cache``; bounded in entries and bytes."""
 
@@ -753,6 +842,7 @@ class _Proxy:
             for api in self.wires
         }
         self.metrics = Metrics(config.routes, config.deployments)
+        self.readiness = _Readiness(gateway.dependency_timeout_s)
 
     # --- auth ---
 
@@ -764,6 +854,7 @@ class _Proxy:
                 "missing API key: send your tether virtual key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
             )
         assert self.keys is not None
+        # A KeyStore bounds its own database lookups (``lookup_timeout_s``): a cache hit pays for no timer.
         key = await self.keys.verify(secret)
         if key is None:
             return 401, "invalid API key: this tether virtual key is unknown or has been revoked"
@@ -1137,6 +1228,7 @@ class _Proxy:
         """
         pumped = False  # the stream was relayed to its end
         left = False  # the client went away first
+        stopped = False  # cancelled from outside: the server is stopping and its grace is over
         watcher: asyncio.Future[None] | None = None
         try:
             call.response_started = True
@@ -1155,12 +1247,14 @@ class _Proxy:
             watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
             watcher.add_done_callback(client_left)
             try:
-                await self._pump(call.wire, stream, send)
+                await self._pump(call, stream, placement, send)
                 pumped = True
             except asyncio.CancelledError:
-                if not left:
-                    raise  # cancelled from outside (the server is stopping): settled below all the same
-                relay.uncancel()  # our own cancellation: the client left
+                # Ours: the client left. Otherwise the server is stopping (uvicorn cancels what is still
+                # running past its graceful-shutdown bound): the stream is settled below all the same,
+                # then ended for the client with an error event instead of a dropped connection.
+                stopped = not left
+                relay.uncancel()
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -1169,8 +1263,16 @@ class _Proxy:
                 await self._settle(call, stream, placement, span, gone=not pumped)
             finally:
                 span.end()
+        if stopped:
+            message = "the gateway is shutting down: this answer is incomplete (what was streamed is billed)"
+            with contextlib.suppress(Exception):
+                await send(
+                    {"type": "http.response.body", "body": call.wire.stream_error(503, message), "more_body": True}
+                )
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _pump(self, wire: Wire, stream: _Stream, send: Send) -> None:
+    async def _pump(self, call: _Call, stream: _Stream, placement: Placement, send: Send) -> None:
+        wire = call.wire
         scrub = _SCRUBBER.scrub_bytes
         try:
             # Each chunk is whole SSE events (the passthrough relay splits on event boundaries, the renderer
@@ -1178,9 +1280,14 @@ class _Proxy:
             async for raw in stream.chunks:
                 chunk = scrub(raw)
                 if isinstance(stream, _PassthroughStream) and stream.complete:
+                    # Billed before the end marker leaves: once the client has its whole answer, its cost is
+                    # in the journal already (a crash right after the send cannot lose it).
+                    await self._bill(call, stream, placement)
                     # The batch with the end marker ends the response too: one write, not two.
                     await send({"type": "http.response.body", "body": chunk, "more_body": False})
                     return
+                if isinstance(stream, _ModelStream) and stream.response is not None:
+                    await self._bill(call, stream, placement)  # the final chunk: billed first, as above
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception as exc:
             logger.exception("tether gateway: a stream failed inside the proxy")
@@ -1190,11 +1297,20 @@ class _Proxy:
             await send({"type": "http.response.body", "body": wire.stream_error(500, message), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _settle(self, call: _Call, stream: _Stream, placement: Placement, span: Span, *, gone: bool) -> None:
+    async def _bill(self, call: _Call, stream: _Stream, placement: Placement) -> None:
+        """Settle a stream that ended well, before its last bytes go (``_settle`` then finds it settled)."""
         try:
-            await stream.close()
-        except Exception:  # closing must never stop the call being settled
-            logger.warning("tether gateway: closing an upstream stream failed", exc_info=True)
+            await placement.finish(stream.usage(call.input_estimate)[0])
+        except Exception:  # the answer is whole: a failure to account it must not cut it
+            logger.warning("tether gateway: settling a finished stream failed", exc_info=True)
+
+    async def _settle(self, call: _Call, stream: _Stream, placement: Placement, span: Span, *, gone: bool) -> None:
+        # A stream that ended well is billed before its connection is drained (up to a second): the client
+        # has its whole answer, so its cost must reach the journal now, not after the drain. Others are
+        # closed first: that is what stops the upstream generating (and billing) more.
+        bill_first = not gone and stream.failure is None
+        if not bill_first:
+            await self._close(stream)
         usage, estimated = stream.usage(call.input_estimate)
         failure = stream.failure
         if gone:
@@ -1208,8 +1324,17 @@ class _Proxy:
             await placement.abort(failure, usage)
         else:
             await placement.finish(usage)
+        if bill_first:
+            await self._close(stream)
         span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
         self._record(call, span, usage, placement.cost_usd, estimated=estimated, answer=stream)
+
+    @staticmethod
+    async def _close(stream: _Stream) -> None:
+        try:
+            await stream.close()
+        except Exception:  # closing must never stop the call being settled
+            logger.warning("tether gateway: closing an upstream stream failed", exc_info=True)
 
     def _record(
         self,
@@ -1283,9 +1408,16 @@ class _Proxy:
             if tried and all(isinstance(f, MalformedResponseError) for f in tried):
                 return 502, f"bad gateway: {exc}", "bad_upstream_response"
             return 503, str(exc), "no_deployment_available"
+        if isinstance(exc, DependencyUnavailable):
+            return 503, str(exc), "dependency_unavailable"  # names the dependency, never its address
         if isinstance(exc, RateLimitBackendUnavailable | StoreError):
+            # Their text names the store's host, port, user and database: for the log only.
             logger.error("tether gateway: %s", exc)
-            return 503, f"the gateway cannot check its limits right now: {exc}", "gateway_unavailable"
+            return (
+                503,
+                "the gateway cannot check its limits right now: a store it depends on is unavailable",
+                ("gateway_unavailable"),
+            )
         if isinstance(exc, ModelHTTPError):
             deployment = call.failures[-1].deployment if call.failures else "?"
             detail = _upstream_message(exc.body)
@@ -1347,6 +1479,15 @@ class _Proxy:
         body = {"status": "degraded" if degraded else "ok", "breakers": breakers}
         return Response(orjson.dumps(body), media_type="application/json")
 
+    async def readyz(self, request: Request) -> Response:
+        """``GET /readyz``: 200 while every dependency answered its last probe, else 503 naming the failing ones."""
+        problems = self.readiness.problems
+        body = {
+            "status": "unavailable" if problems else "ready",
+            "dependencies": {name: problems.get(name, "ok") for name in self.readiness.names},
+        }
+        return Response(orjson.dumps(body), status_code=503 if problems else 200, media_type="application/json")
+
     async def metrics_page(self, request: Request) -> Response:
         """``GET /metrics``: Prometheus text exposition."""
         body = self.metrics.render(self.gateway.breakers.snapshot())
@@ -1360,6 +1501,7 @@ def create_app(
     require_keys: bool = True,
     tracer: Tracer | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    store: TraceStore | None = None,
 ) -> ProxyApp:
     """The proxy as an ASGI app; see ``ProxyApp``.
 
@@ -1370,6 +1512,8 @@ def create_app(
         tracer: where the ``chat`` spans go; OpenTelemetry's global tracer when None.
         extra_routes: more endpoints on the same port (``tether gateway serve`` adds
             ``POST /v1/kill``); they do their own authentication.
+        store: the store the gateway depends on, probed in the background for ``GET /readyz``
+            (with ``[gateway] redis_url``, Redis is probed too).
 
     Raises:
         ConfigError: keys are required but no verifier was given.
@@ -1383,14 +1527,21 @@ def create_app(
         tracer=tracer if tracer is not None else otel_trace.get_tracer("tether.gateway.proxy"),
     )
 
+    if store is not None:
+        proxy.readiness.add_store(store)
+    if gateway.config.gateway.redis_url:
+        proxy.readiness.add_redis(gateway.config.gateway.redis_url)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # genai-prices loads its price data on first use: ~0.3 s (1 s without bytecode caches)
         # that would otherwise stall the event loop under the first call priced from it.
         await asyncio.to_thread(data_snapshot.get_snapshot)
+        proxy.readiness.start()
         try:
             yield
         finally:
+            await proxy.readiness.aclose()
             await proxy.upstream.aclose()
 
     routes: list[BaseRoute] = [
@@ -1398,6 +1549,7 @@ def create_app(
         Route("/v1/messages", _ChatEndpoint(proxy, proxy.wires["anthropic"]), methods=["POST"]),
         Route("/v1/models", proxy.models, methods=["GET"]),
         Route("/healthz", proxy.healthz, methods=["GET"]),
+        Route("/readyz", proxy.readyz, methods=["GET"]),
         Route("/metrics", proxy.metrics_page, methods=["GET"]),
         *extra_routes,
     ]

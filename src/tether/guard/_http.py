@@ -8,12 +8,15 @@ or stop other agents' runs.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from tether.errors import StoreError
 from tether.redaction import default_scrubber
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -61,7 +64,9 @@ async def caller(request: Request, keys: KeyVerifier | None) -> str | Response:
     try:
         key = await keys.verify(secret)
     except StoreError as exc:
-        return refuse(503, "store_unavailable", f"cannot verify the key: {exc}")
+        # The error's text names the database's address: the log's, never the client's.
+        logger.error("tether gateway: cannot verify a key: %s", exc)
+        return refuse(503, "store_unavailable", "cannot verify the key: the key store is unavailable, retry")
     if key is None:
         return refuse(401, "authentication_error", "invalid API key: unknown or revoked tether virtual key")
     if not key.is_admin:

@@ -31,6 +31,7 @@ kept for the audit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ __all__ = [
     "StoredApproval",
     "UnknownApproval",
 ]
+
+logger = logging.getLogger(__name__)
 
 _ARGUMENTS_CHARS = 16_000
 
@@ -387,7 +390,9 @@ def approval_routes(approvals: ApprovalStore, *, keys: Any = None, prefix: str =
         try:
             found = await asyncio.to_thread(approvals.list, status=status)
         except StoreError as exc:
-            return _http.refuse(503, "store_unavailable", str(exc))
+            # The error names the database's host, port, user and name: the log's, never the client's.
+            logger.error("GET %s: listing approvals failed: %s", prefix, exc)
+            return _http.refuse(503, "store_unavailable", "the approval store is unavailable: retry later")
         return _http.answer(200, [a.to_json() for a in found])
 
     def deciding(approve: bool) -> Any:
@@ -410,7 +415,8 @@ def approval_routes(approvals: ApprovalStore, *, keys: Any = None, prefix: str =
             except ApprovalAlreadyDecided as exc:
                 return _http.refuse(409, "already_decided", str(exc))
             except StoreError as exc:
-                return _http.refuse(503, "store_unavailable", str(exc))
+                logger.error("POST %s: deciding an approval failed: %s", request.url.path, exc)
+                return _http.refuse(503, "store_unavailable", "the approval store is unavailable: retry later")
             return _http.answer(200, decided.to_json())
 
         return endpoint

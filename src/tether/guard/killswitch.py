@@ -1174,7 +1174,8 @@ def kill_route(kills: KillStore, *, keys: KeyVerifier | None, path: str = "/v1/k
             await asyncio.to_thread(kills.add, kill)
         except StoreError as exc:
             logger.error("POST %s: could not record a kill of %s: %s", path, kill.what, exc)
-            return refuse(503, "store_unavailable", f"the kill could not be recorded: {exc}")
+            # The error names the database's address: the log's (above), never the client's.
+            return refuse(503, "store_unavailable", "the kill could not be recorded: the store is unavailable, retry")
         return answer(202, kill.to_dict())
 
     return Route(path, endpoint, methods=["POST"])
