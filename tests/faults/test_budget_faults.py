@@ -41,7 +41,9 @@ def config(upstream: Upstream, redis_url: str, **gateway: Any) -> dict[str, Any]
     }
 
 
-def gateway_process(tmp_path: Path, upstream: Upstream, redis_url: str, sqlite_url: str, **gateway: Any) -> GatewayProcess:
+def gateway_process(
+    tmp_path: Path, upstream: Upstream, redis_url: str, sqlite_url: str, **gateway: Any
+) -> GatewayProcess:
     return GatewayProcess(
         tmp_path / "gw",
         config(upstream, redis_url, **gateway),
