@@ -21,6 +21,8 @@ failure of something tether talks to.
     │   ├── RateLimited            an RPM/TPM limit has no room (retry_after says when)
     │   ├── RequestTooLarge        a request needs more tokens than its TPM limit allows in a minute
     │   ├── RateLimitBackendUnavailable  the shared rate-limit store cannot be reached
+    │   ├── BudgetUnavailable      the budget ledger cannot vouch for its counters now (fails closed)
+    │   ├── UnboundedCall          a budgeted call whose billing has no upper bound (say what to configure)
     │   └── NoDeploymentAvailable  every deployment of every tier failed or is open-circuited
     ├── ModelError                 a model call failed at run time
     │   ├── ModelHTTPError         the provider answered with an HTTP error (status, body)
@@ -36,12 +38,14 @@ from __future__ import annotations
 
 __all__ = [
     "BudgetExceeded",
+    "BudgetUnavailable",
     "ConfigError",
     "GatewayError",
     "NoDeploymentAvailable",
     "RateLimitBackendUnavailable",
     "RateLimited",
     "RequestTooLarge",
+    "UnboundedCall",
     "UnknownPriceError",
     "UnknownRouteError",
     "UnknownVirtualKey",
@@ -162,6 +166,22 @@ class VirtualKeyRevoked(UserError):
 
 class RateLimitBackendUnavailable(GatewayError):
     """The shared rate-limit store cannot be reached or failed, so no limit can be checked."""
+
+
+class BudgetUnavailable(GatewayError):
+    """The budget ledger cannot vouch for its counters right now, so budgeted calls are refused (fail closed).
+
+    Raised, for example, while counters lost with a Redis restart are rebuilt
+    from the durable cost ledger; the message says what happened and when to retry.
+    """
+
+
+class UnboundedCall(GatewayError):
+    """A budgeted call whose billing has no upper bound, so no reservation could cover it.
+
+    The message says what to configure (``context_window``, ``max_output_tokens``)
+    or what to send (``max_tokens``).
+    """
 
 
 class RequestTooLarge(GatewayError):

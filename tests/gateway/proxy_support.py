@@ -203,8 +203,10 @@ def base_config(upstream: str, *, routes: dict[str, Any] | None = None, **extra:
             "sim": {"kind": "sim"},
         },
         "deployments": {
-            "gpt": {"provider": "oai", "model": "gpt-4.1"},
-            "gpt-down": {"provider": "oai-down", "model": "gpt-4.1"},
+            # An OpenAI-compatible server at a custom URL: no price list entry, so no known context
+            # window; its output cap is what bounds a budgeted request that names no max_tokens.
+            "gpt": {"provider": "oai", "model": "gpt-4.1", "max_output_tokens": 4096},
+            "gpt-down": {"provider": "oai-down", "model": "gpt-4.1", "max_output_tokens": 4096},
             "claude": {"provider": "ant", "model": "claude-sonnet-4-5"},
             "sim-claude": {"provider": "sim", "model": "claude-sonnet-4-5"},
         },

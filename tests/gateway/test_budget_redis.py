@@ -67,7 +67,7 @@ def clock() -> Clock:
 @pytest.fixture
 async def ledger(redis_url: str, redis_prefix: str, clock: Clock) -> AsyncIterator[RedisBudgetLedger]:
     """A Redis ledger on an empty budget: the test's own prefix, on the shared test clock."""
-    made = RedisBudgetLedger(redis_url, prefix=redis_prefix, clock=clock)
+    made = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=redis_prefix, clock=clock)
     yield made
     await made.aclose()
 
@@ -110,6 +110,8 @@ async def test_counters_are_integer_nanodollars_under_documented_keys(
         "reserved_nanousd": "0",
         "spent_tokens": "5",
         "reserved_tokens": "0",
+        # The counters were built in the ledger's epoch (they are rebuilt if Redis loses the marker).
+        "epoch": await client.get(f"{redis_prefix}epoch"),
     }
     assert await client.exists(f"{redis_prefix}reservation:{reservation.id}") == 0
     assert await client.zcard(f"{redis_prefix}reservations") == 0
@@ -159,7 +161,9 @@ async def test_periods_and_expiry_follow_the_callers_clock_not_redis(
 async def test_a_shorter_retention_shortens_the_expiry(
     redis_url: str, redis_prefix: str, clock: Clock, client: redis.asyncio.Redis
 ) -> None:
-    ledger = RedisBudgetLedger(redis_url, prefix=redis_prefix, clock=clock, retention=timedelta(hours=1))
+    ledger = RedisBudgetLedger(
+        redis_url, persistence_verified=True, prefix=redis_prefix, clock=clock, retention=timedelta(hours=1)
+    )
     try:
         await ledger.reserve([route("1", period="day")], usd=CENT, tokens=0)
     finally:
@@ -211,7 +215,9 @@ async def test_a_counter_that_would_pass_64_bits_refuses_and_charges_nothing(led
 
 
 async def test_replicas_sharing_a_redis_share_one_budget(redis_url: str, redis_prefix: str, clock: Clock) -> None:
-    replicas = [RedisBudgetLedger(redis_url, prefix=redis_prefix, clock=clock) for _ in range(3)]
+    replicas = [
+        RedisBudgetLedger(redis_url, persistence_verified=True, prefix=redis_prefix, clock=clock) for _ in range(3)
+    ]
     try:
         budget = route("0.50")
         stop = asyncio.Event()
@@ -229,8 +235,8 @@ async def test_replicas_sharing_a_redis_share_one_budget(redis_url: str, redis_p
 
 
 async def test_ledgers_with_other_prefixes_keep_other_budgets(redis_url: str, redis_prefix: str) -> None:
-    one = RedisBudgetLedger(redis_url, prefix=f"{redis_prefix}one:")
-    two = RedisBudgetLedger(redis_url, prefix=f"{redis_prefix}two:")
+    one = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=f"{redis_prefix}one:")
+    two = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=f"{redis_prefix}two:")
     try:
         budget = route("0.01")
         await one.reserve([budget], usd=CENT, tokens=0)
@@ -253,7 +259,7 @@ _RESERVE_WHEN_TOLD = textwrap.dedent(
     from tether.gateway.budget_redis import RedisBudgetLedger
 
     async def main(url: str, prefix: str) -> None:
-        ledger = RedisBudgetLedger(url, prefix=prefix)
+        ledger = RedisBudgetLedger(url, persistence_verified=True, prefix=prefix)
         scope = BudgetScope("route", "shared", BudgetLimit(usd=Decimal("1.00")))
         warm_up = await ledger.reserve([scope], usd=Decimal(0), tokens=0)
         await ledger.release(warm_up)
@@ -305,6 +311,7 @@ def test_processes_sharing_a_redis_never_overspend_together(redis_url: str, redi
             "reserved_nanousd": "0",
             "spent_tokens": "0",
             "reserved_tokens": "0",
+            "epoch": client.get(f"{redis_prefix}epoch"),
         }
         assert client.zcard(f"{redis_prefix}reservations") == 0
         assert list(client.scan_iter(match=f"{redis_prefix}reservation:*")) == []
@@ -356,7 +363,7 @@ async def test_a_reserve_sent_twice_charges_once(ledger: RedisBudgetLedger, monk
 
 async def test_a_cancelled_reserve_leaves_nothing_reserved(redis_url: str, redis_prefix: str, clock: Clock) -> None:
     budget = route("1")
-    ledger = RedisBudgetLedger(redis_url, prefix=redis_prefix, clock=clock)
+    ledger = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=redis_prefix, clock=clock)
     for pause in range(6):
         task = asyncio.create_task(ledger.reserve([budget], usd=CENT, tokens=1))
         for _ in range(pause):
@@ -366,7 +373,7 @@ async def test_a_cancelled_reserve_leaves_nothing_reserved(redis_url: str, redis
             await task
     await ledger.aclose()  # waits for scripts that ran anyway to be released
 
-    reader = RedisBudgetLedger(redis_url, prefix=redis_prefix, clock=clock)
+    reader = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=redis_prefix, clock=clock)
     try:
         assert await used(reader, budget) == ZERO
         assert await reader.sweep_stale(timedelta(0)) == 0
@@ -376,7 +383,7 @@ async def test_a_cancelled_reserve_leaves_nothing_reserved(redis_url: str, redis
 
 async def test_a_cancelled_settle_is_still_recorded(redis_url: str, redis_prefix: str, clock: Clock) -> None:
     budget = route("1")
-    ledger = RedisBudgetLedger(redis_url, prefix=redis_prefix, clock=clock)
+    ledger = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=redis_prefix, clock=clock)
     reservation = await ledger.reserve([budget], usd=CENT, tokens=1)
     task = asyncio.create_task(ledger.settle(reservation, usd=CENT, tokens=1))
     await asyncio.sleep(0)
@@ -385,7 +392,7 @@ async def test_a_cancelled_settle_is_still_recorded(redis_url: str, redis_prefix
         await task
     await ledger.aclose()
 
-    reader = RedisBudgetLedger(redis_url, prefix=redis_prefix, clock=clock)
+    reader = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=redis_prefix, clock=clock)
     try:
         assert await used(reader, budget) == (CENT, 0, 1, 0)
     finally:
@@ -434,7 +441,7 @@ async def test_a_ledger_on_an_existing_client(redis_url: str, redis_prefix: str)
 
 
 async def test_a_closed_ledger_refuses(redis_url: str, redis_prefix: str) -> None:
-    ledger = RedisBudgetLedger(redis_url, prefix=redis_prefix)
+    ledger = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=redis_prefix)
     await ledger.aclose()
     with pytest.raises(StoreError, match="closed"):
         await ledger.reserve([route("1")], usd=CENT, tokens=0)
@@ -443,7 +450,7 @@ async def test_a_closed_ledger_refuses(redis_url: str, redis_prefix: str) -> Non
 
 
 async def test_an_unreachable_redis_fails_closed_fast_naming_the_url_but_not_the_password() -> None:
-    ledger = RedisBudgetLedger("redis://:hunter2@127.0.0.1:6399/0", timeout_s=0.5)
+    ledger = RedisBudgetLedger("redis://:hunter2@127.0.0.1:6399/0", timeout_s=0.5, persistence_verified=True)
     budget = route("1")
     reservation = Reservation("0" * 32, (budget,), CENT, 0, ("all",))
     started = time.monotonic()
@@ -463,7 +470,8 @@ async def test_an_unreachable_redis_fails_closed_fast_naming_the_url_but_not_the
 
     assert time.monotonic() - started < 3
     message = str(refused.value)
-    assert "reserving budget failed" in message
+    # The first reserve reads the ledger's epoch marker first: that is what fails.
+    assert "reading the budget epoch failed" in message
     assert "redis://127.0.0.1:6399/0" in message
     assert "unreachable" in message
     assert "[gateway] redis_url" in message
@@ -480,7 +488,7 @@ async def test_a_redis_that_never_answers_times_out_instead_of_hanging() -> None
 
     server = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    ledger = RedisBudgetLedger(f"redis://127.0.0.1:{port}/0", timeout_s=0.2)
+    ledger = RedisBudgetLedger(f"redis://127.0.0.1:{port}/0", timeout_s=0.2, persistence_verified=True)
     started = time.monotonic()
     try:
         with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}"):

@@ -150,8 +150,9 @@ async def test_a_budget_with_no_room_is_402_naming_the_budget() -> None:
         )
 
     async with running_proxy(config) as env:
-        reply = await post(env.url, OPENAI, HI_OPENAI)
-        assert reply.status_code == 402
+        # With an output cap: without one (and no known context window) the call is unbounded, a 400.
+        reply = await post(env.url, OPENAI, {**HI_OPENAI, "max_tokens": 16})
+        assert reply.status_code == 402, reply.text
         error = openai_error(reply)
         assert error["code"] == "budget_exceeded"
         assert "budget route:fast exceeded" in error["message"]

@@ -57,7 +57,12 @@ def chaos(upstream: str, *, faults: dict[str, Any] | None = None, **routes: Any)
         },
     )
     faults = faults if faults is not None else {"error_rate": 1, "error_statuses": [503]}
-    config["deployments"]["gpt-faulty"] = {"provider": "oai", "model": "gpt-4.1-mini", "faults": faults}
+    config["deployments"]["gpt-faulty"] = {
+        "provider": "oai",
+        "model": "gpt-4.1-mini",
+        "faults": faults,
+        "max_output_tokens": 4096,
+    }
     config["deployments"]["claude-faulty"] = {"provider": "ant", "model": "claude-haiku-4-5", "faults": faults}
     config["prices"]["gpt-4.1-mini"] = {"input_per_mtok": 1, "output_per_mtok": 4}
     return config

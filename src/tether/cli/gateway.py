@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -23,9 +23,10 @@ from tether.errors import ConfigError
 if TYPE_CHECKING:
     import uvicorn
 
-    from tether.gateway.gateway import Gateway
+    from tether.gateway.gateway import BudgetOverrun, Gateway
     from tether.gateway.journal import CostJournal
     from tether.gateway.keys import KeyVerifier
+    from tether.store import TraceStore
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,54 @@ def _server(config: uvicorn.Config) -> uvicorn.Server:
     return _server_class()(config)
 
 
+def _overrun_recorder(store: TraceStore) -> Callable[[BudgetOverrun], None]:
+    """What the gateway calls for a call billed above its reservation: an incident row, written off the loop.
+
+    Severity ``low``: the provider billed more than the bound, which is not the agent's
+    doing, so it never counts towards a quarantine; it is listed by ``tether incidents``.
+    """
+    import uuid
+    from datetime import UTC, datetime
+
+    from opentelemetry import trace as otel_trace
+
+    from tether.guard.audit import GuardStore
+
+    guard = GuardStore(store)
+
+    def write(row: dict[str, object]) -> None:
+        try:
+            guard.write_incidents([row])
+        except Exception:  # the overrun is still in the log, the span and the metric
+            logging.getLogger(__name__).warning("tether: a budget overrun incident could not be stored", exc_info=True)
+
+    def record(overrun: BudgetOverrun) -> None:
+        context = otel_trace.get_current_span().get_span_context()
+        row: dict[str, object] = {
+            "id": uuid.uuid4().hex,
+            "created_at": datetime.now(UTC),
+            "severity": "low",
+            "kind": "budget_overrun",
+            "run_id": overrun.run_id or "",
+            "agent": overrun.agent or overrun.key or "-",
+            "tool": None,
+            "summary": (
+                f"route {overrun.route}: deployment {overrun.deployment} (model {overrun.model}) billed "
+                f"${overrun.cost_usd} above its budget reservation of ${overrun.reserved_usd}"
+            ),
+            "evidence": (
+                f"input_tokens={overrun.usage.input_tokens} output_tokens={overrun.usage.output_tokens} "
+                f"key={overrun.key or '-'}"
+            ),
+            "trace_id": f"{context.trace_id:032x}" if context.is_valid else None,
+            "span_id": f"{context.span_id:016x}" if context.is_valid else None,
+            "status": "open",
+        }
+        asyncio.get_running_loop().run_in_executor(None, write, row)
+
+    return record
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on (loopback unless you mean otherwise)")] = "127.0.0.1",
@@ -187,7 +236,7 @@ def serve(
         try:
             # Budgets and rate limits are shared (the database or Redis, as [gateway] in tether.toml
             # says), so replicas enforce one copy of every limit instead of each its own.
-            gateway = Gateway.from_config(settings, store=store, cost_sink=costs)
+            gateway = Gateway.from_config(settings, store=store, cost_sink=costs, on_overrun=_overrun_recorder(store))
             keys: KeyVerifier | None = (
                 None if no_auth else KeyStore(store, lookup_timeout_s=options.dependency_timeout_s)
             )
@@ -244,6 +293,8 @@ def serve(
                 gc.freeze()
                 sweeper = asyncio.get_running_loop().create_task(_sweep_forever(gateway, settings.stale_reservation_s))
                 try:
+                    # Budgets in a Redis without persistence stop the gateway here, saying what to set.
+                    await gateway.start()
                     await server.serve(sockets=[sock])
                     # Requests cancelled at the grace bound (or still running after a second signal) settle
                     # in their own cleanup: let them finish it.

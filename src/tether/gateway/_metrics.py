@@ -16,6 +16,7 @@ Metrics (all prefixed ``tether_gateway_``):
 - ``response_cache_total{route,result}``: result = hit | miss, routes with the response cache on.
 - ``upstream_calls_total{deployment,outcome}``: every attempt, retries and fallbacks included; outcome = ok | error.
 - ``stream_interruptions_total{route}``, ``client_disconnects_total{route}``.
+- ``budget_overruns_total{route}``: calls billed more than their budget reservation (the bound did not hold).
 - ``breaker_state{deployment,state}``: 1 for the breaker's current state, 0 for the others.
 """
 
@@ -84,6 +85,7 @@ class Metrics:
         self.upstream_calls: Counter[tuple[str, str]] = Counter()
         self.stream_interruptions: Counter[str] = Counter()
         self.client_disconnects: Counter[str] = Counter()
+        self.budget_overruns: Counter[str] = Counter()
 
     def route(self, name: str | None) -> str:
         """The label for a route name: itself if configured, ``-`` otherwise."""
@@ -154,6 +156,7 @@ class Metrics:
             ("cost_unknown_total", "Calls whose price is unknown (not counted as $0).", self.cost_unknown),
             ("stream_interruptions_total", "Streams the upstream cut or failed mid-answer.", self.stream_interruptions),
             ("client_disconnects_total", "Streams the client abandoned before the end.", self.client_disconnects),
+            ("budget_overruns_total", "Calls billed more than their budget reservation.", self.budget_overruns),
         ]
         for metric, help_text, values in simple:
             name = family(metric, "counter", help_text)

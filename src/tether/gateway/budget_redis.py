@@ -28,6 +28,8 @@ Keys, under ``prefix`` (default ``tether:budget:``):
   its amount reserved on a lifetime budget forever).
 * ``reservations`` — a sorted set of open reservation ids by creation time,
   for ``sweep_stale``.
+* ``epoch`` — the marker that tells the ledger its counters are still the ones it
+  built (see below); every usage hash also holds the ``epoch`` it was built in.
 
 Time is the caller's clock (the ``clock`` argument), not Redis's ``TIME``: a
 call's period must be the one the SQL ledger and the cost ledger record for
@@ -35,6 +37,30 @@ it, and tests inject a clock to cross midnight. Expiry is set with relative
 TTLs computed on that clock (``PEXPIRE``), so a skew between the gateway and
 the Redis server never expires a current period early; replicas only need
 clocks kept in sync (NTP), as with the SQL ledger.
+
+**Persistence, and a Redis that lost its data.** Counters kept only in memory
+are forgotten by a restart, which would refill every budget. So the ledger
+refuses to start (``ConfigError``) unless ``CONFIG GET appendonly`` says
+``yes`` (RDB snapshots alone lose every write since the last one); where
+``CONFIG`` is disabled (managed Redis) the operator vouches for it with
+``persistence_verified`` (``[gateway] redis_persistence_verified = true``).
+And at run time it **detects** a loss: ``epoch`` holds a random marker written
+at start, every reserve checks it in the same script, and every usage counter
+records the epoch it was built in. When the marker is gone (Redis restarted
+empty, a fail-over to a replica without the data, a FLUSHALL), the ledger
+fails closed — budgeted calls get ``BudgetUnavailable`` (the proxy's 503
+``budget_unavailable``), never a refilled budget — for ``rebuild_grace_s``, so
+the cost rows of calls settled meanwhile reach the database; then it writes a
+new marker, and each counter of the new epoch is rebuilt, the first time a
+reserve touches it, from the durable cost ledger (``rebuild_from``: the
+store's ``costs`` table, the recorded spend of that scope in that period),
+keeping whichever is larger of that and what Redis still holds. Without a
+cost ledger to rebuild from, it stays closed until the process restarts. What
+this cannot see: writes Redis lost without losing the marker (``appendfsync
+everysec`` loses up to a second of them on a crash), cost rows not yet
+written when a counter is rebuilt (normally under a second's worth), and
+reservations open at the moment of the loss (their calls are still settled,
+and counted, when they end).
 
 Every key of one ledger is touched by scripts that do not declare all of them
 (a release finds its counters in the reservation), so on Redis Cluster put a
@@ -47,14 +73,15 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
-from tether.errors import BudgetExceeded, StoreError, StoreUnavailable
+from tether.errors import BudgetExceeded, BudgetUnavailable, ConfigError, StoreError, StoreUnavailable
 from tether.gateway._redis import client_display, connect
 from tether.gateway.budget import (
     LIFETIME,
@@ -76,7 +103,7 @@ if TYPE_CHECKING:
     # Imported lazily, as in ratelimit: redis.asyncio costs ~0.5 s that `import tether` must not pay.
     from redis.asyncio import Redis
 
-__all__ = ["RedisBudgetLedger"]
+__all__ = ["RedisBudgetLedger", "SpendSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +145,14 @@ local function fits(a, b, c, limit)
   return hi < lh or (hi == lh and lo <= ll)
 end
 
+-- The larger of two non-negative integer strings.
+local function larger(a, b)
+  local ah, al = split(a)
+  local bh, bl = split(b)
+  if ah > bh or (ah == bh and al >= bl) then return a end
+  return b
+end
+
 local function negate(s)
   if s == '0' then return s end  -- Redis refuses "-0" as an integer
   return '-' .. s
@@ -147,18 +182,26 @@ local function give_back(reservation, as_spent)
 end
 """
 
-# KEYS: the reservation, the open-reservations set, then each scope's counters.
+# KEYS: the reservation, the open-reservations set, the epoch marker, then each scope's counters.
 # ARGV: id, nano-dollars, tokens, creation time (µs), the reservation's TTL (ms, 0: none),
-#       then per scope: USD limit in nano-dollars ('' for none), token limit ('' for none), TTL (ms, 0: none).
+#       then per scope: USD limit in nano-dollars ('' for none), token limit ('' for none), TTL (ms, 0: none),
+#       and last the ledger's epoch.
 # Returns {0} when charged, {1, scope index, unit, spent, reserved} when a scope has no room,
-# {2, scope index} when a counter would overflow 64 bits. Nothing is written unless all fit.
+# {2, scope index} when a counter would overflow 64 bits, {3, marker or ''} when the epoch marker
+# is not the ledger's (the data was lost), {4, scope index} when a counter was not built in this
+# epoch (rebuild it first). Nothing is written unless all fit.
 _RESERVE = """
 -- The same id again is a retry of a reserve that ran but whose answer was lost: charged already.
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
-local n = #KEYS - 2
+local epoch = ARGV[#ARGV]
+local marker = redis.call('GET', KEYS[3])
+if marker ~= epoch then return {3, marker or ''} end
+local n = #KEYS - 3
 local nanousd, tokens = ARGV[2], ARGV[3]
 for i = 1, n do
-  local row = redis.call('HMGET', KEYS[i + 2], 'spent_nanousd', 'reserved_nanousd', 'spent_tokens', 'reserved_tokens')
+  local row = redis.call(
+    'HMGET', KEYS[i + 3], 'spent_nanousd', 'reserved_nanousd', 'spent_tokens', 'reserved_tokens', 'epoch')
+  if row[5] ~= epoch then return {4, i} end
   local spent, reserved = row[1] or '0', row[2] or '0'
   local spent_tokens, reserved_tokens = row[3] or '0', row[4] or '0'
   local usd_limit, token_limit = ARGV[3 + 3 * i], ARGV[4 + 3 * i]
@@ -174,7 +217,7 @@ for i = 1, n do
 end
 local fields = {'nanousd', nanousd, 'tokens', tokens, 'created_us', ARGV[4], 'n', n}
 for i = 1, n do
-  local counters = KEYS[i + 2]
+  local counters = KEYS[i + 3]
   redis.call('HINCRBY', counters, 'reserved_nanousd', nanousd)
   redis.call('HINCRBY', counters, 'reserved_tokens', tokens)
   local ttl = tonumber(ARGV[5 + 3 * i])
@@ -213,6 +256,27 @@ end
 return {0}
 """
 
+# KEYS: the epoch marker, one scope's counters. ARGV: the ledger's epoch, the recorded spend
+# (nano-dollars, tokens) from the durable cost ledger, the counters' TTL (ms, 0: none).
+# Builds the counters in this epoch: spent is the larger of what they hold and what was recorded.
+# Returns 1 when they are (now) of this epoch, 0 when the marker is not the ledger's.
+_REBUILD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local row = redis.call(
+  'HMGET', KEYS[2], 'epoch', 'spent_nanousd', 'spent_tokens', 'reserved_nanousd', 'reserved_tokens')
+if row[1] == ARGV[1] then return 1 end  -- another replica rebuilt them first
+local spent = larger(row[2] or '0', ARGV[2])
+local spent_tokens = larger(row[3] or '0', ARGV[3])
+-- A reservation's give-back on counters recreated after the loss can leave them below zero.
+local reserved, reserved_tokens = row[4] or '0', row[5] or '0'
+if string.sub(reserved, 1, 1) == '-' then reserved = '0' end
+if string.sub(reserved_tokens, 1, 1) == '-' then reserved_tokens = '0' end
+redis.call('HSET', KEYS[2], 'epoch', ARGV[1], 'spent_nanousd', spent, 'spent_tokens', spent_tokens,
+  'reserved_nanousd', reserved, 'reserved_tokens', reserved_tokens)
+if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+return 1
+"""
+
 # KEYS: the reservation, the open-reservations set. ARGV: id. Returns 1 if given back, 0 if gone already.
 _RELEASE = """
 local released = give_back(KEYS[1])
@@ -249,8 +313,17 @@ _RESERVE_SCRIPT: Final = _Script(_PRELUDE + _RESERVE)
 _SETTLE_SCRIPT: Final = _Script(_PRELUDE + _SETTLE)
 _RELEASE_SCRIPT: Final = _Script(_PRELUDE + _RELEASE)
 _SWEEP_SCRIPT: Final = _Script(_PRELUDE + _SWEEP)
+_REBUILD_SCRIPT: Final = _Script(_PRELUDE + _REBUILD)
 
 _USAGE_FIELDS: Final = ("spent_nanousd", "reserved_nanousd", "spent_tokens", "reserved_tokens")
+
+
+class SpendSource(Protocol):
+    """The durable record of what was spent, that lost counters are rebuilt from (``CostLedger``)."""
+
+    def spent(self, kind: str, name: str, period: str) -> tuple[int, int]:
+        """Recorded spend of one scope in one period: (nano-dollars, tokens). May block (run in a thread)."""
+        ...
 
 
 def _text(value: object) -> str:
@@ -293,6 +366,12 @@ class RedisBudgetLedger(BudgetLedger):
         timeout_s: connect, read and wait-for-a-free-connection timeout, in seconds.
         max_connections: connections kept open to Redis at most.
         retention: how long a day's or a month's counters are kept after the period ends.
+        rebuild_from: the durable cost ledger counters are rebuilt from after Redis lost them
+            (``CostLedger(store)``); without it a loss keeps budgeted calls refused until a restart.
+        persistence_verified: skip the start-up check of Redis persistence (``CONFIG GET``), for a
+            managed Redis that disables ``CONFIG`` and is known to persist its data.
+        rebuild_grace_s: how long budgeted calls are refused after a loss is seen, before rebuilding,
+            so that cost rows of calls settled meanwhile are written first.
 
     Raises:
         ConfigError: the URL is malformed.
@@ -308,9 +387,22 @@ class RedisBudgetLedger(BudgetLedger):
         timeout_s: float = 1.0,
         max_connections: int = 64,
         retention: timedelta = timedelta(days=32),
+        rebuild_from: SpendSource | None = None,
+        persistence_verified: bool = False,
+        rebuild_grace_s: float = 2.0,
     ) -> None:
         client, display = connect(url, timeout_s=timeout_s, max_connections=max_connections)
-        self._init(client, prefix=prefix, clock=clock, retention=retention, display=display, owns_client=True)
+        self._init(
+            client,
+            prefix=prefix,
+            clock=clock,
+            retention=retention,
+            display=display,
+            owns_client=True,
+            rebuild_from=rebuild_from,
+            persistence_verified=persistence_verified,
+            rebuild_grace_s=rebuild_grace_s,
+        )
 
     @classmethod
     def from_client(
@@ -321,6 +413,9 @@ class RedisBudgetLedger(BudgetLedger):
         clock: Clock | None = None,
         retention: timedelta = timedelta(days=32),
         close_client: bool = False,
+        rebuild_from: SpendSource | None = None,
+        persistence_verified: bool = True,
+        rebuild_grace_s: float = 2.0,
     ) -> RedisBudgetLedger:
         """A ledger on an existing ``redis.asyncio.Redis`` client (its timeouts and retries apply).
 
@@ -330,6 +425,9 @@ class RedisBudgetLedger(BudgetLedger):
             clock: as for the constructor.
             retention: as for the constructor.
             close_client: close the client in ``aclose``.
+            rebuild_from: as for the constructor.
+            persistence_verified: as for the constructor, but True by default: the caller built the client.
+            rebuild_grace_s: as for the constructor.
         """
         ledger = cls.__new__(cls)
         ledger._init(
@@ -339,6 +437,9 @@ class RedisBudgetLedger(BudgetLedger):
             retention=retention,
             display=client_display(client),
             owns_client=close_client,
+            rebuild_from=rebuild_from,
+            persistence_verified=persistence_verified,
+            rebuild_grace_s=rebuild_grace_s,
         )
         return ledger
 
@@ -351,9 +452,14 @@ class RedisBudgetLedger(BudgetLedger):
         retention: timedelta,
         display: str,
         owns_client: bool,
+        rebuild_from: SpendSource | None,
+        persistence_verified: bool,
+        rebuild_grace_s: float,
     ) -> None:
         if retention <= timedelta(0):
             raise ValueError(f"retention must be positive, got {retention!r}")
+        if rebuild_grace_s < 0:
+            raise ValueError(f"rebuild_grace_s must be >= 0, got {rebuild_grace_s!r}")
         self._client = client
         self._prefix = prefix
         self._clock: Clock = clock or _now
@@ -362,6 +468,14 @@ class RedisBudgetLedger(BudgetLedger):
         self._owns_client = owns_client
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        self._rebuild_from = rebuild_from
+        self._persistence_verified = persistence_verified
+        self._rebuild_grace_s = rebuild_grace_s
+        self._epoch: str | None = None  # the marker this ledger's counters were built under
+        self._lost_at: float | None = None  # when a loss was seen (monotonic), until the new epoch begins
+        self._starting: asyncio.Lock | None = None
+        self.rebuilt = 0  # counters rebuilt from the cost ledger (or first built) in this process
+        self.losses = 0  # times the epoch marker was found gone
 
     @property
     def url(self) -> str:
@@ -383,6 +497,10 @@ class RedisBudgetLedger(BudgetLedger):
     @property
     def _open_key(self) -> str:
         return f"{self._prefix}reservations"
+
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self._prefix}epoch"
 
     def _ttl_ms(self, period: str, now: datetime) -> int:
         """How long, from ``now``, the period's counters are kept; 0 for never expiring."""
@@ -447,6 +565,140 @@ class RedisBudgetLedger(BudgetLedger):
             self._adopt(self._finish(work, what))
             raise
 
+    # -- start-up: persistence and the epoch ------------------------------------------------
+
+    async def start(self) -> None:
+        """Check that Redis persists its data, and begin (or join) the current epoch.
+
+        Called by the first reserve if not before; ``tether gateway serve`` calls it at
+        start-up so that a Redis without persistence stops it there, with the fix.
+
+        Raises:
+            ConfigError: Redis runs without an append-only file, or cannot say (``CONFIG`` disabled)
+                and ``persistence_verified`` is not set.
+            StoreUnavailable: Redis cannot be reached.
+        """
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._closed:
+                raise StoreError(f"budget ledger at {self.url} is closed")
+            if self._epoch is not None:
+                return
+            if not self._persistence_verified:
+                await self._check_persistence()
+                self._persistence_verified = True
+            await self._begin_epoch()
+
+    async def _check_persistence(self) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        fix = (
+            'set [gateway] budgets = "database" in tether.toml (budgets in the store\'s database, the default '
+            "when there is a store)"
+        )
+        try:
+            appendonly = await self._client.config_get("appendonly")
+            save = await self._client.config_get("save")
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._unavailable(exc, "checking Redis persistence") from None
+        except RedisError as exc:
+            raise ConfigError(
+                f"budgets are kept in Redis at {self.url}, which refuses CONFIG GET ({self._scrub(exc)}), so tether "
+                "cannot check that it persists its data (a Redis that forgets its data refills every budget): once "
+                "you have checked that it runs with appendonly yes, set [gateway] redis_persistence_verified = true; "
+                f"or {fix}"
+            ) from None
+        values = {_text(k): _text(v) for k, v in {**appendonly, **save}.items()}
+        if values.get("appendonly") == "yes":
+            return
+        snapshots = values.get("save", "")
+        how = (
+            f"only RDB snapshots (save {snapshots!r}), which lose every write since the last one"
+            if snapshots
+            else ("no persistence at all (appendonly no, save '')")
+        )
+        raise ConfigError(
+            f"budgets are kept in Redis at {self.url}, which runs with {how}: a restart would forget the spend and "
+            f"refill every budget — set appendonly yes on that Redis (CONFIG SET appendonly yes, and in redis.conf), "
+            f"or {fix}"
+        )
+
+    async def _begin_epoch(self) -> None:
+        """Join the epoch in Redis, or begin a new one if there is none (first start, or after a loss)."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            await self._client.set(self._epoch_key, uuid.uuid4().hex, nx=True)
+            marker = await self._client.get(self._epoch_key)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise self._unavailable(exc, "reading the budget epoch") from None
+        except RedisError as exc:
+            raise StoreError(
+                f"reading the budget epoch failed: Redis at {self.url} answered: {self._scrub(exc)}"
+            ) from None
+        if marker is None:
+            raise self._lost_error("its epoch marker vanished as it was written")
+        self._epoch = _text(marker)
+        self._lost_at = None
+
+    def _lost_error(self, detail: str) -> BudgetUnavailable:
+        if self._rebuild_from is None:
+            return BudgetUnavailable(
+                f"the budget counters in Redis at {self.url} were lost ({detail}) and this gateway has no cost ledger "
+                "to rebuild them from, so budgeted calls are refused rather than given a refilled budget: run the "
+                "gateway with a store (TETHER_DATABASE_URL), or restart it to accept the reset"
+            )
+        return BudgetUnavailable(
+            f"the budget counters in Redis at {self.url} were lost ({detail}); they are being rebuilt from the cost "
+            f"ledger, and budgeted calls are refused until then: retry in {math.ceil(self._rebuild_grace_s) + 1} s"
+        )
+
+    async def _ensure_epoch(self) -> None:
+        """Before a reserve: the epoch is known, or a loss's grace is over and a new one begins."""
+        if self._lost_at is not None:
+            if self._rebuild_from is None or time.monotonic() - self._lost_at < self._rebuild_grace_s:
+                raise self._lost_error("Redis restarted without them, or was flushed")
+            self._epoch = None
+            self._lost_at = None
+        if self._epoch is None:
+            await self.start()
+
+    def _epoch_lost(self, marker: str) -> None:
+        """The reserve found another marker than ours: adopt a new epoch, or fail closed for the grace."""
+        if marker:
+            # Another replica saw the loss first and began a new epoch: counters are rebuilt as they are touched.
+            logger.warning("tether: budget counters in Redis at %s were rebuilt by another replica", self.url)
+            self._epoch = marker
+            return
+        if self._lost_at is None:
+            self.losses += 1
+            self._lost_at = time.monotonic()
+            logger.error(
+                "tether: the budget counters in Redis at %s are gone (Redis restarted without its data, or was "
+                "flushed): budgeted calls are refused until they are rebuilt from the cost ledger",
+                self.url,
+            )
+        raise self._lost_error("Redis restarted without them, or was flushed")
+
+    async def _rebuild(self, scope: BudgetScope, period: str, now: datetime) -> None:
+        """Build one scope's counters in this epoch from the recorded spend (what Redis still holds, if more)."""
+        nanos, tokens = 0, 0
+        if self._rebuild_from is not None:
+            nanos, tokens = await asyncio.to_thread(self._rebuild_from.spent, scope.kind, scope.name, period)
+        assert self._epoch is not None
+        await self._eval(
+            _REBUILD_SCRIPT,
+            [self._epoch_key, self._usage_key(scope, period)],
+            [self._epoch, nanos, tokens, self._ttl_ms(period, now)],
+            "rebuilding budget counters",
+        )
+        self.rebuilt += 1
+
     # -- reserve ---------------------------------------------------------------------------
 
     async def reserve(self, scopes: Sequence[BudgetScope], *, usd: Decimal, tokens: int) -> Reservation:
@@ -494,11 +746,26 @@ class RedisBudgetLedger(BudgetLedger):
         keys = [
             self._reservation_key(reservation.id),
             self._open_key,
+            self._epoch_key,
             *(self._usage_key(s, p) for s, p in zip(scopes, periods, strict=True)),
         ]
-        result = await self._eval(_RESERVE_SCRIPT, keys, args, "reserving budget")
-        assert isinstance(result, list)
-        outcome = int(result[0])
+        # Each pass either charges, refuses, or builds one counter in this epoch (or adopts a new epoch).
+        for _ in range(2 * len(scopes) + 2):
+            await self._ensure_epoch()
+            assert self._epoch is not None
+            result = await self._eval(_RESERVE_SCRIPT, keys, [*args, self._epoch], "reserving budget")
+            assert isinstance(result, list)
+            outcome = int(result[0])
+            if outcome == 3:
+                self._epoch_lost(_text(result[1]))
+                continue
+            if outcome == 4:
+                index = int(result[1]) - 1
+                await self._rebuild(scopes[index], periods[index], now)
+                continue
+            break
+        else:
+            raise StoreError(f"reserving budget failed: the counters in Redis at {self.url} kept changing epoch")
         if outcome == 1:
             scope = scopes[int(result[1]) - 1]
             unit, spent, reserved = _text(result[2]), int(_text(result[3])), int(_text(result[4]))

@@ -119,6 +119,12 @@ class DeploymentConfig(_Strict):
     timeout_s: float | None = Field(default=None, gt=0)
     faults: FaultConfig | None = None
     breaker: BreakerConfig | None = None
+    # What bounds a call's billing, for budget reservations (tether.gateway.bound): the context
+    # window (default: genai-prices' figure for the model), the output cap used when a request
+    # names none, and the most tokens one image part costs (default: the provider's documented maximum).
+    context_window: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    image_tokens: int | None = Field(default=None, gt=0)
 
 
 class RouteRule(_Strict):
@@ -193,9 +199,13 @@ class GatewaySettings(_Strict):
 
     redis_url: str | None = None
     default_route: str | None = None
-    # Where budgets are kept: "auto" = Redis when redis_url is set (fastest, shared),
-    # else the store's database (shared, durable), else memory (one process only).
+    # Where budgets are kept: "auto" = the store's database when there is a store (shared, durable;
+    # `tether gateway serve` always has one), else Redis when redis_url is set, else memory (one
+    # process only). Redis keeps rate limits and kill messages either way. Budgets in Redis need
+    # Redis persistence (appendonly yes), checked at start-up; where CONFIG is disabled (managed
+    # Redis), set redis_persistence_verified = true once you have checked it yourself.
     budgets: Literal["auto", "redis", "database", "memory"] = "auto"
+    redis_persistence_verified: bool = False
     # Shared budgets are reserved from leases: slices of the budget this replica holds for up to
     # budget_lease_s, so most calls are charged in memory (see tether.gateway.budget_lease).
     # 0 charges every call to the shared ledger directly.

@@ -39,14 +39,17 @@ import orjson
 from opentelemetry import trace as otel_trace
 
 from tether.errors import (
+    BudgetUnavailable,
     ConfigError,
     ModelError,
     NoDeploymentAvailable,
     StreamInterrupted,
+    UnboundedCall,
     UnknownPriceError,
     UnknownRouteError,
 )
 from tether.gateway._deps import backend_of, bounded
+from tether.gateway.bound import CallBound, ModelLimits, bound_of_request, context_window_of, image_tokens_of
 from tether.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 from tether.gateway.budget import (
     BudgetLedger,
@@ -75,7 +78,7 @@ from tether.models.base import Model, PriceRef, ProviderConfig
 from tether.store import TraceStore
 from tether.trace import semconv as sc
 
-__all__ = ["CallContext", "Deployment", "Gateway", "GatewayModel", "Placement"]
+__all__ = ["BudgetOverrun", "CallContext", "Deployment", "Gateway", "GatewayModel", "Placement"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,16 +114,55 @@ class CallContext:
 
 @dataclass
 class Deployment:
-    """A configured deployment at run time: its model (faults wrapped in) and its breaker."""
+    """A configured deployment at run time: its model (faults wrapped in), its breaker, what bounds its calls."""
 
     name: str
     config: DeploymentConfig
     model: Model
     breaker: CircuitBreaker
+    limits: ModelLimits = field(default_factory=lambda: ModelLimits(None, None, image_tokens_of("", "")))
 
     @property
     def price_ref(self) -> PriceRef | None:
         return self.model.price_ref
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetOverrun:
+    """A call billed more than its reservation: the bound did not hold (an incident-worthy event).
+
+    The real cost is recorded in full all the same; this says by how much the bound was wrong.
+
+    Attributes:
+        route: the route.
+        deployment: the deployment that billed it.
+        model: the deployment's model.
+        key: the caller's virtual key, if any.
+        agent: the calling agent, if known.
+        run_id: the run, if known.
+        reserved_usd: what the budgets reserved (the bound).
+        cost_usd: what the call cost.
+        usage: what the provider reported.
+    """
+
+    route: str
+    deployment: str
+    model: str
+    key: str | None
+    agent: str | None
+    run_id: str | None
+    reserved_usd: Decimal
+    cost_usd: Decimal
+    usage: Usage
+
+
+def _limits(config: GatewayConfig, deployment: DeploymentConfig, model: Model) -> ModelLimits:
+    kind = config.providers[deployment.provider].kind
+    return ModelLimits(
+        context_window=deployment.context_window or context_window_of(model.price_ref),
+        max_output_tokens=deployment.max_output_tokens,
+        image_tokens=deployment.image_tokens or image_tokens_of(kind, deployment.model),
+    )
 
 
 @dataclass
@@ -196,6 +238,8 @@ class Gateway:
         sleep: how to wait between retries (tests pass a fake).
         clock: monotonic clock for the response cache and the budget burn's freshness.
         cost_sink: receives a ``CostRecord`` for every settled call (``tether cost`` reads them).
+        on_overrun: told of every call billed more than its reservation (``tether gateway serve``
+            records it as an incident); it must not block.
     """
 
     def __init__(
@@ -210,9 +254,11 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         response_cache_size: int = 1024,
         cost_sink: Callable[[CostRecord], None] | None = None,
+        on_overrun: Callable[[BudgetOverrun], None] | None = None,
     ) -> None:
         self.config = config
         self._cost_sink = cost_sink
+        self.on_overrun = on_overrun
         self.pricer = Pricer(config.prices)
         self.budgets = budgets or MemoryBudgetLedger()
         self.rate_limiter = RateLimiter(rate_limits or MemoryRateLimitBackend())
@@ -251,7 +297,7 @@ class Gateway:
             if deployment.faults is not None and deployment.faults.active:
                 model = FaultyModel(model, deployment.faults)
             breaker = self.breakers.get(name, deployment.breaker, on_change=self._breaker_changed)
-            self.deployments[name] = Deployment(name, deployment, model, breaker)
+            self.deployments[name] = Deployment(name, deployment, model, breaker, _limits(config, deployment, model))
         if overrides:
             raise ConfigError(f"models given for deployments that are not configured: {', '.join(sorted(overrides))}")
         self._check_budgeted_routes_are_priced()
@@ -260,23 +306,31 @@ class Gateway:
     def from_config(cls, config: GatewayConfig, *, store: TraceStore | None = None, **kwargs: Any) -> Gateway:
         """A gateway whose budgets and rate limits are shared by every replica when they can be.
 
-        Budgets live in Redis when ``[gateway] redis_url`` is set, else in the store's
-        database when a store is given (``[gateway] budgets`` overrides the choice);
-        rate limits in Redis when ``redis_url`` is set. Otherwise both are in memory,
-        and each process would enforce its own copy of every limit.
+        Budgets live in the store's database when a store is given (durable: a Redis
+        restart cannot refill them), else in Redis when ``[gateway] redis_url`` is set,
+        else in memory; ``[gateway] budgets`` overrides the choice. Budgets in Redis
+        need Redis persistence, checked by ``start`` (see ``RedisBudgetLedger``), and
+        are rebuilt from the store's cost ledger if Redis loses them. Rate limits live
+        in Redis when ``redis_url`` is set. Otherwise each process would enforce its
+        own copy of every limit.
         """
         settings = config.gateway
         if "budgets" not in kwargs:
             choice = settings.budgets
             if choice == "auto":
-                choice = "redis" if settings.redis_url else "database" if store is not None else "memory"
+                choice = "database" if store is not None else "redis" if settings.redis_url else "memory"
             shared: BudgetLedger | None = None
             if choice == "redis":
                 if not settings.redis_url:
                     raise ConfigError('[gateway] budgets = "redis" needs [gateway] redis_url')
                 from tether.gateway.budget_redis import RedisBudgetLedger
+                from tether.gateway.ledger import CostLedger
 
-                shared = RedisBudgetLedger(settings.redis_url)
+                shared = RedisBudgetLedger(
+                    settings.redis_url,
+                    rebuild_from=CostLedger(store) if store is not None else None,
+                    persistence_verified=settings.redis_persistence_verified,
+                )
             elif choice == "database":
                 if store is None:
                     raise ConfigError('[gateway] budgets = "database" needs a store (TETHER_DATABASE_URL)')
@@ -290,6 +344,19 @@ class Gateway:
         if config.gateway.redis_url and "rate_limits" not in kwargs:
             kwargs["rate_limits"] = RedisRateLimitBackend(config.gateway.redis_url)
         return cls(config, **kwargs)
+
+    async def start(self) -> None:
+        """Check the shared backends before serving: a Redis budget ledger checks Redis persistence.
+
+        Raises:
+            ConfigError: budgets are in a Redis without persistence (the message says what to set).
+            StoreUnavailable: the budget ledger's backend cannot be reached.
+        """
+        from tether.gateway.budget_redis import RedisBudgetLedger
+
+        ledger = self.budgets.inner if isinstance(self.budgets, LeasedBudgetLedger) else self.budgets
+        if isinstance(ledger, RedisBudgetLedger):
+            await ledger.start()
 
     def _check_budgeted_routes_are_priced(self) -> None:
         """A budgeted route must be able to price every deployment it may use (never $0 for unknown)."""
@@ -415,6 +482,7 @@ class Gateway:
             max_tokens=request.max_tokens,
             send=send,
             usage_of=lambda r: r.usage,
+            bound=bound_of_request(request),
         )
         otel_trace.get_current_span().set_attribute(sc.GEN_AI_RESPONSE_MODEL, response.model)
         if cacheable:
@@ -436,8 +504,13 @@ class Gateway:
         max_tokens: int,
         send: Callable[[Deployment], Awaitable[T]],
         usage_of: Callable[[T], Usage | None],
+        bound: CallBound | Callable[[Deployment], CallBound] | None = None,
     ) -> tuple[T, Placement]:
         """Route one call: limits, tier, breakers, budget, retries, fallbacks — around ``send``.
+
+        ``estimated_tokens`` and ``max_tokens`` feed TPM limits and routing rules;
+        budgets reserve ``bound`` (``tether.gateway.bound``: the most the call can be
+        billed, per deployment when a callable), which defaults to the estimate.
 
         ``send(deployment)`` makes the provider call in whatever form the caller
         needs (a ``ModelResponse`` in process, raw bytes or an open stream in the
@@ -479,7 +552,9 @@ class Gateway:
                         failures.append(f"{name}: circuit open")
                         continue
                     attempts += 1
-                    reservation = await self._reserve(deployment, scopes, estimated_tokens, max_tokens)
+                    reservation = await self._reserve(
+                        deployment, scopes, bound or CallBound(text_tokens=estimated_tokens, max_output=max_tokens)
+                    )
                     placement = Placement(self, ctx, deployment, reservation, grants)
                     sent = True
                     try:
@@ -541,14 +616,20 @@ class Gateway:
         return grants
 
     async def _reserve(
-        self, deployment: Deployment, scopes: list[BudgetScope], estimated_tokens: int, max_tokens: int
+        self, deployment: Deployment, scopes: list[BudgetScope], bound: CallBound | Callable[[Deployment], CallBound]
     ) -> Reservation | None:
-        """Reserve the call's maximum cost on every budget; fails closed."""
+        """Reserve the most the call can cost on every budget; fails closed."""
         if not scopes:
             return None
         model_name = deployment.config.model
+        try:
+            call = bound(deployment) if callable(bound) else bound
+            input_tokens, output_tokens = call.tokens(deployment.limits, deployment=deployment.name, model=model_name)
+        except UnboundedCall:
+            deployment.breaker.release()
+            raise
         worst = self.pricer.max_cost(
-            deployment.price_ref, model_name, input_tokens=estimated_tokens, max_output_tokens=max_tokens
+            deployment.price_ref, model_name, input_tokens=input_tokens, max_output_tokens=output_tokens
         )
         if worst.usd is None:
             deployment.breaker.release()
@@ -557,8 +638,12 @@ class Gateway:
                 f'set [prices."{model_name}"] in tether.toml or use a priced model'
             )
         try:
-            reserve = self.budgets.reserve(scopes, usd=worst.usd, tokens=estimated_tokens + max_tokens)
+            reserve = self.budgets.reserve(scopes, usd=worst.usd, tokens=input_tokens + output_tokens)
             return await (reserve if self._leased else self._bounded(reserve, self.budget_dependency))
+        except BudgetUnavailable:
+            self.stats["budget_unavailable"] += 1
+            deployment.breaker.release()
+            raise
         except BaseException:
             deployment.breaker.release()
             raise
@@ -567,6 +652,36 @@ class Gateway:
         if dependency is None:
             return await awaitable
         return await bounded(awaitable, dependency=dependency, timeout_s=self.dependency_timeout_s)
+
+    def _overran(self, overrun: BudgetOverrun) -> None:
+        """A call billed above its reservation: count it, put it on the span and the log, tell ``on_overrun``."""
+        self.stats["settle_above_reservation"] += 1
+        self.stats[f"settle_above_reservation:{overrun.deployment}"] += 1
+        otel_trace.get_current_span().add_event(
+            "tether.budget.settle_above_reservation",
+            {
+                "tether.deployment": overrun.deployment,
+                "tether.budget.reserved_usd": float(overrun.reserved_usd),
+                "tether.cost_usd": float(overrun.cost_usd),
+                "gen_ai.usage.input_tokens": overrun.usage.input_tokens,
+                "gen_ai.usage.output_tokens": overrun.usage.output_tokens,
+            },
+        )
+        logger.warning(
+            "tether: settle above reservation: route %s deployment %s (model %s) billed $%s, $%s was reserved; "
+            "the full cost is recorded (set context_window, max_output_tokens or image_tokens on the deployment "
+            "if its bound is wrong)",
+            overrun.route,
+            overrun.deployment,
+            overrun.model,
+            overrun.cost_usd,
+            overrun.reserved_usd,
+        )
+        if self.on_overrun is not None:
+            try:
+                self.on_overrun(overrun)
+            except Exception:  # reporting must never break a call that already succeeded
+                logger.warning("tether: the settle-above-reservation report failed", exc_info=True)
 
     def _record(self, record: CostRecord) -> None:
         if self._cost_sink is not None:
@@ -703,6 +818,7 @@ class Placement:
         self._grants = grants
         self._done = False
         self.cost_usd: Decimal | None = None
+        self.overrun: BudgetOverrun | None = None
 
     async def finish(self, usage: Usage) -> Decimal | None:
         """The call succeeded and used ``usage``: charge budgets and TPM, tell the breaker."""
@@ -754,8 +870,22 @@ class Placement:
                 price_version=cost.price_version,
             )
         )
-        if self._reservation is not None:
-            await gateway._settle(self._reservation, usd=cost.usd or Decimal(0), tokens=usage.total_tokens)
+        reservation = self._reservation
+        if reservation is not None:
+            await gateway._settle(reservation, usd=cost.usd or Decimal(0), tokens=usage.total_tokens)
+            if cost.usd is not None and cost.usd > reservation.usd:
+                self.overrun = BudgetOverrun(
+                    route=self.ctx.route,
+                    deployment=deployment.name,
+                    model=model_name,
+                    key=self.ctx.key,
+                    agent=self.ctx.agent,
+                    run_id=self.ctx.run_id,
+                    reserved_usd=reservation.usd,
+                    cost_usd=cost.usd,
+                    usage=usage,
+                )
+                gateway._overran(self.overrun)
         for grant in self._grants:
             await gateway.rate_limiter.settle(grant, usage.total_tokens)
 

@@ -496,6 +496,35 @@ class CostLedger(StoreAccess):
         with self._connect("reading costs") as connection:
             return connection.execute(select(costs.c.id).limit(1)).first() is not None
 
+    def spent(self, kind: str, name: str, period: str) -> tuple[int, int]:
+        """Recorded spend of one budget scope in one period: (nano-dollars, tokens).
+
+        What a budget ledger that lost its counters (Redis restarted empty) rebuilds
+        them from. ``kind`` is a budget scope's kind (``route``, ``agent``, ``key`` or
+        ``run``); ``period`` a budget period key (``2026-11-21``, ``2026-11`` or ``all``).
+        Calls of unknown price count as $0 here, as they do in the budget ledger.
+
+        Raises:
+            ValueError: an unknown scope kind.
+            StoreError: the database failed.
+        """
+        column = {"route": costs.c.route, "agent": costs.c.agent, "key": costs.c.key, "run": costs.c.run_id}.get(kind)
+        if column is None:
+            raise ValueError(f"unknown budget scope kind {kind!r}")
+        where: list[ColumnElement[bool]] = [column == name]
+        if len(period) == len("2026-11-21"):
+            where.append(costs.c.day == period)
+        elif len(period) == len("2026-11"):
+            # ``day`` is a YYYY-MM-DD string: a range keeps the index usable.
+            where += [costs.c.day >= f"{period}-01", costs.c.day <= f"{period}-31"]
+        query = select(
+            func.coalesce(func.sum(costs.c.cost_nanousd), 0),
+            func.coalesce(func.sum(costs.c.input_tokens + costs.c.output_tokens), 0),
+        ).where(*where)
+        with self._connect("reading recorded spend") as connection:
+            nanos, tokens = connection.execute(query).one()
+        return _int(nanos), _int(tokens)
+
     @staticmethod
     def _window(since: datetime | None) -> tuple[ColumnElement[bool], ...]:
         if since is None:

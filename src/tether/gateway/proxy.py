@@ -67,6 +67,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -76,7 +78,6 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
@@ -95,6 +96,7 @@ from starlette.types import Receive, Scope, Send
 
 from tether.errors import (
     BudgetExceeded,
+    BudgetUnavailable,
     ConfigError,
     MalformedResponseError,
     ModelError,
@@ -104,6 +106,7 @@ from tether.errors import (
     StoreError,
     StreamInterrupted,
     TetherError,
+    UnboundedCall,
     UnknownPriceError,
     UnknownRouteError,
 )
@@ -124,6 +127,7 @@ from tether.gateway._wire import (
 )
 from tether.gateway._wire_anthropic import AnthropicWire, with_cache_breakpoints
 from tether.gateway._wire_openai import OpenAIWire
+from tether.gateway.bound import CallBound, bound_of_wire
 from tether.gateway.config import RouteConfig
 from tether.gateway.faults import FaultyModel
 from tether.gateway.gateway import CallContext, Deployment, Gateway, Placement
@@ -248,6 +252,8 @@ class _Call:
     stream: bool = False
     include_usage: bool = False
     input_estimate: int = 0
+    max_output: int | None = None  # the request's own output cap, if it names one
+    bound: CallBound | None = None  # worked out only when a budget applies
     tags: tuple[str, ...] = ()
     translated: ModelRequest | None = None
     # The Anthropic body passthrough sends (prompt-cache breakpoints added when due) and its parse,
@@ -969,7 +975,8 @@ class _Proxy:
         temperature = data.get("temperature")
         if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, int | float)):
             raise BadRequest("temperature must be a number", param="temperature")
-        max_tokens = wire.max_tokens(data) or DEFAULT_MAX_TOKENS
+        call.max_output = wire.max_tokens(data)
+        max_tokens = call.max_output or DEFAULT_MAX_TOKENS
         call.stream = stream
         options = data.get("stream_options")
         call.include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
@@ -1063,6 +1070,7 @@ class _Proxy:
                 max_tokens=max_tokens,
                 send=attempt,
                 usage_of=_usage_of,
+                bound=functools.partial(self._bound, call),
             )
             if span.is_recording():
                 # Current while the gateway routes, so its decisions (route, tier, deployment,
@@ -1076,7 +1084,7 @@ class _Proxy:
             if isinstance(result, _Complete):
                 await _respond(call, send, 200, result.body, result.content_type, result.headers)
                 span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
-                self._record(call, span, result.usage, placement.cost_usd, estimated=result.estimated, answer=result)
+                self._record(call, span, result.usage, placement, estimated=result.estimated, answer=result)
                 if cache_key is not None:
                     expires = time.monotonic() + route.response_cache_ttl_s
                     self.cache.put(cache_key, result.body, result.content_type, expires)
@@ -1092,6 +1100,16 @@ class _Proxy:
         finally:
             if not ended:
                 span.end()
+
+    def _bound(self, call: _Call, deployment: Deployment) -> CallBound:
+        """The most the call can be billed on ``deployment`` (asked only when a budget applies)."""
+        bound = call.bound
+        if bound is None:
+            bound = call.bound = bound_of_wire(len(call.body), call.data, max_output=call.max_output)
+        if self.targets[deployment.name].kind != call.wire.api and call.translated is not None:
+            # Translated: tether itself sends the output cap (the default when the client named none).
+            return dataclasses.replace(bound, max_output=call.translated.max_tokens, choices=1)
+        return bound
 
     async def _send(self, call: _Call, deployment: Deployment) -> _Complete | _Stream:
         """One attempt on one deployment: passthrough when it speaks the client's format, else translation."""
@@ -1313,21 +1331,23 @@ class _Proxy:
             await self._close(stream)
         usage, estimated = stream.usage(call.input_estimate)
         failure = stream.failure
-        if gone:
-            self.metrics.client_disconnects[call.route_label] += 1
-            span.add_event("client_disconnected")
-            await placement.abort(_ClientDisconnected("the client went away mid-stream"), usage)
-        elif failure is not None:
-            self.metrics.stream_interruptions[call.route_label] += 1
-            span.set_attribute(sc.ERROR_TYPE, type(failure).__name__)
-            span.set_status(Status(StatusCode.ERROR, str(failure)[:500]))
-            await placement.abort(failure, usage)
-        else:
-            await placement.finish(usage)
+        # Current while settling, so a settle above the reservation is an event on this span.
+        with otel_trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            if gone:
+                self.metrics.client_disconnects[call.route_label] += 1
+                span.add_event("client_disconnected")
+                await placement.abort(_ClientDisconnected("the client went away mid-stream"), usage)
+            elif failure is not None:
+                self.metrics.stream_interruptions[call.route_label] += 1
+                span.set_attribute(sc.ERROR_TYPE, type(failure).__name__)
+                span.set_status(Status(StatusCode.ERROR, str(failure)[:500]))
+                await placement.abort(failure, usage)
+            else:
+                await placement.finish(usage)
         if bill_first:
             await self._close(stream)
         span.set_attribute(sc.HTTP_RESPONSE_STATUS_CODE, 200)
-        self._record(call, span, usage, placement.cost_usd, estimated=estimated, answer=stream)
+        self._record(call, span, usage, placement, estimated=estimated, answer=stream)
 
     @staticmethod
     async def _close(stream: _Stream) -> None:
@@ -1341,11 +1361,14 @@ class _Proxy:
         call: _Call,
         span: Span,
         usage: Usage,
-        cost_usd: Decimal | None,
+        placement: Placement,
         *,
         estimated: bool,
         answer: _Complete | _Stream,
     ) -> None:
+        cost_usd = placement.cost_usd
+        if placement.overrun is not None:
+            self.metrics.budget_overruns[call.route_label] += 1
         attributes: dict[str, AttributeValue] = {
             sc.GEN_AI_USAGE_INPUT_TOKENS: usage.input_tokens,
             sc.GEN_AI_USAGE_OUTPUT_TOKENS: usage.output_tokens,
@@ -1395,6 +1418,11 @@ class _Proxy:
             return exc.status, exc.message, None
         if isinstance(exc, BudgetExceeded):
             return 402, str(exc), "budget_exceeded"
+        if isinstance(exc, UnboundedCall):
+            return 400, str(exc), "unbounded_request"
+        if isinstance(exc, BudgetUnavailable):
+            logger.error("tether gateway: %s", exc)
+            return 503, str(exc), "budget_unavailable"
         if isinstance(exc, RateLimited):
             return 429, str(exc), "rate_limit_exceeded"
         if isinstance(exc, RequestTooLarge):
