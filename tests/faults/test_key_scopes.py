@@ -30,7 +30,7 @@ def gateway_config(upstream: Upstream) -> dict[str, Any]:
             "ant": {"kind": "anthropic", "base_url": upstream.url, "api_key_env": "FAULT_ANTHROPIC_KEY"},
         },
         "deployments": {
-            "gpt": {"provider": "oai", "model": "gpt-4.1"},
+            "gpt": {"provider": "oai", "model": "gpt-4.1", "max_output_tokens": 4096},
             "claude": {"provider": "ant", "model": "claude-sonnet-4-5"},
         },
         "routes": {"fast": {"tiers": [["gpt"]]}, "smart": {"tiers": [["claude"]]}},
