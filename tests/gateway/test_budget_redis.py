@@ -320,7 +320,16 @@ def test_processes_sharing_a_redis_never_overspend_together(redis_url: str, redi
 # --- the sweep, retries and cancellation ------------------------------------------------------------------------
 
 
-async def test_the_sweep_works_through_more_than_one_batch(ledger: RedisBudgetLedger, clock: Clock) -> None:
+async def test_the_sweep_works_through_more_than_one_batch(redis_url: str, redis_prefix: str, clock: Clock) -> None:
+    # 1,001 reservations at once wait for the pool's 64 connections: give them longer than a request would get.
+    ledger = RedisBudgetLedger(redis_url, persistence_verified=True, prefix=redis_prefix, clock=clock, timeout_s=30)
+    try:
+        await _sweep_more_than_one_batch(ledger, clock)
+    finally:
+        await ledger.aclose()
+
+
+async def _sweep_more_than_one_batch(ledger: RedisBudgetLedger, clock: Clock) -> None:
     budget = route("100")
     await asyncio.gather(*(ledger.reserve([budget], usd=CENT, tokens=1) for _ in range(1001)))
     clock.advance(timedelta(hours=1))

@@ -399,7 +399,7 @@ def test_migration_6_keeps_older_approvals_and_ledger_rows(store_url: str) -> No
                 ),
                 {"now": now},
             )
-        assert migrate(engine) == [6]
+        assert migrate(engine)[:1] == [6]  # and whatever came after it
         old = ApprovalStore(engine).get("a1")
         assert (old.turn, old.purpose, old.attempt, old.status) == (0, "call", 0, ApprovalStatus.APPROVED)
         # The agent's requests carry their turn (from 1): an approval from before the upgrade, whose turn is

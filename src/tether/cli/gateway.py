@@ -291,10 +291,14 @@ def serve(
                 # c=64 p99 tail is its pauses otherwise).
                 gc.collect()
                 gc.freeze()
-                sweeper = asyncio.get_running_loop().create_task(_sweep_forever(gateway, settings.stale_reservation_s))
                 try:
                     # Budgets in a Redis without persistence stop the gateway here, saying what to set.
                     await gateway.start()
+                except BaseException:
+                    await gateway.aclose()
+                    raise
+                sweeper = asyncio.get_running_loop().create_task(_sweep_forever(gateway, settings.stale_reservation_s))
+                try:
                     await server.serve(sockets=[sock])
                     # Requests cancelled at the grace bound (or still running after a second signal) settle
                     # in their own cleanup: let them finish it.
