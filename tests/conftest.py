@@ -5,10 +5,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 POSTGRES_URL = os.environ.get("TETHER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TETHER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -79,3 +83,24 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def postgres_url() -> str:
     return POSTGRES_URL
+
+
+@contextmanager
+def postgres_schema(postgres_url: str, prefix: str = "tether_test") -> Iterator[str]:
+    """A fresh PostgreSQL schema, as a URL that selects it with ``search_path`` (child processes too); dropped after."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url)
+    try:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        yield (
+            sa.make_url(postgres_url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+        with admin.begin() as connection:
+            # Fail instead of hanging if a test (or a killed child) left a connection holding locks.
+            connection.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        admin.dispose()

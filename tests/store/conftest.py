@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import postgres_schema
 from tether.store import SpanRecord, TraceStore, open_store
 from tether.trace import semconv as sc
 
@@ -35,22 +36,8 @@ def store_url(backend: str, tmp_path: Path, postgres_url: str) -> Iterator[str]:
     if backend.endswith("sqlite"):
         yield f"sqlite:///{tmp_path / 'data' / 'tether.db'}"
         return
-    schema = f"tether_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_url)
-    try:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        yield (
-            sa.make_url(postgres_url)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-        with admin.begin() as connection:
-            # Fail instead of hanging if a test left a connection holding locks.
-            connection.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
-            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    finally:
-        admin.dispose()
+    with postgres_schema(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture
