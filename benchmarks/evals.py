@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from tether.evals import AgentVersion, Case, EvalRunner, EvalStore, Suite, Trial, contains, outcome, tool_order
 from tether.evals.report import summarize
-from tether.models._scenario import Scenario
+from tether.models.scenario import Scenario
 from tether.models.sim import SimModel
 from tether.runtime import Agent, tool
 from tether.store import open_store

@@ -63,12 +63,12 @@ from typing import Any, Final
 import sqlalchemy as sa
 from opentelemetry.trace import NoOpTracer
 
-from tether.gateway._redis import display_url
 from tether.guard.detectors import RuleScanner
 from tether.guard.guard import Guard, RunGuard
 from tether.guard.killswitch import DEFAULT_POLL_INTERVAL_S, KillStore, KillSwitch, new_kill
 from tether.guard.policy import AgentPolicy, Policy, ToolRule
 from tether.messages import ModelRequest, ModelResponse, StopReason
+from tether.redis_client import display_url
 from tether.runtime import Agent, Tool, tool
 from tether.store import open_store
 from tether.testing import FunctionModel, text_response, tool_response

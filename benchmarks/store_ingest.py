@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer
 
+from tether import semconv as sc
 from tether.store import open_store
-from tether.trace import semconv as sc
 from tether.trace.exporter import StoreSpanExporter, span_to_row
 
 BATCH: Final = 512

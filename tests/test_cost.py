@@ -7,9 +7,8 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.gateway.cost import PRICE_DATA_VERSION, price_usage
 from tether.messages import Usage
-from tether.models.base import PriceRef
+from tether.pricing import PRICE_DATA_VERSION, PriceRef, price_usage
 
 SONNET = PriceRef("anthropic", "claude-sonnet-4-5")
 

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
         UserError,
     )
     from tether.gateway.config import GatewayConfig
-    from tether.gateway.cost import Cost, price_usage
     from tether.gateway.gateway import CallContext, Gateway, GatewayModel
     from tether.guard.approvals import ApprovalStore
     from tether.guard.audit import StoreGuardRecorder
@@ -60,7 +59,8 @@ if TYPE_CHECKING:
         ToolUseBlock,
         Usage,
     )
-    from tether.models import Model, PriceRef, ProviderConfig, resolve_model
+    from tether.models import Model, ProviderConfig, resolve_model
+    from tether.pricing import Cost, PriceRef, price_usage
     from tether.runtime import Agent, Limits, RunResult, RunState, Tool, ToolContext, tool
     from tether.store import TraceStore, open_store
     from tether.trace.setup import Tracing, configure_tracing
@@ -158,7 +158,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UserError",
     ),
     "tether.gateway.config": ("GatewayConfig",),
-    "tether.gateway.cost": ("Cost", "price_usage"),
+    "tether.pricing": ("Cost", "PriceRef", "price_usage"),
     "tether.gateway.gateway": ("CallContext", "Gateway", "GatewayModel"),
     "tether.guard.approvals": ("ApprovalStore",),
     "tether.guard.audit": ("StoreGuardRecorder",),
@@ -182,7 +182,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "ToolUseBlock",
         "Usage",
     ),
-    "tether.models": ("Model", "PriceRef", "ProviderConfig", "resolve_model"),
+    "tether.models": ("Model", "ProviderConfig", "resolve_model"),
     "tether.runtime": ("Agent", "Limits", "RunResult", "RunState", "Tool", "ToolContext", "tool"),
     "tether.store": ("TraceStore", "open_store"),
     "tether.trace.setup": ("Tracing", "configure_tracing"),

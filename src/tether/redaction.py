@@ -5,7 +5,7 @@ whatever reads it: the credential broker for a tool's scoped secret, the
 gateway for a provider key it read from ``api_key_env``. From then on it — and
 its base64 (three alignments, standard and URL-safe), URL, hex (both cases) and
 JSON-escaped forms — becomes ``[secret:NAME]`` in span rows
-(``tether.store._rows.build_row``), spans exported over OTLP
+(``tether.store.rows.build_row``), spans exported over OTLP
 (``tether.trace.exporter.ScrubbingSpanExporter``), log records
 (``install_log_scrubbing``), checkpoints, the tool-call ledger, approval
 requests, audit rows, incidents, cost rows, error messages and the gateway's

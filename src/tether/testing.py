@@ -25,7 +25,8 @@ from tether.messages import (
     ToolUseBlock,
     Usage,
 )
-from tether.models.base import Model, PriceRef
+from tether.models.base import Model
+from tether.pricing import PriceRef
 
 __all__ = ["FunctionModel", "ScriptedModel", "SpanCapture", "text_response", "tool_response"]
 

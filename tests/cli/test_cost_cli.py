@@ -15,10 +15,9 @@ from typer.testing import CliRunner
 from tests.store import conftest as store_fixtures
 from tether.cli import app, main
 from tether.cli.cost import By
-from tether.gateway.cost import CONFIGURED_PRICE_VERSION, PRICE_DATA_VERSION, CostRecord, price_usage
 from tether.gateway.ledger import DIMENSIONS, CostLedger
 from tether.messages import Usage
-from tether.models.base import PriceRef
+from tether.pricing import CONFIGURED_PRICE_VERSION, PRICE_DATA_VERSION, CostRecord, PriceRef, price_usage
 from tether.store import open_store
 
 # The store tests' fixtures: a SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.

@@ -27,8 +27,8 @@ from tether.evals import (
 )
 from tether.evals.report import summarize
 from tether.messages import ModelRequest, ModelResponse, Usage
-from tether.models.base import PriceRef
 from tether.models.replay import Cassette
+from tether.pricing import PriceRef
 from tether.runtime import Agent, tool
 from tether.store import TraceStore, open_store
 from tether.testing import FunctionModel, SpanCapture, text_response, tool_response

@@ -24,13 +24,12 @@ from tether.gateway import gateway as gateway_module
 from tether.gateway.budget import BudgetLimit, BudgetScope, MemoryBudgetLedger, Reservation
 from tether.gateway.budget_lease import LeasedBudgetLedger
 from tether.gateway.config import GatewayConfig
-from tether.gateway.cost import CostRecord
 from tether.gateway.gateway import CallContext, Gateway
 from tether.gateway.journal import CostJournal
 from tether.gateway.ledger import CostWriter
 from tether.gateway.proxy import create_app
 from tether.messages import Message, ModelRequest, Usage
-from tether.models.base import PriceRef
+from tether.pricing import CostRecord, PriceRef
 from tether.store import TraceStore, open_store
 from tether.testing import FunctionModel, text_response
 

@@ -34,9 +34,9 @@ from tether.gateway.budget import (
 )
 from tether.gateway.budget_lease import LeasedBudgetLedger
 from tether.store import open_store
-from tether.store._engine import create_store_engine
-from tether.store._url import parse_store_url
+from tether.store.engine import create_store_engine
 from tether.store.migrations import migrate
+from tether.store.url import parse_store_url
 
 # The store tests' fixture: a SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.
 store_url = store_fixtures.store_url

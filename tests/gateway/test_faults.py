@@ -22,7 +22,8 @@ from tether.messages import (
     TextDelta,
     ToolUseDelta,
 )
-from tether.models.base import Model, PriceRef
+from tether.models.base import Model
+from tether.pricing import PriceRef
 from tether.testing import FunctionModel, text_response
 
 REQUEST = ModelRequest(model="test-model", messages=(Message.user("checkout is down"),), metadata={"run_id": "r1"})

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from tether import semconv as sc
 from tether.config import load_settings
 from tether.errors import (
     BudgetExceeded,
@@ -27,10 +28,9 @@ from tether.gateway.budget_lease import LeasedBudgetLedger
 from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import CallContext, Gateway
 from tether.messages import Message, ModelRequest, ModelResponse, StopReason, Usage
-from tether.models.base import PriceRef
+from tether.pricing import PriceRef
 from tether.runtime import Agent
 from tether.testing import FunctionModel, SpanCapture, text_response
-from tether.trace import semconv as sc
 
 SONNET = PriceRef("anthropic", "claude-sonnet-4-5")
 HAIKU = PriceRef("anthropic", "claude-haiku-4-5")
@@ -446,7 +446,7 @@ async def test_leasing_can_be_turned_off(tmp_path: Path) -> None:
 
 
 async def test_a_deferred_call_is_settled_when_its_stream_ends(make_gateway: Callable[..., Gateway]) -> None:
-    from tether.gateway.cost import CostRecord
+    from tether.pricing import CostRecord
 
     records: list[CostRecord] = []
     cfg = config({"r": {"tiers": [["a"]], "budget": {"usd": 1}}}, ["a"])

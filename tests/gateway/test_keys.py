@@ -32,9 +32,9 @@ from tether.gateway.keys import (
 )
 from tether.gateway.ratelimit import RateLimit
 from tether.store import TraceStore, open_store
-from tether.store._engine import create_store_engine
-from tether.store._url import parse_store_url
+from tether.store.engine import create_store_engine
 from tether.store.migrations import MIGRATIONS, migrate
+from tether.store.url import parse_store_url
 
 # The store tests' fixtures: a SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.
 backend = store_fixtures.backend

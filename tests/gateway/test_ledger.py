@@ -25,11 +25,10 @@ from genai_prices import calc_price
 from tests.store import conftest as store_fixtures
 from tether.errors import StoreUnavailable
 from tether.gateway.config import GatewayConfig, PriceConfig
-from tether.gateway.cost import PRICE_DATA_VERSION, CostRecord, Pricer, price_usage
 from tether.gateway.gateway import CallContext, Gateway
 from tether.gateway.ledger import DIMENSIONS, CostLedger, CostWriter, Dimension, cost_row
 from tether.messages import Message, ModelRequest, Usage
-from tether.models.base import PriceRef
+from tether.pricing import PRICE_DATA_VERSION, CostRecord, Pricer, PriceRef, price_usage
 from tether.store import TraceStore, open_store
 
 # The store tests' fixtures: a SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.
@@ -494,7 +493,7 @@ async def test_the_writer_is_the_gateways_cost_sink(store: TraceStore) -> None:
 def test_a_large_batch_is_stored_whole_with_every_field_and_a_rewrite_changes_nothing(
     store: TraceStore, ledger: CostLedger
 ) -> None:
-    # More rows than one multi-row statement takes on SQLite (tether.store._bulk), odd sized.
+    # More rows than one multi-row statement takes on SQLite (tether.store.bulk), odd sized.
     records = [
         record(run_id=f"run-{i}", usage=Usage(input_tokens=1000 + i, output_tokens=i, cache_read_tokens=i // 2))
         for i in range(1234)

@@ -34,11 +34,11 @@ from tests.gateway.proxy_support import (
     sse_events,
     sse_reply,
 )
+from tether import semconv as sc
 from tether.gateway.keys import KeyScope, KeyStore, VirtualKey
 from tether.gateway.ledger import CostLedger
 from tether.store import open_store
 from tether.store.schema import spans
-from tether.trace import semconv as sc
 
 HI = [{"role": "user", "content": "Hi"}]
 

@@ -23,10 +23,10 @@ from tests.gateway.proxy_support import (
     running_proxy,
     set_provider_keys,
 )
+from tether import semconv as sc
 from tether.gateway.budget import BudgetLimit
 from tether.gateway.keys import VirtualKey
 from tether.gateway.ratelimit import RateLimit
-from tether.trace import semconv as sc
 
 OPENAI = "/v1/chat/completions"
 ANTHROPIC = "/v1/messages"

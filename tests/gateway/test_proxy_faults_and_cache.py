@@ -24,13 +24,13 @@ from tests.gateway.proxy_support import (
     sse_events,
     sse_reply,
 )
+from tether import semconv as sc
 from tether.errors import ModelHTTPError, ModelTimeoutError
 from tether.gateway._wire_anthropic import with_cache_breakpoints
 from tether.gateway.budget import BudgetLimit, BudgetScope
 from tether.gateway.faults import FaultConfig, FaultyModel
 from tether.messages import ModelRequest
 from tether.testing import text_response
-from tether.trace import semconv as sc
 
 OPENAI = "/v1/chat/completions"
 ANTHROPIC = "/v1/messages"

@@ -18,8 +18,8 @@ from tests.gateway.proxy_support import (
     sse_events,
     sse_reply,
 )
+from tether import semconv as sc
 from tether.gateway.budget import BudgetLimit, BudgetScope
-from tether.trace import semconv as sc
 
 LIMIT = BudgetLimit(usd=Decimal(10))
 

@@ -20,7 +20,7 @@ from tests.gateway.proxy_support import (
     sse_events,
     sse_reply,
 )
-from tether.trace import semconv as sc
+from tether import semconv as sc
 
 # Long enough (> 1024 estimated tokens) for the simulated model's prompt cache to keep it.
 SYSTEM = "You are the on-call SRE for the checkout service. Follow the runbook exactly. " * 60

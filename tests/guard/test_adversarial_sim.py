@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from tether import semconv as sc
 from tether.guard.detectors import RuleScanner
 from tether.guard.guard import Guard
 from tether.guard.policy import AgentPolicy, Policy, ToolRule
 from tether.messages import StopReason
-from tether.models._scenario import PlannedCall, Scenario, SimKnobs, Step, TaskScript
+from tether.models.scenario import PlannedCall, Scenario, SimKnobs, Step, TaskScript
 from tether.models.sim import SimModel
 from tether.runtime import Agent, Limits
 from tether.runtime.tools import tool
 from tether.testing import SpanCapture
-from tether.trace import semconv as sc
 
 EFFECTS: list[str] = []
 INJECTED_TICKET = (

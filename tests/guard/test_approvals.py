@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.store import conftest as store_fixtures
+from tether import semconv as sc
 from tether.guard.approvals import (
     ApprovalAlreadyDecided,
     ApprovalRequest,
@@ -22,7 +23,6 @@ from tether.runtime import Agent
 from tether.runtime.tools import tool
 from tether.store import TraceStore, open_store
 from tether.testing import ScriptedModel, SpanCapture, tool_response
-from tether.trace import semconv as sc
 
 backend = store_fixtures.backend
 store_url = store_fixtures.store_url

@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.trace import INVALID_SPAN
 
 from tests.store import conftest as store_fixtures
+from tether import semconv as sc
 from tether.errors import StoreUnavailable
 from tether.guard.audit import GuardStore, NotQuarantined, StoreGuardRecorder, quarantine_reason
 from tether.guard.credentials import Scrubber, default_scrubber
@@ -22,7 +23,6 @@ from tether.runtime import Agent
 from tether.runtime.tools import tool
 from tether.store import TraceStore, open_store
 from tether.testing import ScriptedModel, SpanCapture, tool_response
-from tether.trace import semconv as sc
 
 backend = store_fixtures.backend
 store_url = store_fixtures.store_url

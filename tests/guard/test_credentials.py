@@ -38,7 +38,7 @@ from tether.guard.credentials import (
     install_log_scrubbing,
 )
 from tether.store import SpanRecord, TraceStore, open_store
-from tether.store._rows import INSERT_COLUMNS, build_row
+from tether.store.rows import INSERT_COLUMNS, build_row
 from tether.trace.exporter import ScrubbingSpanExporter, scrub_span
 from tether.trace.setup import configure_tracing
 

@@ -23,10 +23,10 @@ from tether.messages import ModelRequest, ModelResponse, StopReason, ToolResultB
 from tether.runtime import Agent
 from tether.runtime.tools import tool
 from tether.store import TraceStore, open_store
-from tether.store._engine import create_store_engine
-from tether.store._url import parse_store_url
+from tether.store.engine import create_store_engine
 from tether.store.migrations import MIGRATIONS, migrate
 from tether.store.schema import tool_ledger
+from tether.store.url import parse_store_url
 from tether.testing import FunctionModel, ScriptedModel, text_response, tool_response
 
 backend = store_fixtures.backend

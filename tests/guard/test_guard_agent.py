@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tether import semconv as sc
 from tether.guard.approvals import ApprovalRequest
 from tether.guard.guard import Guard
 from tether.guard.policy import AgentPolicy, Policy, ToolRule
@@ -12,7 +13,6 @@ from tether.guard.types import Finding
 from tether.runtime import Agent
 from tether.runtime.tools import tool
 from tether.testing import ScriptedModel, SpanCapture, tool_response
-from tether.trace import semconv as sc
 
 RAN: list[str] = []
 

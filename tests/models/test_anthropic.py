@@ -38,7 +38,8 @@ from tether.messages import (
     Usage,
 )
 from tether.models.anthropic import AnthropicModel
-from tether.models.base import PriceRef, ProviderConfig
+from tether.models.base import ProviderConfig
+from tether.pricing import PriceRef
 
 KEY = "canary-4f1d8e2b-anthropic-do-not-leak"
 

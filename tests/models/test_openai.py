@@ -36,8 +36,9 @@ from tether.messages import (
     ToolUseDelta,
     Usage,
 )
-from tether.models.base import PriceRef, ProviderConfig
+from tether.models.base import ProviderConfig
 from tether.models.openai import OpenAIModel
+from tether.pricing import PriceRef
 
 KEY = "canary-9b7c2a61-openai-do-not-leak"
 

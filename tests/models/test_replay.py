@@ -27,7 +27,7 @@ from tether.messages import (
     ToolUseDelta,
     Usage,
 )
-from tether.models.base import Model, PriceRef
+from tether.models.base import Model
 from tether.models.replay import (
     Cassette,
     CassetteMiss,
@@ -39,6 +39,7 @@ from tether.models.replay import (
     request_key,
 )
 from tether.models.sim import Scenario, SimKnobs, SimModel, Step, TaskScript
+from tether.pricing import PriceRef
 
 from . import collect
 

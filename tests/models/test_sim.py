@@ -34,7 +34,6 @@ from tether.messages import (
     ToolUseBlock,
     ToolUseDelta,
 )
-from tether.models.base import PriceRef
 from tether.models.sim import (
     CHARS_PER_TOKEN,
     Scenario,
@@ -45,6 +44,7 @@ from tether.models.sim import (
     estimate_tokens,
     find_injected_calls,
 )
+from tether.pricing import PriceRef
 
 TOOL_NAMES = ("list_alerts", "query_logs", "read_runbook", "restart_service", "page_human")
 TOOLS = tuple(ToolSpec(name=n, description=f"the {n} tool") for n in TOOL_NAMES)

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from tether import semconv as sc
 from tether.errors import ModelHTTPError, StreamInterrupted
 from tether.messages import (
     FinishReason,
@@ -23,10 +24,9 @@ from tether.messages import (
     ToolUseBlock,
     Usage,
 )
-from tether.models.base import PriceRef
+from tether.pricing import PriceRef
 from tether.runtime import Agent, Limits, ToolContext, tool
 from tether.testing import FunctionModel, ScriptedModel, SpanCapture, text_response, tool_response
-from tether.trace import semconv as sc
 
 
 @pytest.fixture

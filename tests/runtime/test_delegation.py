@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tether import semconv as sc
 from tether.messages import ModelRequest, ModelResponse, StopReason, ToolResultBlock
 from tether.runtime import Agent, Limits, tool
 from tether.testing import FunctionModel, SpanCapture, text_response, tool_response
-from tether.trace import semconv as sc
 
 
 @pytest.fixture

@@ -6,14 +6,14 @@ from decimal import Decimal
 
 import pytest
 
+from tether import semconv as sc
 from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import Gateway
 from tether.messages import StopReason, Usage
-from tether.models.base import PriceRef
+from tether.pricing import PriceRef
 from tether.runtime import Agent, Limits
 from tether.runtime.tools import tool
 from tether.testing import FunctionModel, ScriptedModel, SpanCapture, text_response, tool_response
-from tether.trace import semconv as sc
 
 
 @tool

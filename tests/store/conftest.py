@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import postgres_schema
+from tether import semconv as sc
 from tether.store import SpanRecord, TraceStore, open_store
-from tether.trace import semconv as sc
 
 NS_PER_S = 1_000_000_000
 T0_NS = int(datetime(2025, 6, 1, 12, 0, tzinfo=UTC).timestamp()) * NS_PER_S

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from tether.store._bulk import _statement, insert_rows
+from tether.store.bulk import _statement, insert_rows
 
 
 def test_a_one_row_insert_becomes_n_rows_keeping_its_conflict_clause() -> None:

@@ -11,9 +11,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExportResult
 from opentelemetry.trace import Status, StatusCode, Tracer
 
+from tether import semconv as sc
 from tether.store import TraceStore, open_store
 from tether.store.migrations import MIGRATIONS
-from tether.trace import semconv as sc
 from tether.trace.exporter import StoreSpanExporter, span_to_record
 
 RUN_ID = "5eed0000c0ffee01"

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 
 from tether.errors import StoreError
 from tether.store import open_store
-from tether.store._engine import create_store_engine
-from tether.store._url import parse_store_url
+from tether.store.engine import create_store_engine
 from tether.store.migrations import MIGRATIONS, Migration, applied_versions, migrate
 from tether.store.schema import metadata
+from tether.store.url import parse_store_url
 
 EngineFactory = Callable[[], sa.Engine]
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from tether.errors import ConfigError, StoreError, StoreUnavailable
 from tether.store import open_store
-from tether.store._engine import BUSY_TIMEOUT_MS
+from tether.store.engine import BUSY_TIMEOUT_MS
 
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 postgresql_only = pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tether import semconv as sc
 from tether.errors import StoreError
 from tether.store import AmbiguousRunId, RunNotFound, TraceStore
-from tether.trace import semconv as sc
 
 from .conftest import NS_PER_S, T0_NS, Run, RunFactory, new_span_id
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import sqlalchemy as sa
 
+from tether import semconv as sc
 from tether.store import SpanRecord, TraceStore
-from tether.trace import semconv as sc
 
 from .conftest import RunFactory
 

@@ -14,11 +14,11 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from tether import semconv as sc
 from tether.runtime import Agent, tool
 from tether.store import TraceStore, open_store
-from tether.store._rows import INSERT_COLUMNS
+from tether.store.rows import INSERT_COLUMNS
 from tether.testing import ScriptedModel, text_response, tool_response
-from tether.trace import semconv as sc
 from tether.trace.processor import RowWriter
 from tether.trace.recorder import RecordingTracerProvider
 from tether.trace.setup import configure_tracing

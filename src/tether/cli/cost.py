@@ -169,8 +169,8 @@ def cost(
 ) -> None:
     """Where the money went: spend and tokens by route/model/agent/key/day/deployment, hotspots, cache savings."""
     from tether.config import load_settings
-    from tether.gateway.cost import Pricer
     from tether.gateway.ledger import CostLedger
+    from tether.pricing import Pricer
     from tether.store import open_store
 
     start = None if since.strip().lower() == "all" else fmt.parse_since(since)

@@ -197,7 +197,7 @@ def demo(
     from tether.demo.incidents import INCIDENTS
     from tether.gateway.ledger import CostWriter
     from tether.store import open_store
-    from tether.store._url import parse_store_url
+    from tether.store.url import parse_store_url
     from tether.trace.setup import configure_tracing
 
     console = fmt.console(stderr=as_json)

@@ -449,7 +449,7 @@ def run(
     from tether.models import resolve_model
     from tether.models.replay import Cassette
     from tether.store import open_store
-    from tether.store._url import parse_store_url
+    from tether.store.url import parse_store_url
     from tether.trace.setup import configure_tracing
 
     ks = _parse_ks(k) if k is not None else None

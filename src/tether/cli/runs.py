@@ -14,9 +14,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.tree import Tree
 
+from tether import semconv as sc
 from tether.cli import _format as fmt
 from tether.errors import ConfigError
-from tether.trace import semconv as sc
 
 if TYPE_CHECKING:
     from tether.store import RunSummary, SpanRecord

@@ -36,7 +36,7 @@ The two versions share the tools, the tasks and the simulated model
 
 Be clear about what is simulated. The simulated model does not read the prompt:
 each version's behaviour is scripted, per case, through the simulated model's
-plans and knobs (``tether.models._scenario``), and different seeds roll those
+plans and knobs (``tether.models.scenario``), and different seeds roll those
 knobs differently, so trials of a case differ. What is real is everything
 around the model: the tools acting on the estate, the guard enforcing each
 version's policy (the sloppy version's unapproved restarts, the careful
@@ -85,7 +85,7 @@ from tether.guard.approvals import ApprovalRequest
 from tether.guard.detectors import RuleScanner
 from tether.guard.guard import Approver, Guard
 from tether.guard.policy import AgentPolicy, Policy, ToolRule
-from tether.models._scenario import Scenario, SimKnobs, Step, TaskScript
+from tether.models.scenario import Scenario, SimKnobs, Step, TaskScript
 from tether.models.sim import SimModel
 from tether.runtime import Agent, Limits
 

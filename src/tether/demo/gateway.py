@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from tether.gateway.budget import BudgetLedger
 from tether.gateway.config import GatewayConfig
-from tether.gateway.cost import CostRecord
 from tether.gateway.gateway import Gateway
-from tether.models._scenario import Scenario
+from tether.models.scenario import Scenario
 from tether.models.sim import SimModel
+from tether.pricing import CostRecord
 
 __all__ = ["DEMO_GATEWAY", "ROUTE", "demo_gateway"]
 

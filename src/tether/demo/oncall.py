@@ -13,7 +13,7 @@ from typing import Any
 
 from tether.demo.incidents import INCIDENTS
 from tether.demo.infra import Incident, Infra
-from tether.models._scenario import Scenario
+from tether.models.scenario import Scenario
 
 __all__ = ["INSTRUCTIONS", "Verdict", "judge", "scenario", "task_for"]
 

@@ -19,8 +19,8 @@ from sqlalchemy import Engine, RowMapping, delete, insert, select, tuple_, updat
 
 from tether.errors import UserError
 from tether.evals.scorers import CheckResult
-from tether.store._access import StoreAccess
-from tether.store._bulk import insert_rows
+from tether.store.access import StoreAccess
+from tether.store.bulk import insert_rows
 from tether.store.schema import eval_runs, eval_trials
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ class EvalStore(StoreAccess):
     def add_trials(self, trials: Sequence[TrialRecord]) -> None:
         """Keep trials in one transaction; a trial run again replaces its old row.
 
-        On SQLite the rows go in as multi-row INSERTs (``store/_bulk.py``): the runner writes from a worker
+        On SQLite the rows go in as multi-row INSERTs (``store/bulk.py``): the runner writes from a worker
         thread while the event loop is busy with trials, and a statement step per row would wait for the GIL
         once per row (measured: 3,000 trials took seconds to store, and the span writer timed out behind them).
         """

@@ -36,9 +36,9 @@ import jsonschema
 import orjson
 
 from tether.errors import ModelError, UserError
-from tether.gateway.cost import price_usage
 from tether.messages import Message, ModelRequest, StopReason
 from tether.models.base import Model
+from tether.pricing import price_usage
 from tether.runtime.agent import RunResult, ToolCallRecord
 
 __all__ = [

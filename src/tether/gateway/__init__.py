@@ -1,12 +1,12 @@
 """The gateway every model call passes: cost accounting (routing, budgets and the proxy come later)."""
 
-# Imported on first use (PEP 562): ``tether.gateway.cost`` loads the price data (genai-prices, httpx), which
+# Imported on first use (PEP 562): ``tether.pricing`` loads the price data (genai-prices, httpx), which
 # ``tether.config`` (through ``tether.gateway.config``) and so every CLI command would otherwise pay for.
 import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tether.gateway.cost import PRICE_DATA_VERSION, Cost, price_usage
+    from tether.pricing import PRICE_DATA_VERSION, Cost, price_usage
 
 __all__ = ["PRICE_DATA_VERSION", "Cost", "price_usage"]
 
@@ -16,7 +16,7 @@ if not TYPE_CHECKING:  # type checkers see the import above; a visible __getattr
     def __getattr__(name: str) -> object:
         if name not in __all__:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module("tether.gateway.cost"), name)
+        value = getattr(importlib.import_module("tether.pricing"), name)
         globals()[name] = value  # later lookups find it without coming here again
         return value
 

@@ -22,8 +22,8 @@ import httpx
 import orjson
 
 from tether.errors import MalformedResponseError, ModelConnectionError, ModelHTTPError, ModelTimeoutError
-from tether.models._http import parse_retry_after
 from tether.models.base import redact
+from tether.models.http import parse_retry_after
 from tether.redaction import default_scrubber
 
 __all__ = ["Upstream", "UpstreamReply", "UpstreamTimeouts", "kept_headers"]

@@ -59,7 +59,7 @@ from tether.messages import (
     ToolUseBlock,
     Usage,
 )
-from tether.models.anthropic import _error_event, _usage
+from tether.models.anthropic import error_event, parse_usage
 
 __all__ = ["AnthropicWire", "with_cache_breakpoints"]
 
@@ -361,13 +361,13 @@ class _Tracker:
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
-            self.failure = _error_event(payload, data.decode("utf-8", "replace"), [])
+            self.failure = error_event(payload, data.decode("utf-8", "replace"), [])
         return block
 
     def usage(self, input_estimate: int) -> tuple[Usage, bool]:
         if not self._raw_usage:
             return Usage(input_tokens=input_estimate, output_tokens=estimate_tokens(self.chars)), True
-        reported = _usage(self._raw_usage)
+        reported = parse_usage(self._raw_usage)
         if self._final:
             return reported, False
         # message_start reported the input; the output so far is only known from what streamed.
@@ -548,7 +548,7 @@ class AnthropicWire:
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         usage = data.get("usage")
-        return _usage(usage) if isinstance(usage, dict) else None
+        return parse_usage(usage) if isinstance(usage, dict) else None
 
     def upstream_url(self, base_url: str) -> str:
         return f"{base_url.rstrip('/')}/v1/messages"

@@ -57,8 +57,8 @@ from tether.messages import (
     ToolUseBlock,
     Usage,
 )
-from tether.models._http import parse_tool_arguments
-from tether.models.openai import _stream_error, _usage
+from tether.models.http import parse_tool_arguments
+from tether.models.openai import parse_usage, stream_error
 
 __all__ = ["OpenAIWire"]
 
@@ -250,14 +250,14 @@ class _Tracker:
         if not isinstance(chunk, dict):
             return block
         if chunk.get("error"):
-            self.failure = _stream_error(chunk.get("error"), data.decode("utf-8", "replace"), [])
+            self.failure = stream_error(chunk.get("error"), data.decode("utf-8", "replace"), [])
             return block
         if self.response_id is None and isinstance(chunk.get("id"), str):
             self.response_id = chunk["id"]
             self.response_model = chunk.get("model") if isinstance(chunk.get("model"), str) else None
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            self._usage = _usage(usage)
+            self._usage = parse_usage(usage)
         choices = chunk.get("choices")
         if not isinstance(choices, list):
             return block
@@ -486,7 +486,7 @@ class OpenAIWire:
 
     def usage(self, data: dict[str, Any]) -> Usage | None:
         usage = data.get("usage")
-        return _usage(usage) if isinstance(usage, dict) else None
+        return parse_usage(usage) if isinstance(usage, dict) else None
 
     def upstream_url(self, base_url: str) -> str:
         return f"{base_url.rstrip('/')}/chat/completions"

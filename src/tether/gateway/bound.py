@@ -40,7 +40,7 @@ import orjson
 
 from tether.errors import UnboundedCall
 from tether.messages import ModelRequest, TextBlock, ToolResultBlock, ToolUseBlock
-from tether.models.base import PriceRef
+from tether.pricing import PriceRef
 
 __all__ = ["CallBound", "ModelLimits", "bound_of_request", "bound_of_wire", "context_window_of", "image_tokens_of"]
 

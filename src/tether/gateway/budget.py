@@ -52,11 +52,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.errors import BudgetExceeded, StoreError, StoreUnavailable
-from tether.store._engine import SQLITE_BEGIN, create_store_engine
-from tether.store._failures import store_error, translate_errors
-from tether.store._url import StoreURL, parse_store_url
+from tether.store.engine import SQLITE_BEGIN, create_store_engine
+from tether.store.failures import store_error, translate_errors
 from tether.store.migrations import migrate
 from tether.store.schema import budget_reservations, budget_usage
+from tether.store.url import StoreURL, parse_store_url
 
 if TYPE_CHECKING:
     from tether.store import TraceStore

@@ -82,7 +82,6 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Final, Protocol
 
 from tether.errors import BudgetExceeded, BudgetUnavailable, ConfigError, StoreError, StoreUnavailable
-from tether.gateway._redis import client_display, connect
 from tether.gateway.budget import (
     LIFETIME,
     BudgetLedger,
@@ -98,6 +97,7 @@ from tether.gateway.budget import (
     _utc,
     period_key,
 )
+from tether.redis_client import client_display, connect
 
 if TYPE_CHECKING:
     # Imported lazily, as in ratelimit: redis.asyncio costs ~0.5 s that `import tether` must not pay.

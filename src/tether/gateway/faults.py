@@ -271,7 +271,7 @@ class FaultyModel(Model):
                 provider=self.provider,
             )
         if call.roll("malformed", faults.malformed_rate):
-            # Worded as the adapters word it (models/_http.py decode_json_object).
+            # Worded as the adapters word it (models/http.py decode_json_object).
             raise MalformedResponseError(
                 f"{self.provider} sent a response body that is not a JSON object: {_GARBAGE_BODY!r}",
                 provider=self.provider,

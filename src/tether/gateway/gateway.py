@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import orjson
 from opentelemetry import trace as otel_trace
 
+from tether import semconv as sc
 from tether.errors import (
     BudgetUnavailable,
     ConfigError,
@@ -61,7 +62,6 @@ from tether.gateway.budget import (
 )
 from tether.gateway.budget_lease import LeasedBudgetLedger
 from tether.gateway.config import DeploymentConfig, GatewayConfig, RouteConfig
-from tether.gateway.cost import CostRecord, Pricer
 from tether.gateway.faults import FaultyModel
 from tether.gateway.ratelimit import (
     Grant,
@@ -74,9 +74,9 @@ from tether.gateway.ratelimit import (
 from tether.gateway.retry import call_with_retries, is_retryable
 from tether.gateway.router import estimate_input_tokens, order_by_weight, starting_tier
 from tether.messages import ModelRequest, ModelResponse, Usage
-from tether.models.base import Model, PriceRef, ProviderConfig
+from tether.models.base import Model, ProviderConfig
+from tether.pricing import CostRecord, Pricer, PriceRef
 from tether.store import TraceStore
-from tether.trace import semconv as sc
 
 __all__ = ["BudgetOverrun", "CallContext", "Deployment", "Gateway", "GatewayModel", "Placement"]
 
@@ -196,7 +196,7 @@ def _build_model(config: GatewayConfig, deployment: DeploymentConfig) -> Model:
     provider = config.providers[deployment.provider]
     timeout = deployment.timeout_s or provider.timeout_s
     if provider.kind == "sim":
-        from tether.models._scenario import Scenario
+        from tether.models.scenario import Scenario
         from tether.models.sim import SimModel
 
         scenario = None

@@ -34,8 +34,8 @@ from typing import Final
 
 import orjson
 
-from tether.gateway.cost import CostRecord
 from tether.messages import Usage
+from tether.pricing import CostRecord
 
 __all__ = ["DEFAULT_SEGMENT_RECORDS", "CostJournal", "JournalEntry", "Segment"]
 

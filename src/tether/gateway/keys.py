@@ -50,7 +50,7 @@ from tether.errors import StoreError, UnknownVirtualKey, UserError, VirtualKeyEx
 from tether.gateway._deps import backend_of, bounded
 from tether.gateway.budget import BudgetLimit
 from tether.gateway.ratelimit import RateLimit
-from tether.store._access import StoreAccess
+from tether.store.access import StoreAccess
 from tether.store.schema import virtual_keys
 
 if TYPE_CHECKING:

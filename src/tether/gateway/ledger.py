@@ -51,14 +51,13 @@ from sqlalchemy import Connection, Dialect, Engine, Insert, Select, and_, case, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from tether.gateway.cost import CONFIGURED_PRICE_VERSION, CostRecord, Pricer
 from tether.gateway.journal import CostJournal, JournalEntry
 from tether.messages import Usage
-from tether.models.base import PriceRef
+from tether.pricing import CONFIGURED_PRICE_VERSION, CostRecord, Pricer, PriceRef
 from tether.redaction import default_scrubber
-from tether.store._access import StoreAccess
-from tether.store._bulk import insert_rows
-from tether.store._engine import SQLITE_BEGIN
+from tether.store.access import StoreAccess
+from tether.store.bulk import insert_rows
+from tether.store.engine import SQLITE_BEGIN
 from tether.store.records import datetime_to_ns
 from tether.store.schema import costs
 from tether.trace.processor import RowWriter

@@ -94,6 +94,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from tether import semconv as sc
 from tether.errors import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -137,7 +138,6 @@ from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEve
 from tether.models.anthropic import API_VERSION
 from tether.models.base import ProviderConfig
 from tether.redaction import default_scrubber
-from tether.trace import semconv as sc
 
 if TYPE_CHECKING:
     from tether.store import TraceStore
@@ -574,7 +574,7 @@ class _Readiness:
         self._checks[f"the store ({backend_of(store)})"] = lambda: asyncio.to_thread(ping)
 
     def add_redis(self, url: str) -> None:
-        from tether.gateway._redis import connect
+        from tether.redis_client import connect
 
         client, _ = connect(url, timeout_s=self.timeout_s, max_connections=2)
         self._checks["redis"] = client.ping

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tether.errors import RateLimitBackendUnavailable, RateLimited, RequestTooLarge
-from tether.gateway._redis import client_display, connect
+from tether.redis_client import client_display, connect
 
 if TYPE_CHECKING:
     # redis is imported lazily: importing redis.asyncio costs ~0.5 s, which every

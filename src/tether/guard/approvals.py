@@ -45,7 +45,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import StoreError, UserError
 from tether.redaction import default_scrubber, scrubbed_json
-from tether.store._access import StoreAccess
+from tether.store.access import StoreAccess
 from tether.store.schema import approvals
 
 if TYPE_CHECKING:

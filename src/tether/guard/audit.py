@@ -78,9 +78,9 @@ from tether.guard.guard import RunGuard
 from tether.guard.policy import Policy
 from tether.guard.types import Decision, Finding
 from tether.redaction import Scrubber, default_scrubber
-from tether.store._access import StoreAccess
-from tether.store._bulk import insert_rows
-from tether.store._engine import SQLITE_BEGIN
+from tether.store.access import StoreAccess
+from tether.store.bulk import insert_rows
+from tether.store.engine import SQLITE_BEGIN
 from tether.store.schema import guard_audit, incidents, quarantines
 from tether.trace.processor import RowWriter
 

@@ -35,7 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.errors import UserError
 from tether.redaction import default_scrubber, scrubbed_json
-from tether.store._access import StoreAccess
+from tether.store.access import StoreAccess
 from tether.store.schema import checkpoints, tool_ledger
 
 if TYPE_CHECKING:

@@ -41,7 +41,6 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from tether.errors import ConfigError
-from tether.gateway._redis import display_url
 from tether.guard.killswitch import (
     _ALL_TARGET,
     _DEFAULT_REASON,
@@ -52,6 +51,7 @@ from tether.guard.killswitch import (
     Kill,
     _utc,
 )
+from tether.redis_client import display_url
 
 __all__ = ["KILL_CHANNEL", "KillPublisher", "KillSubscription", "check_url", "decode_kill", "encode_kill"]
 

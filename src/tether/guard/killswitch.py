@@ -106,7 +106,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 from sqlalchemy import Engine, RowMapping, insert, select
 
 from tether.errors import StoreError, UserError
-from tether.store._access import StoreAccess
+from tether.store.access import StoreAccess
 from tether.store.schema import kills
 
 if TYPE_CHECKING:

@@ -12,9 +12,9 @@ A model reference is ``provider:model``:
 from __future__ import annotations
 
 from tether.errors import UnknownModelError
-from tether.models.base import Model, PriceRef, ProviderConfig
+from tether.models.base import Model, ProviderConfig
 
-__all__ = ["Model", "PriceRef", "ProviderConfig", "resolve_model"]
+__all__ = ["Model", "ProviderConfig", "resolve_model"]
 
 _PROVIDERS = ("anthropic", "openai", "sim")
 

@@ -47,8 +47,9 @@ from tether.messages import (
     ToolUseDelta,
     Usage,
 )
-from tether.models._http import count, decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
-from tether.models.base import Model, PriceRef, ProviderConfig, redact
+from tether.models.base import Model, ProviderConfig, redact
+from tether.models.http import count, decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
+from tether.pricing import PriceRef
 
 __all__ = ["AnthropicModel"]
 
@@ -86,7 +87,7 @@ def _finish_reason(raw: str | None) -> FinishReason:
     return _FINISH_REASONS.get(raw or "", FinishReason.OTHER)
 
 
-def _usage(raw: Mapping[str, Any]) -> Usage:
+def parse_usage(raw: Mapping[str, Any]) -> Usage:
     cache_read = count(raw.get("cache_read_input_tokens"))
     cache_write = count(raw.get("cache_creation_input_tokens"))
     return Usage(
@@ -117,7 +118,7 @@ def _message_to_wire(message: Message) -> dict[str, Any]:
     return {"role": message.role, "content": content}
 
 
-def _error_event(data: Mapping[str, Any], raw: str, secrets: list[str]) -> ModelHTTPError:
+def error_event(data: Mapping[str, Any], raw: str, secrets: list[str]) -> ModelHTTPError:
     error = data.get("error")
     kind = error.get("type") if isinstance(error, dict) else None
     status = _ERROR_STATUS.get(kind, 500) if isinstance(kind, str) else 500
@@ -159,7 +160,7 @@ class _StreamState:
             f"anthropic stream ended before message_stop: {reason}",
             provider="anthropic",
             partial_text=self.text,
-            usage=_usage(self.raw_usage) if self.raw_usage else None,
+            usage=parse_usage(self.raw_usage) if self.raw_usage else None,
         )
 
     def response(self) -> ModelResponse:
@@ -184,7 +185,7 @@ class _StreamState:
             content=tuple(content),
             finish_reason=_finish_reason(self.stop_reason),
             raw_finish_reason=self.stop_reason,
-            usage=_usage(self.raw_usage),
+            usage=parse_usage(self.raw_usage),
         )
 
 
@@ -318,7 +319,7 @@ class AnthropicModel(Model):
             content=tuple(content),
             finish_reason=_finish_reason(raw_stop),
             raw_finish_reason=raw_stop,
-            usage=_usage(usage) if isinstance(usage, dict) else Usage(),
+            usage=parse_usage(usage) if isinstance(usage, dict) else Usage(),
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
@@ -353,7 +354,7 @@ class AnthropicModel(Model):
                         yield ResponseDone(response=state.response())
                         return
                     if kind == "error":
-                        raise _error_event(data, sse.data, secrets)
+                        raise error_event(data, sse.data, secrets)
                     for event in self._apply(state, kind, data):
                         yield event
             except httpx.TransportError as exc:

@@ -15,17 +15,10 @@ from dataclasses import dataclass, field
 
 from tether.errors import ConfigError
 from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEvent
+from tether.pricing import PriceRef
 from tether.redaction import default_scrubber, register_credential
 
-__all__ = ["Model", "PriceRef", "ProviderConfig", "redact"]
-
-
-@dataclass(frozen=True, slots=True)
-class PriceRef:
-    """Which price list entry a model's usage is billed at (genai-prices ids)."""
-
-    provider_id: str
-    model_ref: str
+__all__ = ["Model", "ProviderConfig", "redact"]
 
 
 @dataclass(frozen=True)

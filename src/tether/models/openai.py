@@ -44,8 +44,9 @@ from tether.messages import (
     ToolUseDelta,
     Usage,
 )
-from tether.models._http import count, decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
-from tether.models.base import Model, PriceRef, ProviderConfig, redact
+from tether.models.base import Model, ProviderConfig, redact
+from tether.models.http import count, decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
+from tether.pricing import PriceRef
 
 __all__ = ["OpenAIModel"]
 
@@ -82,7 +83,7 @@ def _finish_reason(raw: str | None) -> FinishReason:
     return _FINISH_REASONS.get(raw or "", FinishReason.OTHER)
 
 
-def _usage(raw: Mapping[str, Any]) -> Usage:
+def parse_usage(raw: Mapping[str, Any]) -> Usage:
     details = raw.get("prompt_tokens_details")
     cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     return Usage(
@@ -152,7 +153,7 @@ def _tool_call_block(raw: object) -> ToolUseBlock | None:
     return ToolUseBlock(id=call_id, name=name, input=parsed, raw_arguments=bad)
 
 
-def _stream_error(error: object, raw: str, secrets: list[str]) -> ModelHTTPError:
+def stream_error(error: object, raw: str, secrets: list[str]) -> ModelHTTPError:
     status = 500
     if isinstance(error, dict):
         code, kind = error.get("code"), error.get("type")
@@ -335,7 +336,7 @@ class OpenAIModel(Model):
             content=tuple(content),
             finish_reason=FinishReason.CONTENT_FILTER if refused else _finish_reason(finish),
             raw_finish_reason=finish,
-            usage=_usage(usage) if isinstance(usage, dict) else Usage(),
+            usage=parse_usage(usage) if isinstance(usage, dict) else Usage(),
         )
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
@@ -366,7 +367,7 @@ class OpenAIModel(Model):
                         return
                     chunk = decode_json_object(sse.data, provider=self.provider, what="a stream chunk", secrets=secrets)
                     if chunk.get("error") or sse.event == "error":
-                        raise _stream_error(chunk.get("error"), sse.data, secrets)
+                        raise stream_error(chunk.get("error"), sse.data, secrets)
                     for event in self._apply(state, chunk):
                         yield event
             except httpx.TransportError as exc:
@@ -384,7 +385,7 @@ class OpenAIModel(Model):
         if isinstance(chunk.get("usage"), dict):
             # Only the final chunk (empty choices) carries usage; vLLM's
             # continuous usage stats send running totals, so the last one wins.
-            state.usage = _usage(chunk["usage"])
+            state.usage = parse_usage(chunk["usage"])
         choices = chunk.get("choices")
         if not isinstance(choices, list):
             return []

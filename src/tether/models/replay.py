@@ -70,8 +70,9 @@ from tether.messages import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from tether.models.base import Model, PriceRef
-from tether.models.sim import _stream_events
+from tether.models.base import Model
+from tether.models.sim import stream_events
+from tether.pricing import PriceRef
 
 __all__ = [
     "CASSETTE_VERSION",
@@ -443,7 +444,7 @@ class ReplayModel(Model):
     async def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
         """The recorded answer as text and tool-call deltas, then ``ResponseDone``."""
         response = self.cassette.replay(request, provider=self.provider)
-        for event in _stream_events(response):
+        for event in stream_events(response):
             yield event
         yield ResponseDone(response=response)
 

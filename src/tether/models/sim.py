@@ -2,7 +2,7 @@
 
 ``SimModel("claude-sonnet-4-5")`` stands in for a named real model: it is
 priced as that model, reports ``provider="sim"`` and ``simulated=True``, and
-plays the plan of a ``Scenario`` (see ``tether.models._scenario``) with seeded
+plays the plan of a ``Scenario`` (see ``tether.models.scenario``) with seeded
 knobs for latency, provider faults and agent misbehaviour.
 
 Determinism. Where the run is in its plan is derived from the conversation
@@ -77,9 +77,10 @@ from tether.messages import (
     ToolUseDelta,
     Usage,
 )
-from tether.models._scenario import PlannedCall, Scenario, SimKnobs, Step, TaskScript
-from tether.models.base import Model, PriceRef
-from tether.trace.semconv import TETHER_RUN_ID
+from tether.models.base import Model
+from tether.models.scenario import PlannedCall, Scenario, SimKnobs, Step, TaskScript
+from tether.pricing import PriceRef
+from tether.semconv import TETHER_RUN_ID
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -422,7 +423,7 @@ class SimModel(Model):
         """
         prepared = await self._prepare(request)
         response = prepared.response
-        events = _stream_events(response)
+        events = stream_events(response)
         play, turn = prepared.play, prepared.turn
         if play.roll(turn, f"stream_cut:{prepared.attempt}", play.knobs.stream_cut_rate):
             cut = play.rng(turn, f"stream_cut_at:{prepared.attempt}").randrange(len(events)) if events else 0
@@ -653,7 +654,7 @@ def _hallucinated_name(rng: random.Random, offered: Sequence[str], planned: str)
     return name
 
 
-def _stream_events(response: ModelResponse) -> list[TextDelta | ToolUseDelta]:
+def stream_events(response: ModelResponse) -> list[TextDelta | ToolUseDelta]:
     """The response as deltas; ``index`` is the block's position in ``content``."""
     events: list[TextDelta | ToolUseDelta] = []
     for index, block in enumerate(response.content):

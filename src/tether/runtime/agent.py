@@ -28,6 +28,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util.types import AttributeValue
 
+from tether import semconv as sc
 from tether.errors import (
     BudgetExceeded,
     ConfigError,
@@ -37,7 +38,6 @@ from tether.errors import (
     UnknownPriceError,
     UserError,
 )
-from tether.gateway.cost import PRICE_DATA_VERSION, Cost, price_usage
 from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard, RunGuard
 from tether.guard.killswitch import KillSwitch, RunWatch
@@ -54,11 +54,11 @@ from tether.messages import (
 )
 from tether.models import resolve_model
 from tether.models.base import Model
+from tether.pricing import PRICE_DATA_VERSION, Cost, price_usage
 from tether.runtime import delegation
 from tether.runtime.delegation import HandoffLoop, RunTree
 from tether.runtime.limits import Limits
 from tether.runtime.tools import Tool, ToolArgumentsError, ToolContext, render_output
-from tether.trace import semconv as sc
 
 __all__ = ["Agent", "RunResult", "RunState", "ToolCallRecord"]
 

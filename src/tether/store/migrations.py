@@ -51,7 +51,7 @@ from sqlalchemy import (
 )
 
 from tether.errors import StoreError
-from tether.store._engine import SQLITE_BEGIN
+from tether.store.engine import SQLITE_BEGIN
 from tether.store.schema import schema_migrations
 
 __all__ = ["MIGRATIONS", "Migration", "applied_versions", "migrate"]

@@ -20,11 +20,11 @@ from sqlalchemy import Connection, Dialect, Insert, and_, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from tether.store._bulk import insert_rows
-from tether.store._rows import INSERT_COLUMNS, record_from_row
+from tether import semconv
+from tether.store.bulk import insert_rows
 from tether.store.records import SpanRecord
+from tether.store.rows import INSERT_COLUMNS, record_from_row
 from tether.store.schema import spans
-from tether.trace import semconv
 
 __all__ = [
     "insert_spans",
@@ -68,7 +68,7 @@ def _compiled_insert(dialect: Dialect) -> _CompiledInsert:
 def insert_spans(connection: Connection, rows: Sequence[tuple[object, ...]]) -> None:
     """Insert rows (in ``INSERT_COLUMNS`` order); existing spans are skipped.
 
-    On SQLite, a few multi-row statements (``tether.store._bulk``); elsewhere one executemany.
+    On SQLite, a few multi-row statements (``tether.store.bulk``); elsewhere one executemany.
 
     The Core statement is compiled once per dialect and run with
     ``exec_driver_sql``: per-row parameter processing in ``execute`` costs
@@ -77,7 +77,7 @@ def insert_spans(connection: Connection, rows: Sequence[tuple[object, ...]]) -> 
     if not rows:
         return
     insert = _compiled_insert(connection.dialect)
-    if connection.dialect.name == "sqlite":  # multi-row statements: see tether.store._bulk
+    if connection.dialect.name == "sqlite":  # multi-row statements: see tether.store.bulk
         insert_rows(connection, insert.sql, len(INSERT_COLUMNS), rows)
     elif insert.positional:
         connection.exec_driver_sql(insert.sql, list(rows))

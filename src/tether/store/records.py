@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tether.trace import semconv
+from tether import semconv
 
 __all__ = ["RunSummary", "RunTrace", "SpanRecord", "summarize"]
 

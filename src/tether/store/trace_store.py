@@ -12,13 +12,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tether.errors import StoreError
 from tether.store import queries
-from tether.store._engine import SQLITE_BEGIN, create_store_engine
-from tether.store._failures import store_error, translate_errors
-from tether.store._rows import row_from_record
-from tether.store._url import StoreURL, parse_store_url
+from tether.store.engine import SQLITE_BEGIN, create_store_engine
 from tether.store.errors import AmbiguousRunId, RunNotFound
+from tether.store.failures import store_error, translate_errors
 from tether.store.migrations import migrate
 from tether.store.records import RunSummary, RunTrace, SpanRecord, datetime_to_ns, summarize
+from tether.store.rows import row_from_record
+from tether.store.url import StoreURL, parse_store_url
 
 __all__ = ["TraceStore", "open_store"]
 

@@ -19,10 +19,10 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status, StatusCode
 
+from tether import semconv
 from tether.redaction import Scrubber, default_scrubber
 from tether.store import SpanRecord, TraceStore
-from tether.store._rows import build_row
-from tether.trace import semconv
+from tether.store.rows import build_row
 
 __all__ = ["STATUS_NAMES", "ScrubbingSpanExporter", "StoreSpanExporter", "scrub_span", "span_to_record", "span_to_row"]
 

@@ -34,7 +34,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from tether.store._rows import build_row
+from tether.store.rows import build_row
 from tether.trace.exporter import STATUS_NAMES
 from tether.trace.processor import Row, RowWriter
 

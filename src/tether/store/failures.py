@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from tether.errors import StoreError, StoreUnavailable
-from tether.store._url import StoreURL
+from tether.store.url import StoreURL
 
 __all__ = ["store_error", "translate_errors"]
 

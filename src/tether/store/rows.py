@@ -9,9 +9,9 @@ from typing import Any, Final
 import orjson
 from sqlalchemy import RowMapping
 
+from tether import semconv
 from tether.redaction import default_scrubber
 from tether.store.records import SpanRecord
-from tether.trace import semconv
 
 __all__ = ["INSERT_COLUMNS", "build_row", "record_from_row", "row_from_record"]
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
-from tether.store._engine import SQLITE_BEGIN
-from tether.store._failures import translate_errors
-from tether.store._url import StoreURL, parse_store_url
+from tether.store.engine import SQLITE_BEGIN
+from tether.store.failures import translate_errors
+from tether.store.url import StoreURL, parse_store_url
 
 if TYPE_CHECKING:
     from tether.store import TraceStore

@@ -18,16 +18,23 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
 from tether.messages import Usage
-from tether.models.base import PriceRef
 
 if TYPE_CHECKING:
     from tether.gateway.config import PriceConfig
 
-__all__ = ["CONFIGURED_PRICE_VERSION", "PRICE_DATA_VERSION", "Cost", "CostRecord", "Pricer", "price_usage"]
+__all__ = ["CONFIGURED_PRICE_VERSION", "PRICE_DATA_VERSION", "Cost", "CostRecord", "PriceRef", "Pricer", "price_usage"]
 
 PRICE_DATA_VERSION = f"genai-prices=={version('genai-prices')}"
 CONFIGURED_PRICE_VERSION = "tether.toml"
 _MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRef:
+    """Which price list entry a model's usage is billed at (genai-prices ids)."""
+
+    provider_id: str
+    model_ref: str
 
 
 @dataclass(frozen=True, slots=True)

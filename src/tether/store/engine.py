@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from tether.errors import StoreUnavailable
-from tether.store._url import StoreURL
+from tether.store.url import StoreURL
 
 __all__ = ["BUSY_TIMEOUT_MS", "SQLITE_BEGIN", "create_store_engine"]
 
