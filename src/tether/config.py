@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tether.errors import ConfigError
 from tether.gateway.config import GatewayConfig
 
-__all__ = ["Settings", "StoreSettings", "TraceSettings", "load_settings"]
+__all__ = ["ServerSettings", "Settings", "StoreSettings", "TraceSettings", "load_settings"]
 
 DEFAULT_DATABASE_URL = "sqlite:///.tether/tether.db"
 
@@ -54,6 +54,15 @@ class TraceSettings(BaseModel):
     payload_chars: int = Field(default=4096, ge=0)
 
 
+class ServerSettings(BaseModel):
+    """``[server]``: where ``tether serve`` listens (its ``--host`` / ``--port`` override these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=0, le=65535)
+
+
 class Settings(GatewayConfig):
     """Everything tether reads from its configuration.
 
@@ -64,6 +73,7 @@ class Settings(GatewayConfig):
 
     store: StoreSettings = StoreSettings()
     trace: TraceSettings = TraceSettings()
+    server: ServerSettings = ServerSettings()
 
 
 _ENV: dict[str, tuple[str, str]] = {
