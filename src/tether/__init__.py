@@ -1,7 +1,9 @@
 """tether — the control plane for LLM agents in production.
 
 Every run traced, budgeted, bounded and evaluated. The public API is what this
-module exports; everything else is reached through it.
+module exports; everything else is reached through it. ``tether.open()`` is the
+way in: it wires the store, tracing, gateway, guard, kill switch and agents from
+``tether.toml`` (see ``tether.app``).
 """
 
 # The names below are imported on first use (PEP 562), not when ``tether`` is: importing the whole API
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     __version__: str
 
+    from tether.app import Tether, open
     from tether.config import Settings, load_settings
     from tether.errors import (
         BudgetExceeded,
@@ -66,6 +69,8 @@ if TYPE_CHECKING:
     from tether.trace.setup import Tracing, configure_tracing
 
 __all__ = [
+    "Tether",
+    "open",
     "Agent",
     "AgentPolicy",
     "ApprovalStore",
@@ -135,6 +140,7 @@ __all__ = [
 
 # Where each public name lives: ``tether.X`` imports the module on first access and keeps the value.
 _MODULES: dict[str, tuple[str, ...]] = {
+    "tether.app": ("Tether", "open"),
     "tether.config": ("Settings", "load_settings"),
     "tether.errors": (
         "BudgetExceeded",

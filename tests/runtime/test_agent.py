@@ -9,10 +9,11 @@ from decimal import Decimal
 
 import orjson
 import pytest
+from opentelemetry.trace import StatusCode
 from pydantic import ValidationError
 
 from tether import semconv as sc
-from tether.errors import ModelHTTPError, StreamInterrupted
+from tether.errors import ConfigError, ModelHTTPError, StreamInterrupted
 from tether.messages import (
     FinishReason,
     ModelRequest,
@@ -25,6 +26,7 @@ from tether.messages import (
     Usage,
 )
 from tether.pricing import PriceRef
+from tether.redaction import default_scrubber
 from tether.runtime import Agent, Limits, ToolContext, tool
 from tether.testing import FunctionModel, ScriptedModel, SpanCapture, text_response, tool_response
 
@@ -338,3 +340,67 @@ async def test_parallel_batches_that_change_are_not_a_loop(capture: SpanCapture)
 
     result = await Agent("x", FunctionModel(answer), tools=[add], tracer=capture.tracer).run("x")
     assert result.stop_reason is StopReason.COMPLETED
+
+
+async def test_a_model_that_raises_ends_the_run_with_error_on_its_root_span_and_reraises(
+    capture: SpanCapture,
+) -> None:
+    # What `anthropic:…` does with no ANTHROPIC_API_KEY: not a provider error, an exception out of the call.
+    def no_key(request: ModelRequest) -> ModelResponse:
+        raise ConfigError("environment variable ANTHROPIC_API_KEY is not set: export it with your API key")
+
+    with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY"):
+        await Agent("x", FunctionModel(no_key), tracer=capture.tracer).run("x")
+
+    (root,) = capture.by_operation(sc.OP_INVOKE_AGENT)
+    attributes = root.attributes or {}
+    assert attributes[sc.TETHER_STOP_REASON] == StopReason.ERROR.value
+    assert attributes[sc.ERROR_TYPE] == "ConfigError"
+    assert "ANTHROPIC_API_KEY is not set" in str(attributes[sc.TETHER_ERROR_MESSAGE])
+    assert root.status.status_code is StatusCode.ERROR
+    (chat,) = capture.by_operation(sc.OP_CHAT)
+    assert (chat.attributes or {})[sc.ERROR_TYPE] == "ConfigError"
+    assert chat.end_time is not None
+
+
+async def test_the_error_recorded_on_the_root_span_is_scrubbed(capture: SpanCapture) -> None:
+    secret = "sk-verysecret-0123456789abcdef"
+    default_scrubber().register("test_token", secret)
+
+    def leak(request: ModelRequest) -> ModelResponse:
+        raise RuntimeError(f"upstream rejected token {secret}")
+
+    with pytest.raises(RuntimeError):
+        await Agent("x", FunctionModel(leak), tracer=capture.tracer).run("x")
+
+    (root,) = capture.by_operation(sc.OP_INVOKE_AGENT)
+    message = str((root.attributes or {})[sc.TETHER_ERROR_MESSAGE])
+    assert secret not in message
+    assert "[secret:test_token]" in message
+    assert secret not in (root.status.description or "")
+    assert (root.attributes or {})[sc.ERROR_TYPE] == "RuntimeError"
+
+
+async def test_a_done_condition_that_raises_still_ends_the_run(capture: SpanCapture) -> None:
+    def broken(state: object) -> bool:
+        raise ValueError("bad condition")
+
+    model = ScriptedModel([tool_response(("add", {"a": 1, "b": 2})), text_response("3")])
+    with pytest.raises(ValueError, match="bad condition"):
+        await Agent("x", model, tools=[add], done_condition=broken, tracer=capture.tracer).run("x")
+
+    (root,) = capture.by_operation(sc.OP_INVOKE_AGENT)
+    assert (root.attributes or {})[sc.TETHER_STOP_REASON] == StopReason.ERROR.value
+    assert (root.attributes or {})[sc.TETHER_TOOL_CALLS] == 1
+
+
+async def test_a_provider_error_puts_its_type_on_the_root_span(capture: SpanCapture) -> None:
+    def fail(request: ModelRequest) -> ModelResponse:
+        raise ModelHTTPError(503, '{"error": "overloaded"}', provider="test")
+
+    result = await Agent("x", FunctionModel(fail), tracer=capture.tracer).run("x")
+
+    assert result.stop_reason is StopReason.ERROR
+    (root,) = capture.by_operation(sc.OP_INVOKE_AGENT)
+    assert (root.attributes or {})[sc.ERROR_TYPE] == "ModelHTTPError"
+    assert root.status.status_code is StatusCode.ERROR

@@ -1,4 +1,10 @@
-"""The gateway every model call passes: cost accounting (routing, budgets and the proxy come later)."""
+"""The gateway every model call passes: routing across tiers, retries and fallbacks, circuit breakers,
+rate limits, budgets that fail closed, fault injection, the cost ledger and the HTTP proxy.
+
+The gateway itself is ``tether.gateway.gateway.Gateway`` (``tether.Gateway``; ``tether.open().gateway``
+builds it from ``[routes]``); each concern is a module of this package. The package re-exports only the
+price names below, for code written when it held cost accounting alone.
+"""
 
 # Imported on first use (PEP 562): ``tether.pricing`` loads the price data (genai-prices, httpx), which
 # ``tether.config`` (through ``tether.gateway.config``) and so every CLI command would otherwise pay for.

@@ -14,11 +14,12 @@ and, after a tool whose output is untrusted has run, ``inspect`` scans the
 output with the detectors and taints the run. Decisions and findings go on the
 tool's span (``tether.guard.*``) for the trace.
 
-Not built yet (issue 4 is in progress): the approval queue with checkpointed
-pause and resume, the audit table writer, incidents in the store and
-quarantine across processes. Until the approval queue exists, a call that
-needs approval is **rejected** unless an ``approver`` is given — failing
-closed, never running an unapproved irreversible call.
+A call that needs approval goes to the ``approver`` (``ApprovalStore.approver()``:
+a person decides with ``tether approvals approve``); with no approver it is
+**rejected** — failing closed, never running an unapproved irreversible call.
+A ``recorder`` (``tether.guard.audit.StoreGuardRecorder``) keeps every decision
+in the audit table, opens incidents for findings and quarantines an agent past
+the policy's threshold, across processes; ``tether.open()``'s agents have one.
 """
 
 from __future__ import annotations

@@ -5,6 +5,13 @@ the model answers without tools or a limit ends the run. Every run ends with
 exactly one ``StopReason``; every model call and tool call is a span under the
 run's ``invoke_agent`` span.
 
+A model call that fails (a provider error, the gateway refusing) ends the run
+with ``error`` (or ``budget_exceeded``) and returns its result. Any other
+exception out of the loop (a missing API key, a model or done-condition that
+raises) ends the run too, with stop reason ``error``, ``error.type`` and the
+scrubbed message on the root span, status ERROR, and then propagates to the
+caller: no run that started is left without an end.
+
 The loop never lets a tool failure or malformed model output escape: an unknown
 tool, arguments that fail the schema, or arguments that are not JSON are
 answered with a structured error the model can read, and counted as
@@ -55,6 +62,7 @@ from tether.messages import (
 from tether.models import resolve_model
 from tether.models.base import Model
 from tether.pricing import PRICE_DATA_VERSION, Cost, price_usage
+from tether.redaction import default_scrubber
 from tether.runtime import delegation
 from tether.runtime.delegation import HandoffLoop, RunTree
 from tether.runtime.limits import Limits
@@ -172,13 +180,20 @@ def _record_decision(span: Span, decision: Decision, risk: str) -> None:
 
 
 class _Stop(Exception):
-    def __init__(self, reason: StopReason, error: str | None = None) -> None:
+    def __init__(self, reason: StopReason, error: str | None = None, error_type: str | None = None) -> None:
         self.reason = reason
         self.error = error
+        self.error_type = error_type  # the exception class that ended the run, for ``error.type``
 
 
 def _cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"…[{len(text) - limit} more chars]"
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception that ended a run (scrubbed where it is recorded)."""
+    message = str(exc)
+    return f"{type(exc).__qualname__}: {message}" if message else type(exc).__qualname__
 
 
 def _error_payload(kind: str, message: str, **extra: Any) -> str:
@@ -200,8 +215,9 @@ class Agent:
         max_tokens: output tokens per model call.
         temperature: sampling temperature, or None for the provider default.
         stream: call the model with streaming (a cut stream is an error, never success).
-        tracer: OpenTelemetry tracer; the global one by default (a no-op until
-            ``tether.trace.configure`` is called).
+        tracer: OpenTelemetry tracer; the global one by default (a no-op until a provider is
+            installed, e.g. ``configure_tracing(store, set_global=True)``). ``tether.open()``'s
+            agents get its tracer.
         payload_chars: cap on tool input/output and task text kept on spans.
         guard: authorizes every tool call before it runs (policy, risk, taint) and scans untrusted
             tool output; by default ``Guard()``: the agent's own tools, irreversible ones refused
@@ -420,6 +436,7 @@ class Agent:
         ) as span:
             output = ""
             error: str | None = None
+            error_type: str | None = None
             try:
                 finished = False
                 watch: RunWatch | None = None
@@ -438,15 +455,23 @@ class Agent:
                 else:
                     reason = StopReason.COMPLETED
             except _Stop as stop:
-                reason, error = stop.reason, stop.error
+                reason, error, error_type = stop.reason, stop.error, stop.error_type
             except TimeoutError:
                 reason, error = StopReason.TIMEOUT, f"run exceeded its {self.limits.timeout_s:g} s wall-clock limit"
             except asyncio.CancelledError:
                 self._finish(span, state, StopReason.KILLED, "", "run was cancelled", started)
                 raise
+            except Exception as exc:
+                # Anything else (a model that raises what it should not, a missing API key, a bug in a
+                # done-condition): the run still ends, as an error with the exception on its root span,
+                # and the caller still gets the exception.
+                self._finish(span, state, StopReason.ERROR, "", _describe(exc), started, type(exc).__qualname__)
+                with contextlib.suppress(Exception):  # the exception matters more than a failed checkpoint
+                    await self._checkpoint(state, "finished")
+                raise
             if reason in (StopReason.COMPLETED, StopReason.DONE_CONDITION) and not output:
                 output = state.messages[-1].text if state.messages[-1].role == "assistant" else ""
-            self._finish(span, state, reason, output, error, started)
+            self._finish(span, state, reason, output, error, started, error_type)
             trace_id = format(span.get_span_context().trace_id, "032x")
         await self._checkpoint(state, "finished")
         return RunResult(
@@ -468,7 +493,14 @@ class Agent:
         )
 
     def _finish(
-        self, span: Span, state: RunState, reason: StopReason, output: str, error: str | None, started: float
+        self,
+        span: Span,
+        state: RunState,
+        reason: StopReason,
+        output: str,
+        error: str | None,
+        started: float,
+        error_type: str | None = None,
     ) -> None:
         span.set_attributes(
             {
@@ -487,9 +519,11 @@ class Agent:
             }
         )
         if error:
-            span.set_attribute(sc.TETHER_ERROR_MESSAGE, _cap(error, self.payload_chars))
+            span.set_attribute(sc.TETHER_ERROR_MESSAGE, _cap(default_scrubber().scrub(error), self.payload_chars))
+        if error_type is not None:
+            span.set_attribute(sc.ERROR_TYPE, error_type)
         if reason in (StopReason.ERROR, StopReason.TIMEOUT, StopReason.KILLED):
-            span.set_status(Status(StatusCode.ERROR, error or reason.value))
+            span.set_status(Status(StatusCode.ERROR, _cap(default_scrubber().scrub(error or reason.value), 1024)))
         else:
             span.set_status(Status(StatusCode.OK))
 
@@ -631,8 +665,14 @@ class Agent:
                 span.set_attribute(sc.ERROR_TYPE, type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 if isinstance(exc, BudgetExceeded):
-                    raise _Stop(StopReason.BUDGET_EXCEEDED, str(exc)) from None
-                raise _Stop(StopReason.ERROR, f"model call failed: {exc}") from None
+                    raise _Stop(StopReason.BUDGET_EXCEEDED, str(exc), type(exc).__qualname__) from None
+                raise _Stop(StopReason.ERROR, f"model call failed: {exc}", type(exc).__qualname__) from None
+            except Exception as exc:
+                # Not a provider failure the run can report and return from (a missing API key, a bug):
+                # the chat span says what happened, and the run ends as an error (see ``_traced_run``).
+                span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, _cap(default_scrubber().scrub(_describe(exc)), 1024)))
+                raise
             usage = response.usage
             # The gateway prices at the deployment that answered; a bare model is priced here.
             cost = Cost(usd=response.cost_usd) if response.priced else price_usage(model.price_ref, usage)

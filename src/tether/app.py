@@ -1,0 +1,449 @@
+"""The wiring object: ``tether.open()`` builds the whole system from one ``Settings``.
+
+::
+
+    with tether.open() as tt:                       # tether.toml + TETHER_* variables
+        agent = tt.agent("oncall", model="route:oncall", tools=[query_logs])
+        result = agent.run_sync("checkout error rate is 12%")
+
+Each part is built the first time it is used and kept: opening costs nothing
+heavy, and a script that only reads the store never starts a gateway. The
+parts, and what each needs (built on demand, in this order):
+
+- ``settings`` — read at ``open()`` (a bad file is an error there, not later);
+- ``store`` — ``open_store`` at ``database_url`` or ``[store] url``;
+- ``tracing`` — spans into the store (and OTLP when ``OTEL_EXPORTER_OTLP_*`` say so);
+- ``costs`` — the cost-ledger writer every gateway call records its cost with;
+- ``gateway`` — ``Gateway.from_config(settings)`` with budgets in the store and the cost writer;
+- ``policy``, ``guard_recorder``, ``approvals`` — the guard's policy, its audit recorder
+  (audit rows, incidents, quarantines) and the approval store people decide in;
+- ``kills`` — the kill switch over the store (and Redis when ``[gateway] redis_url``);
+- ``durable`` — checkpoints and the exactly-once tool ledger.
+
+``tt.agent(...)`` returns an ``Agent`` bound to all of them: its own ``Guard``
+(the policy, ``RuleScanner``, the approval store's approver, the audit
+recorder), the kill switch, durable runs and the tracer. ``close()`` (or
+leaving the ``with`` block, sync or async) flushes spans and costs and closes
+everything, in reverse order; it also runs at interpreter exit, once, so a
+script that never closes still has every run and cost stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from tether.config import Settings, load_settings
+from tether.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from tether.gateway.gateway import Gateway
+    from tether.gateway.ledger import CostWriter
+    from tether.guard.approvals import ApprovalStore
+    from tether.guard.audit import StoreGuardRecorder
+    from tether.guard.durable import DurableRuns
+    from tether.guard.guard import Guard
+    from tether.guard.killswitch import KillSwitch
+    from tether.guard.policy import Policy
+    from tether.models.base import Model
+    from tether.runtime import Agent, Limits, Tool
+    from tether.store import TraceStore
+    from tether.trace.setup import Tracing
+
+__all__ = ["ROUTE_PREFIX", "Tether", "guard_policy", "open"]
+
+logger = logging.getLogger(__name__)
+
+#: A model reference that names a gateway route: ``route:oncall``.
+ROUTE_PREFIX = "route:"
+
+
+def guard_policy(settings: Settings, config_path: str | Path | None = None) -> Policy:
+    """The guard's policy for these settings: the one place that decides where it comes from.
+
+    From the settings' ``[guard]`` tables when ``Settings`` has them; until then from the
+    ``[guard]`` table of the config file (``Policy.load``); with no file, each agent may
+    use its own tools (``Policy.open()``).
+    """
+    from tether.guard.policy import Policy
+
+    guard = getattr(settings, "guard", None)
+    if isinstance(guard, Policy):
+        return guard
+    if guard is not None and hasattr(guard, "policy"):
+        policy = guard.policy()
+        if isinstance(policy, Policy):
+            return policy
+    path = Path(config_path) if config_path is not None else _config_file()
+    if path is not None and path.is_file():
+        return Policy.load(path)
+    return Policy.open()
+
+
+def _config_file() -> Path | None:
+    import os
+
+    explicit = os.environ.get("TETHER_CONFIG")
+    path = Path(explicit) if explicit else Path("tether.toml")
+    return path if path.is_file() else None
+
+
+class Tether:
+    """tether, wired: store, tracing, gateway, guard, approvals, kill switch, durable runs and agents.
+
+    Made by ``tether.open()``; see ``tether.app`` for what is built, when, and what closes.
+
+    Args:
+        settings: the settings everything is built from.
+        config_path: the file they were read from (for the guard's policy and its line numbers).
+        database_url: the store's URL, overriding ``[store] url`` and ``TETHER_DATABASE_URL``.
+        trace: write spans (to the store, and OTLP when configured); False for none.
+        approvals_timeout_s: how long an irreversible call waits for a person before it is refused.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: str | Path | None = None,
+        database_url: str | None = None,
+        trace: bool = True,
+        approvals_timeout_s: float = 900.0,
+    ) -> None:
+        self._settings = settings
+        self._config_path = config_path
+        self._database_url = database_url
+        self._trace = trace
+        self._approvals_timeout_s = approvals_timeout_s
+        self._lock = threading.RLock()
+        self._parts: dict[str, Any] = {}
+        self._closed = False
+        atexit.register(self.close)
+
+    # -- the parts, each built once on first use ------------------------------------------------
+
+    def _part(self, name: str, build: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                raise UserError(f"this tether was closed: call tether.open() again to use its {name}")
+            if name not in self._parts:
+                self._parts[name] = build()
+            return self._parts[name]
+
+    @property
+    def settings(self) -> Settings:
+        """The settings everything is built from."""
+        return self._settings
+
+    @property
+    def store(self) -> TraceStore:
+        """The store: runs, spans, costs, budgets, approvals, kills, audit, checkpoints."""
+
+        def build() -> TraceStore:
+            from tether.store import open_store
+
+            return open_store(self._database_url or self._settings.store.url)
+
+        store: TraceStore = self._part("store", build)
+        return store
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """Spans into the store, and to OTLP when ``OTEL_EXPORTER_OTLP_*`` is set; None with ``trace=False``."""
+        if not self._trace:
+            return None
+
+        def build() -> Tracing:
+            from tether.trace.setup import configure_tracing
+
+            return configure_tracing(self.store)
+
+        tracing: Tracing = self._part("tracing", build)
+        return tracing
+
+    @property
+    def tracer(self) -> Tracer:
+        """The tracer agents record with (OpenTelemetry's no-op one with ``trace=False``)."""
+        tracing = self.tracing
+        if tracing is not None:
+            return tracing.tracer
+        from opentelemetry import trace as otel_trace
+
+        return otel_trace.NoOpTracer()
+
+    @property
+    def costs(self) -> CostWriter:
+        """The cost-ledger writer: every gateway call's cost becomes a row (``tether cost``)."""
+
+        def build() -> CostWriter:
+            from tether.gateway.ledger import CostWriter
+
+            return CostWriter(self.store)
+
+        costs: CostWriter = self._part("costs", build)
+        return costs
+
+    @property
+    def gateway(self) -> Gateway:
+        """The gateway of ``[routes]``: budgets in the store, every call's cost in the cost ledger."""
+
+        def build() -> Gateway:
+            from tether.gateway.gateway import Gateway
+
+            if not self._settings.routes:
+                raise ConfigError(
+                    "no routes are defined: add [providers.<name>], [deployments.<name>] and [routes.<name>] "
+                    "to tether.toml, or give agents a model such as 'sim:claude-sonnet-4-5'"
+                )
+            return Gateway.from_config(self._settings, store=self.store, cost_sink=self.costs)
+
+        gateway: Gateway = self._part("gateway", build)
+        return gateway
+
+    @property
+    def policy(self) -> Policy:
+        """The guard's policy (see ``guard_policy``)."""
+        policy: Policy = self._part("policy", lambda: guard_policy(self._settings, self._config_path))
+        return policy
+
+    @property
+    def guard_recorder(self) -> StoreGuardRecorder:
+        """The guard's audit recorder: every decision, incident and quarantine stored."""
+
+        def build() -> StoreGuardRecorder:
+            from tether.guard.audit import StoreGuardRecorder
+
+            return StoreGuardRecorder(self.store, self.policy)
+
+        recorder: StoreGuardRecorder = self._part("guard_recorder", build)
+        return recorder
+
+    @property
+    def approvals(self) -> ApprovalStore:
+        """Approval requests for irreversible calls (``tether approvals approve ID``)."""
+
+        def build() -> ApprovalStore:
+            from tether.guard.approvals import ApprovalStore
+
+            return ApprovalStore(self.store)
+
+        approvals: ApprovalStore = self._part("approvals", build)
+        return approvals
+
+    @property
+    def kills(self) -> KillSwitch:
+        """The kill switch: ``tether kill`` reaches runs through the store, at once over Redis when set."""
+
+        def build() -> KillSwitch:
+            from tether.guard.killswitch import KillSwitch
+
+            return KillSwitch(self.store, redis_url=self._settings.gateway.redis_url)
+
+        kills: KillSwitch = self._part("kills", build)
+        return kills
+
+    @property
+    def durable(self) -> DurableRuns:
+        """Checkpoints and the exactly-once tool ledger (``agent.resume(run_id)``)."""
+
+        def build() -> DurableRuns:
+            from tether.guard.durable import DurableRuns
+
+            return DurableRuns(self.store)
+
+        durable: DurableRuns = self._part("durable", build)
+        return durable
+
+    # -- what users make from them --------------------------------------------------------------
+
+    def guard(self) -> Guard:
+        """A new ``Guard``: the policy, the injection scanner, a person's approval, the audit recorder."""
+        from tether.guard.detectors import RuleScanner
+        from tether.guard.guard import Guard
+
+        return Guard(
+            self.policy,
+            detectors=[RuleScanner()],
+            approver=self.approvals.approver(timeout_s=self._approvals_timeout_s),
+            recorder=self.guard_recorder,
+        )
+
+    def model(self, ref: str | Model) -> Model:
+        """A model: ``route:NAME`` (through the gateway), ``provider:model`` (e.g. ``sim:claude-sonnet-4-5``).
+
+        Raises:
+            UnknownRouteError: ``route:NAME`` names no ``[routes.NAME]``.
+            UnknownModelError: an unknown provider prefix.
+        """
+        if not isinstance(ref, str):
+            return ref
+        if ref.startswith(ROUTE_PREFIX):
+            return self.gateway.model(ref.removeprefix(ROUTE_PREFIX))
+        from tether.models import resolve_model
+
+        return resolve_model(ref)
+
+    def agent(
+        self,
+        name: str,
+        model: str | Model,
+        *,
+        tools: Iterable[Tool] = (),
+        instructions: str = "",
+        limits: Limits | None = None,
+        guard: Guard | None = None,
+        durable: bool = True,
+        **options: Any,
+    ) -> Agent:
+        """An ``Agent`` bound to this tether: its guard, kill switch, durable runs and tracer.
+
+        Args:
+            name: the agent's name (its policy is ``[guard.agents.NAME]``).
+            model: ``route:NAME``, ``provider:model`` or a ``Model`` (see ``model``).
+            tools: its tools (``@tool`` functions).
+            instructions: the system prompt.
+            limits: its run limits (defaults are on).
+            guard: a guard of your own instead of ``guard()``.
+            durable: checkpoint each step, so ``agent.resume(run_id)`` works (False: no checkpoints).
+            **options: any other ``Agent`` argument (``max_tokens``, ``stream``, ``done_condition``…).
+        """
+        from tether.runtime import Agent
+
+        if self._trace:
+            options.setdefault("payload_chars", self._settings.trace.payload_chars)
+        return Agent(
+            name,
+            self.model(model),
+            instructions=instructions,
+            tools=tools,
+            limits=limits,
+            tracer=self.tracer,
+            guard=guard if guard is not None else self.guard(),
+            kill_switch=self.kills,
+            durable=self.durable if durable else None,
+            **options,
+        )
+
+    # -- flushing and closing -------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Store every finished span, cost and audit row now; False if some could not be written."""
+        with self._lock:
+            parts = dict(self._parts)
+        ok = True
+        if "tracing" in parts:
+            ok = parts["tracing"].flush() and ok
+        if "costs" in parts:
+            ok = parts["costs"].flush() and ok
+        if "guard_recorder" in parts:
+            ok = parts["guard_recorder"].flush() and ok
+        return ok
+
+    async def aclose(self) -> None:
+        """``close`` from async code: the gateway's connections are closed on this loop."""
+        with self._lock:
+            gateway = None if self._closed else self._parts.pop("gateway", None)
+        if gateway is not None:
+            await gateway.aclose()
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close everything built, newest first. Safe to call again (and at interpreter exit)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            parts, self._parts = self._parts, {}
+        atexit.unregister(self.close)
+        gateway = parts.pop("gateway", None)
+        if gateway is not None:
+            self._close_gateway(gateway)
+        # Costs and audit rows before spans, spans before the store they are written to.
+        for name, method in (
+            ("costs", "shutdown"),
+            ("guard_recorder", "close"),
+            ("kills", "close"),
+            ("tracing", "shutdown"),
+            ("store", "close"),
+        ):
+            part = parts.get(name)
+            if part is None:
+                continue
+            try:
+                getattr(part, method)()
+            except Exception as exc:  # one part failing to close must not keep the others open
+                logger.error("tether: closing the %s failed: %s", name, exc)
+
+    @staticmethod
+    def _close_gateway(gateway: Gateway) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            # Called from async code without ``aclose``: its connections go with the loop.
+            logger.warning("tether: close() inside an event loop; use 'async with' or 'await tt.aclose()'")
+            return
+        try:
+            asyncio.run(gateway.aclose())
+        except Exception as exc:
+            logger.error("tether: closing the gateway failed: %s", exc)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        built = ", ".join(self._parts) or "nothing yet"
+        return f"<Tether {'closed' if self._closed else 'open'}: {built}>"
+
+
+def open(  # ``tether.open()`` is the name users call; the builtin is not used in this module
+    config: str | Path | None = None,
+    *,
+    settings: Settings | None = None,
+    database_url: str | None = None,
+    trace: bool = True,
+    approvals_timeout_s: float = 900.0,
+) -> Tether:
+    """Open tether: the one way to get the store, tracing, gateway, guard, kill switch and agents.
+
+    Args:
+        config: the ``tether.toml`` to read (default: ``./tether.toml`` or ``TETHER_CONFIG``).
+        settings: settings already loaded (then ``config`` only names the file the guard's policy is in).
+        database_url: the store's URL, overriding ``[store] url`` and ``TETHER_DATABASE_URL``.
+        trace: write spans (to the store, and OTLP when configured).
+        approvals_timeout_s: how long an irreversible call waits for a person's decision.
+
+    Raises:
+        ConfigError: the config file does not exist or is not valid.
+    """
+    if settings is None:
+        settings = load_settings(config)
+    return Tether(
+        settings,
+        config_path=config,
+        database_url=database_url,
+        trace=trace,
+        approvals_timeout_s=approvals_timeout_s,
+    )
