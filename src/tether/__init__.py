@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     __version__: str
 
-    from tether.config import Settings, load_settings
+    from tether.config import GatewayConfig, Settings, load_settings
     from tether.errors import (
         BudgetExceeded,
         ConfigError,
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
         UnknownRouteError,
         UserError,
     )
-    from tether.gateway.config import GatewayConfig
     from tether.gateway.gateway import CallContext, Gateway, GatewayModel
     from tether.guard.approvals import ApprovalStore
     from tether.guard.audit import StoreGuardRecorder
@@ -135,7 +134,7 @@ __all__ = [
 
 # Where each public name lives: ``tether.X`` imports the module on first access and keeps the value.
 _MODULES: dict[str, tuple[str, ...]] = {
-    "tether.config": ("Settings", "load_settings"),
+    "tether.config": ("GatewayConfig", "Settings", "load_settings"),
     "tether.errors": (
         "BudgetExceeded",
         "ConfigError",
@@ -157,7 +156,6 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnknownRouteError",
         "UserError",
     ),
-    "tether.gateway.config": ("GatewayConfig",),
     "tether.pricing": ("Cost", "PriceRef", "price_usage"),
     "tether.gateway.gateway": ("CallContext", "Gateway", "GatewayModel"),
     "tether.guard.approvals": ("ApprovalStore",),

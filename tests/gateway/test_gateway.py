@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from tether import semconv as sc
-from tether.config import load_settings
+from tether.config import GatewayConfig, load_settings
 from tether.errors import (
     BudgetExceeded,
     ConfigError,
@@ -25,7 +25,6 @@ from tether.errors import (
 )
 from tether.gateway.budget import BudgetScope, MemoryBudgetLedger
 from tether.gateway.budget_lease import LeasedBudgetLedger
-from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import CallContext, Gateway
 from tether.messages import Message, ModelRequest, ModelResponse, StopReason, Usage
 from tether.pricing import PriceRef

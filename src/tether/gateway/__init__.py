@@ -1,7 +1,7 @@
 """The gateway every model call passes: cost accounting (routing, budgets and the proxy come later)."""
 
 # Imported on first use (PEP 562): ``tether.pricing`` loads the price data (genai-prices, httpx), which
-# ``tether.config`` (through ``tether.gateway.config``) and so every CLI command would otherwise pay for.
+# every CLI command (and every importer of ``tether.gateway.retry`` and the like) would otherwise pay for.
 import importlib
 from typing import TYPE_CHECKING
 

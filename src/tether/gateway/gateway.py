@@ -39,6 +39,7 @@ import orjson
 from opentelemetry import trace as otel_trace
 
 from tether import semconv as sc
+from tether.config import BudgetLimit, DeploymentConfig, GatewayConfig, RateLimit, RouteConfig
 from tether.errors import (
     BudgetUnavailable,
     ConfigError,
@@ -52,21 +53,12 @@ from tether.errors import (
 from tether.gateway._deps import backend_of, bounded
 from tether.gateway.bound import CallBound, ModelLimits, bound_of_request, context_window_of, image_tokens_of
 from tether.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
-from tether.gateway.budget import (
-    BudgetLedger,
-    BudgetLimit,
-    BudgetScope,
-    MemoryBudgetLedger,
-    Reservation,
-    SqlBudgetLedger,
-)
+from tether.gateway.budget import BudgetLedger, BudgetScope, MemoryBudgetLedger, Reservation, SqlBudgetLedger
 from tether.gateway.budget_lease import LeasedBudgetLedger
-from tether.gateway.config import DeploymentConfig, GatewayConfig, RouteConfig
 from tether.gateway.faults import FaultyModel
 from tether.gateway.ratelimit import (
     Grant,
     MemoryRateLimitBackend,
-    RateLimit,
     RateLimitBackend,
     RateLimiter,
     RedisRateLimitBackend,

@@ -95,6 +95,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from tether import semconv as sc
+from tether.config import RouteConfig
 from tether.errors import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -129,7 +130,6 @@ from tether.gateway._wire import (
 from tether.gateway._wire_anthropic import AnthropicWire, with_cache_breakpoints
 from tether.gateway._wire_openai import OpenAIWire
 from tether.gateway.bound import CallBound, bound_of_wire
-from tether.gateway.config import RouteConfig
 from tether.gateway.faults import FaultyModel
 from tether.gateway.gateway import CallContext, Deployment, Gateway, Placement
 from tether.gateway.keys import KeyVerifier, VirtualKey
