@@ -21,7 +21,7 @@ from tether.config.gateway import (
 )
 from tether.config.guard import GuardAgentSettings, GuardSettings, GuardToolSettings
 from tether.config.limits import BreakerConfig, BudgetLimit, FaultConfig, RateLimit, RetryPolicy
-from tether.config.problems import SettingsError, closest
+from tether.config.problems import SettingsError, closest, describe_errors
 from tether.config.settings import (
     DEFAULT_DATABASE_URL,
     ConsoleSettings,
@@ -60,5 +60,6 @@ __all__ = [
     "TraceSettings",
     "WorkersSettings",
     "closest",
+    "describe_errors",
     "load_settings",
 ]

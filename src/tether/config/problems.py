@@ -73,6 +73,14 @@ def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseMode
     return None
 
 
+def _nest(model: type[BaseModel], table: tuple[str, ...]) -> type[BaseModel]:
+    from pydantic import create_model
+
+    for name in reversed(table):
+        model = create_model(f"At_{name}", **{name: (model, ...)})  # type: ignore[call-overload]
+    return model
+
+
 def _table(loc: Sequence[int | str]) -> str:
     text = ""
     for part in loc:
@@ -84,9 +92,15 @@ def _value_error(error: ErrorDetails) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
-def describe_errors(exc: ValidationError, model: type[BaseModel], source: str) -> list[str]:
-    """One line per problem in ``exc``, unknown keys first."""
-    errors = exc.errors()
+def describe_errors(
+    exc: ValidationError, model: type[BaseModel], source: str, *, table: tuple[str, ...] = ()
+) -> list[str]:
+    """One line per problem in ``exc``, unknown keys first (``table``: where ``model`` sits in the file)."""
+    errors: list[ErrorDetails] = []
+    for error in exc.errors():
+        errors.append({**error, "loc": (*table, *error["loc"])})
+    if table:
+        model = _nest(model, table)
     unknown: list[str] = []
     other: list[str] = []
     typo_of: set[tuple[tuple[int | str, ...], str]] = set()
@@ -94,14 +108,14 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], source: str) -
         if error["type"] != "extra_forbidden":
             continue
         loc = tuple(error["loc"])
-        key = str(loc[-1])
+        name = str(loc[-1])
         where = _model_at(model, loc[:-1])
         known = list(where.model_fields) if where is not None else []
-        guess = closest(key, known)
+        guess = closest(name, known)
         hint = f"; did you mean {guess!r}?" if guess else (f" (known: {', '.join(known)})" if known else "")
         if guess:
             typo_of.add((loc[:-1], guess))
-        unknown.append(f"{source}: unknown key {key!r} in {_table(loc[:-1])}{hint}")
+        unknown.append(f"{source}: unknown key {name!r} in {_table(loc[:-1])}{hint}")
     for error in errors:
         loc = tuple(error["loc"])
         if error["type"] == "extra_forbidden":
@@ -117,8 +131,8 @@ def describe_errors(exc: ValidationError, model: type[BaseModel], source: str) -
         elif error["type"] in ("value_error", "assertion_error") and error.get("ctx") is not None:
             other.append(f"{source}: {_table(loc)}: {_value_error(error)}")
         else:
-            *table, key = loc
+            *parent, key = loc
             got = repr(error["input"])
             got = got if len(got) <= 60 else got[:57] + "..."
-            other.append(f"{source}: {key!r} in {_table(table)}: {_value_error(error)} (got {got})")
+            other.append(f"{source}: {key!r} in {_table(parent)}: {_value_error(error)} (got {got})")
     return unknown + other

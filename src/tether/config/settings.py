@@ -104,7 +104,7 @@ class Settings(GatewayConfig):
 
     @property
     def source(self) -> str:
-        """Where these settings were read from: the file's path (and any TETHER_* variable), for messages."""
+        """The file these settings were read from, for messages ("defaults" without one)."""
         return self._source
 
     @property
@@ -161,6 +161,6 @@ def load_settings(config_path: str | Path | None = None) -> Settings:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise SettingsError(describe_errors(exc, Settings, source)) from None
-    settings._source = source
+    settings._source = str(path) if text is not None else source
     settings._text = text
     return settings

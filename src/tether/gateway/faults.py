@@ -99,6 +99,13 @@ def _digest(*parts: object, size: int = 16) -> bytes:
     return h.digest()
 
 
+def _error_format(provider: str) -> str:
+    """The shape of ``provider``'s error bodies (its registered spec's); Anthropic's for a provider not registered."""
+    from tether.models.registry import provider_kinds, provider_spec
+
+    return provider_spec(provider).error_format if provider in provider_kinds() else "anthropic"
+
+
 class FaultyModel(Model):
     """Wraps a Model and injects faults before (or, for streams, during) the real call.
 
@@ -224,7 +231,7 @@ class FaultyModel(Model):
         anthropic_type, openai_type = _ERROR_TYPES.get(status, ("api_error", "server_error"))
         message = f"injected fault: HTTP {status} from {self.ref}"
         body: dict[str, object]
-        if self.provider == "openai":
+        if _error_format(self.provider) == "openai":
             body = {"error": {"message": message, "type": openai_type, "param": None, "code": None}}
         else:
             body = {"type": "error", "error": {"type": anthropic_type, "message": message}}

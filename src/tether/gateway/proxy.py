@@ -137,6 +137,7 @@ from tether.gateway.ratelimit import RateLimitBackendUnavailable, RequestTooLarg
 from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEvent, Usage
 from tether.models.anthropic import API_VERSION
 from tether.models.base import ProviderConfig
+from tether.models.registry import provider_spec
 from tether.redaction import default_scrubber
 
 if TYPE_CHECKING:
@@ -826,9 +827,10 @@ class _Proxy:
         self.targets: dict[str, _Target] = {}
         for name, deployment in config.deployments.items():
             provider = config.providers[deployment.provider]
-            base = provider.resolved_base_url
+            spec = provider_spec(provider.kind)
+            base = spec.base_url(provider)
             timeout_s = deployment.timeout_s or provider.timeout_s
-            settings = ProviderConfig(base_url=base, api_key_env=provider.resolved_key_env, name=deployment.provider)
+            settings = ProviderConfig(base_url=base, api_key_env=spec.key_env(provider), name=deployment.provider)
             # Scrubbed from responses, records and logs from the start, whatever its shape (api_key() at each
             # call registers a rotated one).
             settings.register_key()
