@@ -186,6 +186,16 @@ class _ResponseCache:
             self.entries.popitem(last=False)
 
 
+def _check_provider_kinds(config: GatewayConfig) -> None:
+    """Refuse a provider whose kind no adapter is registered for (the config leaf cannot check it)."""
+    from tether.models.registry import unknown_kind
+
+    for name, provider in config.providers.items():
+        problem = unknown_kind(provider.kind)
+        if problem is not None:
+            raise ConfigError(f"[providers.{name}] {problem}")
+
+
 def _build_model(config: GatewayConfig, deployment: DeploymentConfig) -> Model:
     """The model a deployment calls, built by its provider's registered spec (``tether.models.registry``)."""
     from tether.models.registry import provider_spec, warn_if_unpriced
@@ -271,6 +281,7 @@ class Gateway:
         self.stats: Counter[str] = Counter()
         self.deployments: dict[str, Deployment] = {}
         overrides = dict(models or {})
+        _check_provider_kinds(config)
         for name, deployment in config.deployments.items():
             model = overrides.pop(name, None) or _build_model(config, deployment)
             if deployment.faults is not None and deployment.faults.active:
