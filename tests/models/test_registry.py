@@ -69,7 +69,7 @@ def test_pricing_identity() -> None:
 def test_an_unknown_kind_names_the_known_ones_with_did_you_mean() -> None:
     with pytest.raises(ConfigError, match=r"unknown provider kind 'antropic' \(known: anthropic, openai, sim\); did"):
         provider_spec("antropic")
-    with pytest.raises(UnknownModelError, match=r"did you mean 'openai'\?"):
+    with pytest.raises(UnknownModelError, match=r"unknown provider 'opnai' .*; did you mean openai:gpt-4o\?"):
         resolve_model("opnai:gpt-4o")
 
 

@@ -21,10 +21,14 @@ into an object (``target.host``). Nothing is evaluated as code.
 ``approval`` is ``"default"`` (irreversible tools, and write/irreversible tools
 in a tainted run, need approval), ``"always"`` or ``"never"``.
 
-A policy with an unknown tool, contradictory rules (a tool both granted and
-denied; constraints no value can meet, such as ``amount <= 10`` and ``amount >=
-20``) or a constraint that does not parse is refused when it is loaded or bound
-to an agent, with the line in tether.toml and the reason.
+The ``[guard]`` tables are part of ``tether.config.Settings`` (schema:
+``tether.config.guard``), so an unknown or misspelt key is refused with the
+rest of tether.toml, naming its table; ``Policy.from_settings(settings.guard)``
+builds the policy without reading the file again. A policy with an unknown
+tool, contradictory rules (a tool both granted and denied; constraints no value
+can meet, such as ``amount <= 10`` and ``amount >= 20``) or a constraint that
+does not parse is refused when it is built or bound to an agent, with the line
+in tether.toml and the reason.
 """
 
 from __future__ import annotations

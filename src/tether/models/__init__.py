@@ -13,7 +13,7 @@ The providers are registered in ``tether.models.registry``, one ``ProviderSpec``
 
 from __future__ import annotations
 
-from tether.config import ProviderSettings
+from tether.config import ProviderSettings, closest
 from tether.errors import UnknownModelError
 from tether.models.base import Model, ProviderConfig
 
@@ -29,7 +29,7 @@ def resolve_model(ref: str) -> Model:
     Raises:
         UnknownModelError: the reference has no provider prefix or names an unknown provider.
     """
-    from tether.models.registry import provider_kinds, provider_spec, unknown_kind, warn_if_unpriced
+    from tether.models.registry import provider_kinds, provider_spec, warn_if_unpriced
 
     provider, sep, name = ref.partition(":")
     if not sep or not name:
@@ -37,9 +37,13 @@ def resolve_model(ref: str) -> Model:
             f"model reference {ref!r} has no provider: write it as provider:model, "
             f"e.g. sim:claude-sonnet-4-5 or anthropic:claude-sonnet-4-5 (providers: {', '.join(provider_kinds())})"
         )
-    problem = unknown_kind(provider)
-    if problem is not None:
-        raise UnknownModelError(f"model reference {ref!r}: {problem}")
+    kinds = provider_kinds()
+    if provider not in kinds:
+        guess = closest(provider, kinds)
+        hint = f"; did you mean {guess}:{name}?" if guess else ""
+        raise UnknownModelError(
+            f"unknown provider {provider!r} in model reference {ref!r}: use one of {', '.join(kinds)}{hint}"
+        )
     spec = provider_spec(provider)
     settings = ProviderSettings(kind=provider)
     model_name, at, base_url = name.partition("@")
