@@ -32,7 +32,8 @@ from typing import Any, Final
 import sqlalchemy as sa
 import uvloop
 
-from tether.gateway.budget import BudgetLimit, BudgetScope, SqlBudgetLedger
+from tether.config import BudgetLimit
+from tether.gateway.budget import BudgetScope, SqlBudgetLedger
 
 CONCURRENCY: Final = (1, 64)
 ROUNDS: Final = 3

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether.config import Settings
 from tether.errors import UnknownRouteError, UserError
 from tether.gateway.ledger import CostLedger
 from tether.guard.audit import GuardStore
@@ -96,7 +95,7 @@ def test_a_model_reference_without_route_resolves_as_a_provider_model() -> None:
 
 def test_the_guard_policy_comes_from_the_config_file_guard_table() -> None:
     Path("guarded.toml").write_text('[guard.agents.oncall.tools]\nquery_logs = { approval = "always" }\n')
-    with tether.open("guarded.toml", settings=Settings()) as tt:
+    with tether.open("guarded.toml") as tt:
         agent_policy = tt.policy.for_agent("oncall")
         assert agent_policy is not None
         assert "query_logs" in agent_policy.tools

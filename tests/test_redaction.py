@@ -13,7 +13,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from tether.gateway.config import GatewayConfig
+from tether.config import GatewayConfig
 from tether.gateway.gateway import Gateway
 from tether.guard import credentials
 from tether.guard.approvals import ApprovalRequest, ApprovalStore

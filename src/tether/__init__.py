@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     __version__: str
 
     from tether.app import Tether, open
-    from tether.config import Settings, load_settings
+    from tether.config import GatewayConfig, Settings, load_settings
     from tether.errors import (
         BudgetExceeded,
         ConfigError,
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
         UnknownRouteError,
         UserError,
     )
-    from tether.gateway.config import GatewayConfig
     from tether.gateway.gateway import CallContext, Gateway, GatewayModel
     from tether.guard.approvals import ApprovalStore
     from tether.guard.audit import StoreGuardRecorder
@@ -141,7 +140,7 @@ __all__ = [
 # Where each public name lives: ``tether.X`` imports the module on first access and keeps the value.
 _MODULES: dict[str, tuple[str, ...]] = {
     "tether.app": ("Tether", "open"),
-    "tether.config": ("Settings", "load_settings"),
+    "tether.config": ("GatewayConfig", "Settings", "load_settings"),
     "tether.errors": (
         "BudgetExceeded",
         "ConfigError",
@@ -163,7 +162,6 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "UnknownRouteError",
         "UserError",
     ),
-    "tether.gateway.config": ("GatewayConfig",),
     "tether.pricing": ("Cost", "PriceRef", "price_usage"),
     "tether.gateway.gateway": ("CallContext", "Gateway", "GatewayModel"),
     "tether.guard.approvals": ("ApprovalStore",),

@@ -66,34 +66,18 @@ logger = logging.getLogger(__name__)
 ROUTE_PREFIX = "route:"
 
 
-def guard_policy(settings: Settings, config_path: str | Path | None = None) -> Policy:
+def guard_policy(settings: Settings) -> Policy:
     """The guard's policy for these settings: the one place that decides where it comes from.
 
-    From the settings' ``[guard]`` tables when ``Settings`` has them; until then from the
-    ``[guard]`` table of the config file (``Policy.load``); with no file, each agent may
-    use its own tools (``Policy.open()``).
+    From the settings' ``[guard]`` tables (validated with the rest of tether.toml, line numbers
+    from the file in messages); with no ``[guard]`` table, each agent may use its own tools
+    (``Policy.open()``).
     """
     from tether.guard.policy import Policy
 
-    guard = getattr(settings, "guard", None)
-    if isinstance(guard, Policy):
-        return guard
-    if guard is not None and hasattr(guard, "policy"):
-        policy = guard.policy()
-        if isinstance(policy, Policy):
-            return policy
-    path = Path(config_path) if config_path is not None else _config_file()
-    if path is not None and path.is_file():
-        return Policy.load(path)
-    return Policy.open()
-
-
-def _config_file() -> Path | None:
-    import os
-
-    explicit = os.environ.get("TETHER_CONFIG")
-    path = Path(explicit) if explicit else Path("tether.toml")
-    return path if path.is_file() else None
+    if "guard" not in settings.model_fields_set:
+        return Policy.open()
+    return Policy.from_settings(settings.guard, source=settings.source, text=settings.source_text)
 
 
 class Tether:
@@ -103,7 +87,6 @@ class Tether:
 
     Args:
         settings: the settings everything is built from.
-        config_path: the file they were read from (for the guard's policy and its line numbers).
         database_url: the store's URL, overriding ``[store] url`` and ``TETHER_DATABASE_URL``.
         trace: write spans (to the store, and OTLP when configured); False for none.
         approvals_timeout_s: how long an irreversible call waits for a person before it is refused.
@@ -113,13 +96,11 @@ class Tether:
         self,
         settings: Settings,
         *,
-        config_path: str | Path | None = None,
         database_url: str | None = None,
         trace: bool = True,
         approvals_timeout_s: float = 900.0,
     ) -> None:
         self._settings = settings
-        self._config_path = config_path
         self._database_url = database_url
         self._trace = trace
         self._approvals_timeout_s = approvals_timeout_s
@@ -211,7 +192,7 @@ class Tether:
     @property
     def policy(self) -> Policy:
         """The guard's policy (see ``guard_policy``)."""
-        policy: Policy = self._part("policy", lambda: guard_policy(self._settings, self._config_path))
+        policy: Policy = self._part("policy", lambda: guard_policy(self._settings))
         return policy
 
     @property
@@ -442,7 +423,6 @@ def open(  # ``tether.open()`` is the name users call; the builtin is not used i
         settings = load_settings(config)
     return Tether(
         settings,
-        config_path=config,
         database_url=database_url,
         trace=trace,
         approvals_timeout_s=approvals_timeout_s,

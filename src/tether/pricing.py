@@ -20,7 +20,7 @@ from genai_prices import calc_price
 from tether.messages import Usage
 
 if TYPE_CHECKING:
-    from tether.gateway.config import PriceConfig
+    from tether.config import PriceConfig
 
 __all__ = ["CONFIGURED_PRICE_VERSION", "PRICE_DATA_VERSION", "Cost", "CostRecord", "PriceRef", "Pricer", "price_usage"]
 

@@ -36,6 +36,8 @@ COMMANDS = (
     ["eval", "compare", "--help"],
     ["eval", "scorecard", "--help"],
     ["eval", "drift", "--help"],
+    ["config", "--help"],
+    ["config", "check", "--help"],
 )
 
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Tracer
 
-from tether.gateway.config import GatewayConfig
+from tether.config import GatewayConfig
 from tether.gateway.gateway import Gateway
 from tether.gateway.keys import VirtualKey
 from tether.gateway.proxy import create_app

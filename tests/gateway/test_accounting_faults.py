@@ -18,12 +18,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tether.config import BudgetLimit, GatewayConfig
 from tether.errors import StoreUnavailable
 from tether.gateway import budget_lease
 from tether.gateway import gateway as gateway_module
-from tether.gateway.budget import BudgetLimit, BudgetScope, MemoryBudgetLedger, Reservation
+from tether.gateway.budget import BudgetScope, MemoryBudgetLedger, Reservation
 from tether.gateway.budget_lease import LeasedBudgetLedger
-from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import CallContext, Gateway
 from tether.gateway.journal import CostJournal
 from tether.gateway.ledger import CostWriter

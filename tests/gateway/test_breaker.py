@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tether.gateway.breaker import BreakerConfig, BreakerRegistry, BreakerState, CircuitBreaker
+from tether.config import BreakerConfig
+from tether.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 Change = tuple[str, BreakerState, BreakerState, str]

@@ -23,15 +23,9 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from tests.store import conftest as store_fixtures
+from tether.config import BudgetLimit
 from tether.errors import BudgetExceeded, StoreError, StoreUnavailable
-from tether.gateway.budget import (
-    BudgetLimit,
-    BudgetScope,
-    MemoryBudgetLedger,
-    Reservation,
-    SqlBudgetLedger,
-    period_key,
-)
+from tether.gateway.budget import BudgetScope, MemoryBudgetLedger, Reservation, SqlBudgetLedger, period_key
 from tether.gateway.budget_lease import LeasedBudgetLedger
 from tether.store import open_store
 from tether.store.engine import create_store_engine
@@ -462,7 +456,8 @@ _RESERVE_WHEN_TOLD = textwrap.dedent(
     from decimal import Decimal
     from pathlib import Path
     from tether.errors import BudgetExceeded
-    from tether.gateway.budget import BudgetLimit, BudgetScope, SqlBudgetLedger
+    from tether.gateway.budget import BudgetScope, SqlBudgetLedger
+    from tether.config import BudgetLimit
 
     ready, go, url = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 

@@ -25,17 +25,10 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from tests.store import conftest as store_fixtures
+from tether.config import BudgetLimit, GatewayConfig
 from tether.errors import BudgetExceeded, StoreUnavailable
-from tether.gateway.budget import (
-    BudgetLimit,
-    BudgetScope,
-    BudgetUsage,
-    MemoryBudgetLedger,
-    Reservation,
-    SqlBudgetLedger,
-)
+from tether.gateway.budget import BudgetScope, BudgetUsage, MemoryBudgetLedger, Reservation, SqlBudgetLedger
 from tether.gateway.budget_lease import LeasedBudgetLedger
-from tether.gateway.config import GatewayConfig
 from tether.store import open_store
 
 store_url = store_fixtures.store_url
@@ -237,7 +230,8 @@ _LEASED_PROCESS = textwrap.dedent(
     from decimal import Decimal
     from pathlib import Path
     from tether.errors import BudgetExceeded
-    from tether.gateway.budget import BudgetLimit, BudgetScope, SqlBudgetLedger
+    from tether.gateway.budget import BudgetScope, SqlBudgetLedger
+    from tether.config import BudgetLimit
     from tether.gateway.budget_lease import LeasedBudgetLedger
 
     ready, go, url, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]

@@ -255,7 +255,8 @@ _RESERVE_WHEN_TOLD = textwrap.dedent(
     import asyncio, sys
     from decimal import Decimal
     from tether.errors import BudgetExceeded
-    from tether.gateway.budget import BudgetLimit, BudgetScope
+    from tether.gateway.budget import BudgetScope
+    from tether.config import BudgetLimit
     from tether.gateway.budget_redis import RedisBudgetLedger
 
     async def main(url: str, prefix: str) -> None:

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import ValidationError
 
+from tether.config import FaultConfig, RetryPolicy
 from tether.errors import MalformedResponseError, ModelHTTPError, ModelTimeoutError, StreamInterrupted
-from tether.gateway.faults import FaultConfig, FaultyModel
-from tether.gateway.retry import RetryPolicy, call_with_retries
+from tether.gateway.faults import FaultyModel
+from tether.gateway.retry import call_with_retries
 from tether.messages import (
     Message,
     ModelRequest,

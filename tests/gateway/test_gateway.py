@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from tether import semconv as sc
-from tether.config import load_settings
+from tether.config import GatewayConfig, load_settings
 from tether.errors import (
     BudgetExceeded,
     ConfigError,
@@ -25,7 +25,6 @@ from tether.errors import (
 )
 from tether.gateway.budget import BudgetScope, MemoryBudgetLedger
 from tether.gateway.budget_lease import LeasedBudgetLedger
-from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import CallContext, Gateway
 from tether.messages import Message, ModelRequest, ModelResponse, StopReason, Usage
 from tether.pricing import PriceRef
@@ -401,7 +400,6 @@ async def test_agent_spans_carry_the_routing_decision(make_gateway: Callable[...
             '[routes.r]\ntiers = [["a"]]\nrules = [{agent = "x", tier = 3}]\n',
             "rule starts at tier 3 but the route has 1 tiers",
         ),
-        ('[providers.p]\nkind = "bedrock"\n', "[providers.p.kind]"),
     ],
 )
 def test_config_mistakes_are_named(toml: str, message: str) -> None:
@@ -409,6 +407,14 @@ def test_config_mistakes_are_named(toml: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert message in str(err.value)
+
+
+def test_an_unknown_provider_kind_is_refused_when_the_gateway_is_built() -> None:
+    cfg = GatewayConfig.model_validate({"providers": {"p": {"kind": "antropic"}}})
+    with pytest.raises(
+        ConfigError, match=r"\[providers.p\] unknown provider kind 'antropic' .*did you mean 'anthropic'"
+    ):
+        Gateway(cfg)
 
 
 async def test_from_config_shares_budgets_through_the_store(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.store import conftest as store_fixtures
+from tether.config import BudgetLimit, RateLimit
 from tether.errors import StoreUnavailable, UserError
-from tether.gateway.budget import BudgetLimit
 from tether.gateway.keys import (
     KeyScope,
     KeyStore,
@@ -30,7 +30,6 @@ from tether.gateway.keys import (
     VirtualKeyExists,
     VirtualKeyRevoked,
 )
-from tether.gateway.ratelimit import RateLimit
 from tether.store import TraceStore, open_store
 from tether.store.engine import create_store_engine
 from tether.store.migrations import MIGRATIONS, migrate

@@ -23,8 +23,8 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
 from tests.store import conftest as store_fixtures
+from tether.config import GatewayConfig, PriceConfig
 from tether.errors import StoreUnavailable
-from tether.gateway.config import GatewayConfig, PriceConfig
 from tether.gateway.gateway import CallContext, Gateway
 from tether.gateway.ledger import DIMENSIONS, CostLedger, CostWriter, Dimension, cost_row
 from tether.messages import Message, ModelRequest, Usage

@@ -24,9 +24,8 @@ from tests.gateway.proxy_support import (
     set_provider_keys,
 )
 from tether import semconv as sc
-from tether.gateway.budget import BudgetLimit
+from tether.config import BudgetLimit, RateLimit
 from tether.gateway.keys import VirtualKey
-from tether.gateway.ratelimit import RateLimit
 
 OPENAI = "/v1/chat/completions"
 ANTHROPIC = "/v1/messages"

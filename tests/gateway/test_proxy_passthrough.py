@@ -23,7 +23,8 @@ from tests.gateway.proxy_support import (
     sse_reply,
 )
 from tether import semconv as sc
-from tether.gateway.budget import BudgetLimit, BudgetScope
+from tether.config import BudgetLimit
+from tether.gateway.budget import BudgetScope
 
 
 @pytest.fixture(autouse=True)

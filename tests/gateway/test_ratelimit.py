@@ -14,11 +14,11 @@ import redis
 import redis.asyncio
 from pydantic import ValidationError
 
+from tether.config import RateLimit
 from tether.errors import ConfigError, RateLimited
 from tether.gateway.ratelimit import (
     Grant,
     MemoryRateLimitBackend,
-    RateLimit,
     RateLimitBackend,
     RateLimitBackendUnavailable,
     RateLimiter,

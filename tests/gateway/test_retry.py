@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tether.config import RetryPolicy
 from tether.errors import (
     BudgetExceeded,
     ConfigError,
@@ -22,7 +23,7 @@ from tether.errors import (
     StreamInterrupted,
     UserError,
 )
-from tether.gateway.retry import RetryPolicy, backoff_delay, call_with_retries, is_retryable
+from tether.gateway.retry import backoff_delay, call_with_retries, is_retryable
 
 
 class Sleeps:

@@ -21,8 +21,8 @@ from starlette.applications import Starlette
 from tests.gateway.proxy_support import ALICE, BOB, FakeKeys
 from tests.gateway.test_proxy_endpoints import SIM_TOML, start_server, stop_server
 from tests.store import conftest as store_fixtures
+from tether.config import GatewayConfig
 from tether.errors import StoreUnavailable, UserError
-from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import Gateway
 from tether.gateway.keys import KeyScope, KeyStore, VirtualKey
 from tether.gateway.proxy import create_app

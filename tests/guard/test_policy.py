@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tether.config import load_settings
+from tether.errors import ConfigError
 from tether.guard.policy import AgentPolicy, Policy, PolicyError, ToolRule, parse_constraint
 
 
@@ -119,8 +121,6 @@ def test_a_policy_loads_from_tether_toml(tmp_path: Path) -> None:
     ("text", "line", "message"),
     [
         (TOML.replace("amount <= 100", "amount <= lots"), 7, "not a literal"),
-        (TOML.replace('approval = "always"', 'approval = "sometimes"'), 6, "approval"),
-        (TOML + "\n[guard.agents.triage]\ntools = {}\nallow = ['x']\n", 9, "takes 'tools' and 'deny' only"),
         (TOML.replace("read_logs = {}", "read_logs = { when = ['a <= 1', 'a >= 2'] }"), 5, "contradict"),
     ],
 )
@@ -130,6 +130,36 @@ def test_a_bad_policy_is_refused_with_its_line(tmp_path: Path, text: str, line: 
     with pytest.raises(PolicyError, match=message) as refused:
         Policy.load(path)
     assert f"{path}:{line}" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            TOML.replace('approval = "always"', 'approval = "sometimes"'),
+            r"'approval' in \[guard.agents.oncall.tools.restart_service\]: Input should be 'default'",
+        ),
+        (
+            TOML + "\n[guard.agents.triage]\ntools = {}\nallow = ['x']\n",
+            r"unknown key 'allow' in \[guard.agents.triage\]",
+        ),
+    ],
+)
+def test_a_policy_table_of_the_wrong_shape_is_refused_as_settings(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Policy.load(path)
+
+
+def test_a_policy_is_built_from_the_settings_without_reading_the_file_again(tmp_path: Path) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_text(TOML)
+    settings = load_settings(path)
+    path.unlink()  # from_settings must not need it
+    policy = Policy.from_settings(settings.guard, source=settings.source, text=settings.source_text)
+    assert policy.quarantine_after == 2
+    assert policy.line_of("oncall", "refund") == f"{path}:7"
 
 
 def test_a_policy_naming_a_tool_the_agent_lacks_is_refused_with_its_line(tmp_path: Path) -> None:

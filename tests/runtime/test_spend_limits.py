@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from tether import semconv as sc
-from tether.gateway.config import GatewayConfig
+from tether.config import GatewayConfig
 from tether.gateway.gateway import Gateway
 from tether.messages import StopReason, Usage
 from tether.pricing import PriceRef

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tether.cli import approvals as approvals_cmd
+from tether.cli import config as config_cmd
 from tether.cli import cost as cost_cmd
 from tether.cli import evals as evals_cmd
 from tether.cli import gateway as gateway_cmd
@@ -44,6 +45,7 @@ app.command("kill")(kill_cmd.kill)
 app.add_typer(approvals_cmd.app, name="approvals")
 app.add_typer(incidents_cmd.app, name="incidents")
 app.add_typer(evals_cmd.app, name="eval")
+app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:

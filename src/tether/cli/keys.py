@@ -21,9 +21,8 @@ from tether.errors import ConfigError, TetherError
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-    from tether.gateway.budget import BudgetLimit
+    from tether.config import BudgetLimit, RateLimit
     from tether.gateway.keys import VirtualKey
-    from tether.gateway.ratelimit import RateLimit
 
 app = typer.Typer(help="Create, list and revoke virtual keys for the gateway's proxy.", no_args_is_help=True)
 
@@ -102,7 +101,7 @@ def _first_error(exc: ValidationError) -> str:
 def _budget(usd: str | None, tokens: int | None, period: Period | None) -> BudgetLimit | None:
     from pydantic import ValidationError
 
-    from tether.gateway.budget import BudgetLimit
+    from tether.config import BudgetLimit
 
     if usd is None and tokens is None:
         if period is not None:
@@ -161,8 +160,8 @@ def create(
     """Create a virtual key and print its secret — once: only its hash is stored."""
     from pydantic import ValidationError
 
+    from tether.config import RateLimit
     from tether.gateway.keys import KeyScope, KeyStore
-    from tether.gateway.ratelimit import RateLimit
     from tether.store import open_store
 
     if admin:

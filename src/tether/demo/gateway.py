@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from tether.config import GatewayConfig
 from tether.gateway.budget import BudgetLedger
-from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import Gateway
 from tether.models.scenario import Scenario
 from tether.models.sim import SimModel

@@ -7,7 +7,7 @@ price names below, for code written when it held cost accounting alone.
 """
 
 # Imported on first use (PEP 562): ``tether.pricing`` loads the price data (genai-prices, httpx), which
-# ``tether.config`` (through ``tether.gateway.config``) and so every CLI command would otherwise pay for.
+# every CLI command (and every importer of ``tether.gateway.retry`` and the like) would otherwise pay for.
 import importlib
 from typing import TYPE_CHECKING
 

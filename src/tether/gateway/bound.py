@@ -162,11 +162,11 @@ def context_window_of(ref: PriceRef | None) -> int | None:
     return window if isinstance(window, int) and window > 0 else None
 
 
-def image_tokens_of(provider_kind: str, model: str) -> int:
-    """The documented most tokens one image costs on ``model`` at a provider of ``provider_kind``."""
-    if provider_kind == "anthropic":
+def image_tokens_of(wire: str | None, model: str) -> int:
+    """The documented most tokens one image costs on ``model`` behind the ``wire`` format (a provider spec's)."""
+    if wire == "anthropic":
         return _ANTHROPIC_IMAGE_TOKENS
-    if provider_kind == "openai":
+    if wire == "openai":
         lowered = model.lower()
         for prefix, tokens in _OPENAI_IMAGE_TOKENS:
             if lowered.startswith(prefix):

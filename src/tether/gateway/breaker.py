@@ -39,9 +39,9 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from tether.config import BreakerConfig
 
-__all__ = ["WINDOW_BUCKETS", "BreakerConfig", "BreakerRegistry", "BreakerState", "CircuitBreaker", "OnChange"]
+__all__ = ["WINDOW_BUCKETS", "BreakerRegistry", "BreakerState", "CircuitBreaker", "OnChange"]
 
 WINDOW_BUCKETS: Final = 60
 """Time buckets in the failure-rate window; its resolution is ``window_s / WINDOW_BUCKETS``."""
@@ -57,28 +57,6 @@ class BreakerState(StrEnum):
 
 OnChange = Callable[[str, BreakerState, BreakerState, str], None]
 """``on_change(name, old, new, reason)``, called on every state change."""
-
-
-class BreakerConfig(BaseModel):
-    """When a breaker opens and how it recovers.
-
-    Attributes:
-        consecutive_failures: open after this many failures in a row.
-        failure_rate: ... or when failures / requests over the window reach this.
-        window_s: the sliding window the rate is measured over.
-        min_requests: the rate rule applies only once the window holds this many requests.
-        open_s: how long the breaker stays open before letting probes through.
-        half_open_probes: probes allowed in flight while half-open.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    consecutive_failures: int = Field(default=5, ge=1)
-    failure_rate: float = Field(default=0.5, gt=0.0, le=1.0)
-    window_s: float = Field(default=60.0, gt=0.0, allow_inf_nan=False)
-    min_requests: int = Field(default=10, ge=1)
-    open_s: float = Field(default=30.0, gt=0.0, allow_inf_nan=False)
-    half_open_probes: int = Field(default=1, ge=1)
 
 
 class _Window:

@@ -44,13 +44,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
-from typing import TYPE_CHECKING, Final, Literal, Protocol, Self, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Connection, Engine, Insert, bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from tether.config import BudgetLimit
 from tether.errors import BudgetExceeded, StoreError, StoreUnavailable
 from tether.store.engine import SQLITE_BEGIN, create_store_engine
 from tether.store.failures import store_error, translate_errors
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 __all__ = [
     "LIFETIME",
     "BudgetLedger",
-    "BudgetLimit",
     "BudgetScope",
     "BudgetUsage",
     "Clock",
@@ -82,31 +81,6 @@ Clock = Callable[[], datetime]
 LIFETIME: Final = "all"
 
 _NANOS_PER_USD: Final = 9  # decimal places of a nano-dollar
-# A BIGINT holds 9.2e18 nano-dollars; a limit of at most $1e9 leaves room for overspend on top.
-_MAX_USD: Final = Decimal(1_000_000_000)
-_MAX_TOKENS: Final = 10**15
-
-
-class BudgetLimit(BaseModel):
-    """A budget's limits, as written in tether.toml: ``{usd = 50, tokens = 2_000_000, period = "day"}``.
-
-    Attributes:
-        usd: the most that may be spent, in US dollars; None for no USD limit.
-        tokens: the most tokens (input + output) that may be used; None for no token limit.
-        period: ``"day"`` or ``"month"`` (UTC calendar periods); None for a lifetime budget.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    usd: Decimal | None = Field(default=None, gt=0, le=_MAX_USD, allow_inf_nan=False)
-    tokens: int | None = Field(default=None, gt=0, le=_MAX_TOKENS)
-    period: Literal["day", "month"] | None = None
-
-    @model_validator(mode="after")
-    def _some_limit(self) -> Self:
-        if self.usd is None and self.tokens is None:
-            raise ValueError("a budget needs usd, tokens or both, e.g. {usd = 50, period = 'day'}")
-        return self
 
 
 @dataclass(frozen=True)

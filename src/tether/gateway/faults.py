@@ -39,15 +39,14 @@ import itertools
 import json
 import random
 from collections.abc import AsyncIterator
-from typing import Annotated, Final
+from typing import Final
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
-
+from tether.config import FaultConfig
 from tether.errors import MalformedResponseError, ModelHTTPError, ModelTimeoutError, StreamInterrupted
 from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEvent, TextDelta
 from tether.models.base import Model
 
-__all__ = ["FaultConfig", "FaultyModel"]
+__all__ = ["FaultyModel"]
 
 _RETRY_AFTER_STATUSES: Final = frozenset({429, 503, 529})
 
@@ -70,70 +69,6 @@ _ERROR_TYPES: Final = {
 
 # What a proxy or load balancer in front of a provider sends when it breaks.
 _GARBAGE_BODY: Final = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
-
-
-def _probability(value: float) -> float:
-    # NaN fails both comparisons, so it is rejected too.
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be a probability between 0 and 1, got {value}")
-    return value
-
-
-Probability = Annotated[float, AfterValidator(_probability)]
-
-
-class FaultConfig(BaseModel):
-    """The faults injected into one deployment's calls; every rate is a probability.
-
-    Attributes:
-        latency_ms: added before every call, really slept.
-        latency_jitter_ms: uniform jitter around ``latency_ms`` (never below 0 in total).
-        error_rate: chance a call fails with ``ModelHTTPError``.
-        error_statuses: HTTP statuses an error is drawn from.
-        retry_after_s: Retry-After sent with 429, 503 and 529 errors.
-        timeout_rate: chance a call fails with ``ModelTimeoutError``.
-        timeout_after_s: how long a timing-out call hangs before failing.
-        malformed_rate: chance a call fails with ``MalformedResponseError``.
-        stream_cut_rate: chance a stream is cut with ``StreamInterrupted``.
-        stream_cut_after: events a cut stream delivers before it breaks.
-        seed: which reproducible sequence of faults (see the module docstring).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    latency_ms: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
-    latency_jitter_ms: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
-    error_rate: Probability = 0.0
-    error_statuses: tuple[int, ...] = (429, 500, 503)
-    retry_after_s: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
-    timeout_rate: Probability = 0.0
-    timeout_after_s: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
-    malformed_rate: Probability = 0.0
-    stream_cut_rate: Probability = 0.0
-    stream_cut_after: int = Field(default=3, ge=0)
-    seed: int = 0
-
-    @field_validator("error_statuses")
-    @classmethod
-    def _check_statuses(cls, statuses: tuple[int, ...]) -> tuple[int, ...]:
-        if not statuses:
-            raise ValueError("needs at least one HTTP status, e.g. (429, 500, 503)")
-        bad = [status for status in statuses if not 400 <= status <= 599]
-        if bad:
-            raise ValueError(f"must be HTTP error statuses between 400 and 599, got {bad}")
-        return statuses
-
-    @property
-    def active(self) -> bool:
-        """Whether any fault is configured."""
-        return (
-            self.latency_ms > 0
-            or self.latency_jitter_ms > 0
-            or self.error_rate > 0
-            or self.timeout_rate > 0
-            or self.malformed_rate > 0
-            or self.stream_cut_rate > 0
-        )
 
 
 class _Call:
@@ -162,6 +97,13 @@ def _digest(*parts: object, size: int = 16) -> bytes:
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
     return h.digest()
+
+
+def _error_format(provider: str) -> str:
+    """The shape of ``provider``'s error bodies (its registered spec's); Anthropic's for a provider not registered."""
+    from tether.models.registry import provider_kinds, provider_spec
+
+    return provider_spec(provider).error_format if provider in provider_kinds() else "anthropic"
 
 
 class FaultyModel(Model):
@@ -289,7 +231,7 @@ class FaultyModel(Model):
         anthropic_type, openai_type = _ERROR_TYPES.get(status, ("api_error", "server_error"))
         message = f"injected fault: HTTP {status} from {self.ref}"
         body: dict[str, object]
-        if self.provider == "openai":
+        if _error_format(self.provider) == "openai":
             body = {"error": {"message": message, "type": openai_type, "param": None, "code": None}}
         else:
             body = {"type": "error", "error": {"type": anthropic_type, "message": message}}

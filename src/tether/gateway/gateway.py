@@ -39,6 +39,7 @@ import orjson
 from opentelemetry import trace as otel_trace
 
 from tether import semconv as sc
+from tether.config import BudgetLimit, DeploymentConfig, GatewayConfig, RateLimit, RouteConfig
 from tether.errors import (
     BudgetUnavailable,
     ConfigError,
@@ -52,21 +53,12 @@ from tether.errors import (
 from tether.gateway._deps import backend_of, bounded
 from tether.gateway.bound import CallBound, ModelLimits, bound_of_request, context_window_of, image_tokens_of
 from tether.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
-from tether.gateway.budget import (
-    BudgetLedger,
-    BudgetLimit,
-    BudgetScope,
-    MemoryBudgetLedger,
-    Reservation,
-    SqlBudgetLedger,
-)
+from tether.gateway.budget import BudgetLedger, BudgetScope, MemoryBudgetLedger, Reservation, SqlBudgetLedger
 from tether.gateway.budget_lease import LeasedBudgetLedger
-from tether.gateway.config import DeploymentConfig, GatewayConfig, RouteConfig
 from tether.gateway.faults import FaultyModel
 from tether.gateway.ratelimit import (
     Grant,
     MemoryRateLimitBackend,
-    RateLimit,
     RateLimitBackend,
     RateLimiter,
     RedisRateLimitBackend,
@@ -74,7 +66,7 @@ from tether.gateway.ratelimit import (
 from tether.gateway.retry import call_with_retries, is_retryable
 from tether.gateway.router import estimate_input_tokens, order_by_weight, starting_tier
 from tether.messages import ModelRequest, ModelResponse, Usage
-from tether.models.base import Model, ProviderConfig
+from tether.models.base import Model
 from tether.pricing import CostRecord, Pricer, PriceRef
 from tether.store import TraceStore
 
@@ -120,7 +112,7 @@ class Deployment:
     config: DeploymentConfig
     model: Model
     breaker: CircuitBreaker
-    limits: ModelLimits = field(default_factory=lambda: ModelLimits(None, None, image_tokens_of("", "")))
+    limits: ModelLimits = field(default_factory=lambda: ModelLimits(None, None, image_tokens_of(None, "")))
 
     @property
     def price_ref(self) -> PriceRef | None:
@@ -157,11 +149,13 @@ class BudgetOverrun:
 
 
 def _limits(config: GatewayConfig, deployment: DeploymentConfig, model: Model) -> ModelLimits:
-    kind = config.providers[deployment.provider].kind
+    from tether.models.registry import provider_spec
+
+    wire = provider_spec(config.providers[deployment.provider].kind).wire
     return ModelLimits(
         context_window=deployment.context_window or context_window_of(model.price_ref),
         max_output_tokens=deployment.max_output_tokens,
-        image_tokens=deployment.image_tokens or image_tokens_of(kind, deployment.model),
+        image_tokens=deployment.image_tokens or image_tokens_of(wire, deployment.model),
     )
 
 
@@ -192,38 +186,33 @@ class _ResponseCache:
             self.entries.popitem(last=False)
 
 
+def _check_provider_kinds(config: GatewayConfig) -> None:
+    """Refuse a provider whose kind no adapter is registered for (the config leaf cannot check it)."""
+    from tether.models.registry import unknown_kind
+
+    for name, provider in config.providers.items():
+        problem = unknown_kind(provider.kind)
+        if problem is not None:
+            raise ConfigError(f"[providers.{name}] {problem}")
+
+
 def _build_model(config: GatewayConfig, deployment: DeploymentConfig) -> Model:
+    """The model a deployment calls, built by its provider's registered spec (``tether.models.registry``)."""
+    from tether.models.registry import provider_spec, warn_if_unpriced
+
     provider = config.providers[deployment.provider]
-    timeout = deployment.timeout_s or provider.timeout_s
-    if provider.kind == "sim":
-        from tether.models.scenario import Scenario
-        from tether.models.sim import SimModel
-
-        scenario = None
-        if provider.scenario is not None:
-            try:
-                scenario = Scenario.load(provider.scenario)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"[providers.{deployment.provider}] scenario {provider.scenario!r} cannot be read: "
-                    f"{str(exc).splitlines()[0]}"
-                ) from None
-        return SimModel(deployment.model, scenario=scenario)
-    settings = ProviderConfig(
-        base_url=provider.resolved_base_url,
-        api_key_env=provider.resolved_key_env,
-        timeout_s=timeout,
-        name=deployment.provider,
+    try:
+        spec = provider_spec(provider.kind)
+    except ConfigError as exc:
+        raise ConfigError(f"[providers.{deployment.provider}] {exc}") from None
+    model = spec.build(
+        provider, deployment.model, name=deployment.provider, timeout_s=deployment.timeout_s or provider.timeout_s
     )
-    # A provider key is a secret like any other: scrubbed from every record from the start.
-    settings.register_key()
-    if provider.kind == "anthropic":
-        from tether.models.anthropic import AnthropicModel
-
-        return AnthropicModel(deployment.model, config=settings)
-    from tether.models.openai import OpenAIModel
-
-    return OpenAIModel(deployment.model, config=settings)
+    if spec.wire is not None:
+        # A provider key is a secret like any other: scrubbed from every record from the start.
+        spec.provider_config(provider, name=deployment.provider).register_key()
+    warn_if_unpriced(model, configured=deployment.model in config.prices)
+    return model
 
 
 class Gateway:
@@ -292,6 +281,7 @@ class Gateway:
         self.stats: Counter[str] = Counter()
         self.deployments: dict[str, Deployment] = {}
         overrides = dict(models or {})
+        _check_provider_kinds(config)
         for name, deployment in config.deployments.items():
             model = overrides.pop(name, None) or _build_model(config, deployment)
             if deployment.faults is not None and deployment.faults.active:

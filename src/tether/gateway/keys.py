@@ -46,10 +46,9 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from tether.config import BudgetLimit, RateLimit
 from tether.errors import StoreError, UnknownVirtualKey, UserError, VirtualKeyExists, VirtualKeyRevoked
 from tether.gateway._deps import backend_of, bounded
-from tether.gateway.budget import BudgetLimit
-from tether.gateway.ratelimit import RateLimit
 from tether.store.access import StoreAccess
 from tether.store.schema import virtual_keys
 

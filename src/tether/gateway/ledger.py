@@ -310,12 +310,12 @@ class CostReport:
 
 
 def _price_ref(provider: str, model: str) -> PriceRef | None:
-    """Where the gateway looked up this model's price."""
-    if provider == "sim":
-        # The simulated model is priced as the real model it names, by the same guess.
-        from tether.models.sim import SimModel
+    """Where the gateway looked up this model's price: its provider's pricing identity (``tether.models.registry``)."""
+    from tether.models.registry import provider_kinds, provider_spec
 
-        return SimModel(model).price_ref
+    if provider in provider_kinds():
+        # The simulated model, for one, is priced as the real model it names.
+        return provider_spec(provider).price_ref(model)
     return PriceRef(provider_id=provider, model_ref=model)
 
 

@@ -95,6 +95,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from tether import semconv as sc
+from tether.config import RouteConfig
 from tether.errors import (
     BudgetExceeded,
     BudgetUnavailable,
@@ -129,7 +130,6 @@ from tether.gateway._wire import (
 from tether.gateway._wire_anthropic import AnthropicWire, with_cache_breakpoints
 from tether.gateway._wire_openai import OpenAIWire
 from tether.gateway.bound import CallBound, bound_of_wire
-from tether.gateway.config import RouteConfig
 from tether.gateway.faults import FaultyModel
 from tether.gateway.gateway import CallContext, Deployment, Gateway, Placement
 from tether.gateway.keys import KeyVerifier, VirtualKey
@@ -137,6 +137,7 @@ from tether.gateway.ratelimit import RateLimitBackendUnavailable, RequestTooLarg
 from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEvent, Usage
 from tether.models.anthropic import API_VERSION
 from tether.models.base import ProviderConfig
+from tether.models.registry import provider_spec
 from tether.redaction import default_scrubber
 
 if TYPE_CHECKING:
@@ -826,9 +827,10 @@ class _Proxy:
         self.targets: dict[str, _Target] = {}
         for name, deployment in config.deployments.items():
             provider = config.providers[deployment.provider]
-            base = provider.resolved_base_url
+            spec = provider_spec(provider.kind)
+            base = spec.base_url(provider)
             timeout_s = deployment.timeout_s or provider.timeout_s
-            settings = ProviderConfig(base_url=base, api_key_env=provider.resolved_key_env, name=deployment.provider)
+            settings = ProviderConfig(base_url=base, api_key_env=spec.key_env(provider), name=deployment.provider)
             # Scrubbed from responses, records and logs from the start, whatever its shape (api_key() at each
             # call registers a rotated one).
             settings.register_key()

@@ -40,8 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from tether.config import RateLimit
 from tether.errors import RateLimitBackendUnavailable, RateLimited, RequestTooLarge
 from tether.redis_client import client_display, connect
 
@@ -53,33 +52,12 @@ if TYPE_CHECKING:
 __all__ = [
     "Grant",
     "MemoryRateLimitBackend",
-    "RateLimit",
     "RateLimitBackend",
     "RateLimitBackendUnavailable",
     "RateLimiter",
     "RedisRateLimitBackend",
     "RequestTooLarge",
 ]
-
-
-class RateLimit(BaseModel):
-    """An RPM and/or TPM limit, as written in tether.toml: ``{rpm = 600, tpm = 200000}``.
-
-    Attributes:
-        rpm: requests per minute; None for no request limit.
-        tpm: tokens (input + output) per minute; None for no token limit.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rpm: int | None = Field(default=None, gt=0)
-    tpm: int | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _limits_something(self) -> RateLimit:
-        if self.rpm is None and self.tpm is None:
-            raise ValueError("a rate limit needs rpm or tpm (or both), e.g. {rpm = 600, tpm = 200000}")
-        return self
 
 
 class RateLimitBackend(Protocol):

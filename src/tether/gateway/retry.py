@@ -28,13 +28,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from tether.config import RetryPolicy
 from tether.errors import ModelError
 
-__all__ = ["OnRetry", "RetryPolicy", "backoff_delay", "call_with_retries", "is_retryable"]
+__all__ = ["OnRetry", "backoff_delay", "call_with_retries", "is_retryable"]
 
 T = TypeVar("T")
 
@@ -43,38 +42,6 @@ OnRetry = Callable[[int, BaseException, float], None]
 
 # Jitter needs no reproducibility unless a test asks for it (by passing rng).
 _RNG = random.Random()
-
-
-class RetryPolicy(BaseModel):
-    """How one deployment's failed calls are retried; see the module docstring.
-
-    Attributes:
-        max_retries: retries after the first attempt (0: no retries).
-        base_delay_s: the cap of the first retry's delay.
-        max_delay_s: the largest cap, whatever the attempt.
-        multiplier: how much the cap grows with each retry.
-        jitter: ``full``, ``equal`` or ``none``.
-        honour_retry_after: wait at least the provider's Retry-After.
-        max_retry_after_s: a longer Retry-After is not waited for; the call fails over instead.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_retries: int = Field(default=2, ge=0)
-    base_delay_s: float = Field(default=0.5, ge=0.0, allow_inf_nan=False)
-    max_delay_s: float = Field(default=20.0, ge=0.0, allow_inf_nan=False)
-    multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
-    jitter: Literal["full", "equal", "none"] = "full"
-    honour_retry_after: bool = True
-    max_retry_after_s: float = Field(default=60.0, ge=0.0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _check_delays(self) -> RetryPolicy:
-        if self.max_delay_s < self.base_delay_s:
-            raise ValueError(
-                f"max_delay_s ({self.max_delay_s:g}) must be at least base_delay_s ({self.base_delay_s:g})"
-            )
-        return self
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
-from tether.gateway.config import RouteConfig, RouteRule
+from tether.config import RouteConfig, RouteRule
 from tether.messages import ModelRequest, TextBlock, ToolResultBlock, ToolUseBlock
 
 __all__ = ["estimate_input_tokens", "order_by_weight", "starting_tier"]

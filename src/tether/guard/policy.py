@@ -21,10 +21,14 @@ into an object (``target.host``). Nothing is evaluated as code.
 ``approval`` is ``"default"`` (irreversible tools, and write/irreversible tools
 in a tainted run, need approval), ``"always"`` or ``"never"``.
 
-A policy with an unknown tool, contradictory rules (a tool both granted and
-denied; constraints no value can meet, such as ``amount <= 10`` and ``amount >=
-20``) or a constraint that does not parse is refused when it is loaded or bound
-to an agent, with the line in tether.toml and the reason.
+The ``[guard]`` tables are part of ``tether.config.Settings`` (schema:
+``tether.config.guard``), so an unknown or misspelt key is refused with the
+rest of tether.toml, naming its table; ``Policy.from_settings(settings.guard)``
+builds the policy without reading the file again. A policy with an unknown
+tool, contradictory rules (a tool both granted and denied; constraints no value
+can meet, such as ``amount <= 10`` and ``amount >= 20``) or a constraint that
+does not parse is refused when it is built or bound to an agent, with the line
+in tether.toml and the reason.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from tether.config import GuardSettings, describe_errors
 from tether.errors import ConfigError
 
 __all__ = ["AgentPolicy", "Constraint", "Policy", "PolicyError", "ToolRule", "parse_constraint"]
@@ -306,11 +311,17 @@ class Policy:
                 )
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "code", text: str | None = None) -> Policy:
-        """A policy from the ``[guard]`` table of tether.toml (``text``: the file, for line numbers).
+    def from_settings(cls, guard: GuardSettings, *, source: str = "code", text: str | None = None) -> Policy:
+        """The policy ``[guard]`` describes, already validated as part of ``tether.config.Settings``.
+
+        Args:
+            guard: ``settings.guard``.
+            source: where it was read from, for messages (``settings.source``).
+            text: the file's text, for line numbers in messages (``settings.source_text``).
 
         Raises:
-            PolicyError: with the line and the reason.
+            PolicyError: a constraint that does not parse or that no value can meet, or a tool both
+                granted and denied; with the line and the reason.
         """
         lines = _table_lines(text) if text is not None else {}
 
@@ -318,67 +329,60 @@ class Policy:
             line = lines.get(key)
             return f"{source}:{line}" if line else source
 
-        known = {
-            "agents",
-            "default_allow_own_tools",
-            "taint_requires_approval",
-            "approval_timeout_s",
-            "quarantine_after",
-            "quarantine_window_s",
-        }
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PolicyError(f"{where('')}: [guard] has unknown keys {unknown}; known: {sorted(known)}")
         agents: dict[str, AgentPolicy] = {}
-        raw_agents = data.get("agents", {})
-        if not isinstance(raw_agents, Mapping):
-            raise PolicyError(f"{where('')}: [guard.agents] must be a table of agents")
-        for agent, raw in raw_agents.items():
-            if not isinstance(raw, Mapping) or set(raw) - {"tools", "deny"}:
-                raise PolicyError(f"{where(agent)}: [guard.agents.{agent}] takes 'tools' and 'deny' only")
+        for agent, grants in guard.agents.items():
             tools: dict[str, ToolRule] = {}
-            for name, rule in dict(raw.get("tools", {})).items():
-                if not isinstance(rule, Mapping) or set(rule) - {"when", "approval", "secrets"}:
-                    raise PolicyError(
-                        f"{where(f'{agent}.{name}')}: [guard.agents.{agent}.tools] {name} takes "
-                        "{ when = [...], approval = '...', secrets = [...] }"
-                    )
-                when = rule.get("when", ())
-                if isinstance(when, str):
-                    when = (when,)
+            for name, rule in grants.tools.items():
                 try:
-                    tools[name] = ToolRule(
-                        when=tuple(when),
-                        approval=rule.get("approval", "default"),
-                        secrets=tuple(rule.get("secrets", ())),
-                    )
+                    tools[name] = ToolRule(when=rule.when, approval=rule.approval, secrets=rule.secrets)
                 except ValueError as exc:
-                    line = _line_of_text(text, next(iter(when), name)) if text else None
+                    line = _line_of_text(text, next(iter(rule.when), name)) if text else None
                     at = f"{source}:{line}" if line else where(f"{agent}.{name}")
                     raise PolicyError(f"{at}: agent {agent!r}, tool {name!r}: {exc}") from None
             try:
-                agents[agent] = AgentPolicy(tools=tools, deny=tuple(raw.get("deny", ())))
+                agents[agent] = AgentPolicy(tools=tools, deny=grants.deny)
             except ValueError as exc:
                 raise PolicyError(f"{where(agent)}: agent {agent!r}: {exc}") from None
-        options = {k: data[k] for k in known - {"agents"} if k in data}
+        return cls(
+            agents=agents,
+            default_allow_own_tools=guard.default_allow_own_tools,
+            taint_requires_approval=guard.taint_requires_approval,
+            approval_timeout_s=guard.approval_timeout_s,
+            quarantine_after=guard.quarantine_after,
+            quarantine_window_s=guard.quarantine_window_s,
+            source=source,
+            _lines=lines,
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "code") -> Policy:
+        """A policy from a ``[guard]`` table as a mapping (validated as tether.toml's is).
+
+        Raises:
+            ConfigError: a key unknown, missing or of the wrong kind, naming it and its table.
+            PolicyError: as ``from_settings``.
+        """
+        from pydantic import ValidationError
+
+        from tether.config import SettingsError
+
         try:
-            policy = cls(agents=agents, source=source, _lines=lines, **options)
-        except TypeError as exc:
-            raise PolicyError(f"{where('')}: [guard]: {exc}") from None
-        return policy
+            guard = GuardSettings.model_validate(data)
+        except ValidationError as exc:
+            raise SettingsError(describe_errors(exc, GuardSettings, source, table=("guard",))) from None
+        return cls.from_settings(guard, source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
-        """The ``[guard]`` table of a tether.toml file (an empty policy if it has none)."""
-        import tomllib
+        """The ``[guard]`` table of a tether.toml file (an empty policy if it has none).
 
-        file = Path(path)
-        text = file.read_text(encoding="utf-8")
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise PolicyError(f"{file}: not valid TOML: {exc}") from None
-        return cls.from_mapping(data.get("guard", {}), source=str(file), text=text)
+        The file is read as a whole by ``tether.config.load_settings``, so every table in it is
+        checked; to build the policy from settings already loaded, use ``from_settings``.
+        """
+        from tether.config import load_settings
+
+        settings = load_settings(path)
+        return cls.from_settings(settings.guard, source=settings.source, text=settings.source_text)
 
 
 _HEADER = re.compile(r"^\s*\[\s*guard\.agents\.([A-Za-z0-9_-]+)(?:\.tools)?\s*\]\s*$")

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import orjson
 
+from tether.config import ProviderSettings
 from tether.errors import MalformedResponseError, ModelHTTPError, StreamInterrupted
 from tether.messages import (
     ContentBlock,
@@ -49,6 +50,7 @@ from tether.messages import (
 )
 from tether.models.base import Model, ProviderConfig, redact
 from tether.models.http import count, decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
+from tether.models.registry import ApiKeyHeader, Pricing, ProviderSpec, register
 from tether.pricing import PriceRef
 
 __all__ = ["AnthropicModel"]
@@ -226,8 +228,7 @@ class AnthropicModel(Model):
         # Read at call time so the key never lives on this object.
         key = self.config.api_key()
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json", **self.config.extra_headers}
-        if key:
-            headers["x-api-key"] = key
+        headers.update(SPEC.auth.headers(key))
         if request is not None and request.metadata.get("cache") == "bypass":
             # An eval's repeats must be independent: a caching proxy (tether's gateway) must not answer from cache.
             headers["cache-control"] = "no-cache"
@@ -433,3 +434,21 @@ class AnthropicModel(Model):
         """Close the HTTP client if this model created it."""
         if self._owns_client and not self._client.is_closed:
             await self._client.aclose()
+
+
+def _build(spec: ProviderSpec, settings: ProviderSettings, model_name: str, config: ProviderConfig) -> Model:
+    return AnthropicModel(model_name, config=config)
+
+
+SPEC = register(
+    ProviderSpec(
+        kind="anthropic",
+        wire="anthropic",
+        auth=ApiKeyHeader("x-api-key"),
+        default_base_url=DEFAULT_BASE_URL,
+        default_key_env="ANTHROPIC_API_KEY",
+        error_format="anthropic",
+        pricing=Pricing(provider_id="anthropic"),
+        factory=_build,
+    )
+)

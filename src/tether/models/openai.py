@@ -28,6 +28,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from tether.config import ProviderSettings
 from tether.errors import MalformedResponseError, ModelHTTPError, StreamInterrupted
 from tether.messages import (
     ContentBlock,
@@ -46,6 +47,7 @@ from tether.messages import (
 )
 from tether.models.base import Model, ProviderConfig, redact
 from tether.models.http import count, decode_json_object, iter_sse, open_stream, parse_tool_arguments, post_json
+from tether.models.registry import ApiKeyHeader, Pricing, ProviderSpec, register
 from tether.pricing import PriceRef
 
 __all__ = ["OpenAIModel"]
@@ -260,8 +262,7 @@ class OpenAIModel(Model):
         # Read at call time so the key never lives on this object.
         key = self.config.api_key()
         headers = {"content-type": "application/json", **self.config.extra_headers}
-        if key:
-            headers["authorization"] = f"Bearer {key}"
+        headers.update(SPEC.auth.headers(key))
         if request is not None and request.metadata.get("cache") == "bypass":
             # An eval's repeats must be independent: a caching proxy (tether's gateway) must not answer from cache.
             headers["cache-control"] = "no-cache"
@@ -440,3 +441,22 @@ class OpenAIModel(Model):
         """Close the HTTP client if this model created it."""
         if self._owns_client and not self._client.is_closed:
             await self._client.aclose()
+
+
+def _build(spec: ProviderSpec, settings: ProviderSettings, model_name: str, config: ProviderConfig) -> Model:
+    return OpenAIModel(model_name, config=config)
+
+
+SPEC = register(
+    ProviderSpec(
+        kind="openai",
+        wire="openai",
+        auth=ApiKeyHeader("authorization", prefix="Bearer "),
+        default_base_url=DEFAULT_BASE_URL,
+        default_key_env="OPENAI_API_KEY",
+        error_format="openai",
+        pricing=Pricing(provider_id="openai", default_base_url_only=True),
+        factory=_build,
+        keyless_at_custom_base_url=True,
+    )
+)

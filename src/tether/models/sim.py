@@ -61,6 +61,7 @@ from typing import Any, Final
 
 import orjson
 
+from tether.config import ProviderSettings
 from tether.errors import ConfigError, ModelHTTPError, ModelTimeoutError, StreamInterrupted
 from tether.messages import (
     ContentBlock,
@@ -77,7 +78,8 @@ from tether.messages import (
     ToolUseDelta,
     Usage,
 )
-from tether.models.base import Model
+from tether.models.base import Model, ProviderConfig
+from tether.models.registry import NoAuth, Pricing, ProviderSpec, guess_price_provider, register
 from tether.models.scenario import PlannedCall, Scenario, SimKnobs, Step, TaskScript
 from tether.pricing import PriceRef
 from tether.semconv import TETHER_RUN_ID
@@ -198,17 +200,6 @@ def _digest(*parts: object, size: int = 16) -> bytes:
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
     return h.digest()
-
-
-def _guess_price_provider(model_name: str) -> str | None:
-    name = model_name.lower()
-    if name.startswith("claude"):
-        return "anthropic"
-    if name.startswith(("gpt-", "o1", "o3", "o4")):
-        return "openai"
-    if name.startswith("gemini"):
-        return "google"
-    return None
 
 
 def _block_text(block: ContentBlock) -> str:
@@ -372,7 +363,7 @@ class SimModel(Model):
         self._knobs = knobs if knobs is not None else SimKnobs()
         self._seed = seed
         self._price_provider = price_provider
-        provider_id = price_provider or _guess_price_provider(model_name)
+        provider_id = price_provider or guess_price_provider(model_name)
         self.price_ref = PriceRef(provider_id=provider_id, model_ref=model_name) if provider_id else None
         # Merged once: scripts are immutable, and knob validation errors surface here, not mid-run.
         self._script_knobs = tuple(self.knobs.overridden_by(script.knobs) for script in self.scenario.scripts)
@@ -671,3 +662,30 @@ def stream_events(response: ModelResponse) -> list[TextDelta | ToolUseDelta]:
                 for i in range(0, len(arguments), _STREAM_CHUNK_CHARS)
             ]
     return events
+
+
+def _build(spec: ProviderSpec, settings: ProviderSettings, model_name: str, config: ProviderConfig) -> Model:
+    scenario = None
+    if settings.scenario is not None:
+        try:
+            scenario = Scenario.load(settings.scenario)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"[providers.{config.name or 'sim'}] scenario {settings.scenario!r} cannot be read: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+    return SimModel(model_name, scenario=scenario)
+
+
+SPEC = register(
+    ProviderSpec(
+        kind="sim",
+        wire=None,
+        auth=NoAuth(),
+        default_base_url="sim://",
+        default_key_env=None,
+        error_format="anthropic",
+        pricing=Pricing(provider_id=None),  # priced as the real model it names
+        factory=_build,
+    )
+)

@@ -1,4 +1,9 @@
-"""tether's settings: one model, read from ``tether.toml`` and ``TETHER_*`` variables.
+"""tether's settings: one model of the whole of ``tether.toml``, with ``TETHER_*`` variables on top.
+
+Tables: ``[store]``, ``[trace]``, ``[server]`` (here); ``[providers.*]``, ``[deployments.*]``,
+``[routes.*]``, ``[prices.*]``, ``[budgets]``, ``[gateway]`` (``tether.config.gateway``);
+``[guard]`` (``tether.config.guard``); ``[workers]`` and ``[console]`` are reserved (accepted only
+empty, so a file written for a later tether is refused rather than half-read).
 
 Precedence (highest first): explicit arguments, environment variables,
 ``tether.toml`` in the working directory (or the file named by
@@ -32,35 +37,52 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 
+from tether.config.base import Strict
+from tether.config.gateway import GatewayConfig
+from tether.config.guard import GuardSettings
+from tether.config.problems import SettingsError, describe_errors
 from tether.errors import ConfigError
-from tether.gateway.config import GatewayConfig
 
-__all__ = ["ServerSettings", "Settings", "StoreSettings", "TraceSettings", "load_settings"]
+__all__ = [
+    "ConsoleSettings",
+    "ServerSettings",
+    "Settings",
+    "StoreSettings",
+    "TraceSettings",
+    "WorkersSettings",
+    "load_settings",
+]
 
 DEFAULT_DATABASE_URL = "sqlite:///.tether/tether.db"
 
 
-class StoreSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StoreSettings(Strict):
+    """``[store]``: where runs, spans, costs and budgets are kept."""
 
     url: str = DEFAULT_DATABASE_URL
 
 
-class TraceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TraceSettings(Strict):
+    """``[trace]``: what spans keep."""
 
     payload_chars: int = Field(default=4096, ge=0)
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(Strict):
     """``[server]``: where ``tether serve`` listens (its ``--host`` / ``--port`` override these)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(default=4000, ge=0, le=65535)
+
+
+class WorkersSettings(Strict):
+    """``[workers]``: reserved for background workers; no keys yet (any key is refused)."""
+
+
+class ConsoleSettings(Strict):
+    """``[console]``: reserved for the web console; no keys yet (any key is refused)."""
 
 
 class Settings(GatewayConfig):
@@ -68,12 +90,27 @@ class Settings(GatewayConfig):
 
     The gateway's tables (``[providers.*]``, ``[deployments.*]``, ``[routes.*]``,
     ``[prices.*]``, ``[budgets]``, ``[gateway]``) are documented in
-    ``tether.gateway.config``.
+    ``tether.config.gateway``, ``[guard]`` in ``tether.config.guard``.
     """
 
     store: StoreSettings = StoreSettings()
     trace: TraceSettings = TraceSettings()
     server: ServerSettings = ServerSettings()
+    guard: GuardSettings = GuardSettings()
+    workers: WorkersSettings = WorkersSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    _source: str = PrivateAttr(default="defaults")
+    _text: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str:
+        """The file these settings were read from, for messages ("defaults" without one)."""
+        return self._source
+
+    @property
+    def source_text(self) -> str | None:
+        """The text of the file they were read from (for line numbers in messages); None without a file."""
+        return self._text
 
 
 _ENV: dict[str, tuple[str, str]] = {
@@ -83,35 +120,32 @@ _ENV: dict[str, tuple[str, str]] = {
 }
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text), text
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or point TETHER_CONFIG elsewhere") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{source}: [{where}] {message}{more}" if where else f"{source}: {message}{more}"
-
-
 def load_settings(config_path: str | Path | None = None) -> Settings:
     """Read settings from the config file and the environment.
 
     Raises:
-        ConfigError: the file is not valid TOML, or a value is of the wrong kind.
+        ConfigError: the file cannot be read or is not valid TOML.
+        SettingsError: a key is unknown, missing or of the wrong kind, or a reference is dangling
+            (``problems`` lists each, one line apiece).
     """
     explicit = config_path or os.environ.get("TETHER_CONFIG")
     path = Path(explicit) if explicit else Path("tether.toml")
     data: dict[str, Any] = {}
+    text: str | None = None
     if path.exists():
-        data = _read_toml(path)
+        data, text = _read_toml(path)
     elif explicit:
         raise ConfigError(f"config file {path} does not exist: create it or unset TETHER_CONFIG")
     source = str(path)
@@ -124,6 +158,9 @@ def load_settings(config_path: str | Path | None = None) -> Settings:
             data[section][key] = value
             source = f"{path} / {var}"
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise SettingsError(describe_errors(exc, Settings, source)) from None
+    settings._source = str(path) if text is not None else source
+    settings._text = text
+    return settings

@@ -1,10 +1,10 @@
-"""The gateway's configuration: providers, deployments, routes, prices, budgets.
+"""The gateway's tables of tether.toml: providers, deployments, routes, prices, budgets, ``[gateway]``.
 
-Read from ``tether.toml`` as part of ``tether.config.Settings``::
+Read as part of ``tether.config.Settings``::
 
     [providers.anthropic]                 # credentials by environment variable name, never inline
-    kind = "anthropic"                    # anthropic | openai | sim
-    api_key_env = "ANTHROPIC_API_KEY"
+    kind = "anthropic"                    # the provider (and its wire format): anthropic | openai | sim
+    api_key_env = "ANTHROPIC_API_KEY"     # the credential: which variable holds the key
 
     [providers.vllm]
     kind = "openai"
@@ -34,7 +34,9 @@ Read from ``tether.toml`` as part of ``tether.config.Settings``::
 Every reference is checked when the file is loaded: a deployment naming an
 unknown provider, a route naming an unknown deployment, a rule pointing at a
 tier the route does not have — each is a ``ConfigError`` naming the table and
-the key.
+the key. A provider's ``kind`` is a string here: this package sits below the
+model adapters, so the kinds are checked against ``tether.models.registry``
+where settings are used (building the gateway, ``tether config check``).
 """
 
 from __future__ import annotations
@@ -42,13 +44,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from tether.gateway.breaker import BreakerConfig
-from tether.gateway.budget import BudgetLimit
-from tether.gateway.faults import FaultConfig
-from tether.gateway.ratelimit import RateLimit
-from tether.gateway.retry import RetryPolicy
+from tether.config.base import Strict
+from tether.config.limits import BreakerConfig, BudgetLimit, FaultConfig, RateLimit, RetryPolicy
 
 __all__ = [
     "BudgetsConfig",
@@ -62,30 +61,23 @@ __all__ = [
     "StepDown",
 ]
 
-ProviderKind = Literal["anthropic", "openai", "sim"]
 
-_DEFAULT_BASE_URLS: dict[str, str] = {
-    "anthropic": "https://api.anthropic.com",
-    "openai": "https://api.openai.com/v1",
-    "sim": "sim://",
-}
-_DEFAULT_KEY_ENVS: dict[str, str | None] = {
-    "anthropic": "ANTHROPIC_API_KEY",
-    "openai": "OPENAI_API_KEY",
-    "sim": None,
-}
+class ProviderSettings(Strict):
+    """One ``[providers.<name>]`` table: which provider, where it is, and the credential to call it with.
 
+    ``kind`` names the provider adapter (and so its wire format); the credential fields
+    (``api_key_env``, ``auth``) are apart from it, so one wire format serves several providers.
+    ``base_url`` and ``api_key_env`` left out take the adapter's defaults
+    (``tether.models.registry.ProviderSpec``).
+    """
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ProviderSettings(_Strict):
-    """Where a provider is and which environment variable holds its key."""
-
-    kind: ProviderKind
+    kind: str = Field(min_length=1)
     base_url: str | None = None
+    #: The credential: the environment variable holding the API key (never the key itself).
     api_key_env: str | None = None
+    #: ``"default"``: the adapter's own (an API key for anthropic / openai, none for sim and for an
+    #: ``openai`` kind at its own ``base_url``); ``"api_key"``: always send the key; ``"none"``: send none.
+    auth: Literal["default", "api_key", "none"] = "default"
     timeout_s: float = Field(default=600.0, gt=0)
     #: ``sim`` only: a scenario file (TOML or JSON) the simulated model plays.
     scenario: str | None = None
@@ -94,23 +86,12 @@ class ProviderSettings(_Strict):
     def _scenario_is_for_sim(self) -> ProviderSettings:
         if self.scenario is not None and self.kind != "sim":
             raise ValueError(f'scenario is for kind = "sim" providers only, not {self.kind!r}')
+        if self.auth == "none" and self.api_key_env is not None:
+            raise ValueError('auth = "none" sends no key: remove api_key_env, or set auth = "api_key"')
         return self
 
-    @property
-    def resolved_base_url(self) -> str:
-        return self.base_url or _DEFAULT_BASE_URLS[self.kind]
 
-    @property
-    def resolved_key_env(self) -> str | None:
-        if self.api_key_env is not None:
-            return self.api_key_env
-        # A custom base URL on an OpenAI-compatible server (vLLM, Ollama) usually needs no key.
-        if self.kind == "openai" and self.base_url is not None:
-            return None
-        return _DEFAULT_KEY_ENVS[self.kind]
-
-
-class DeploymentConfig(_Strict):
+class DeploymentConfig(Strict):
     """One model at one provider: what routes pick from."""
 
     provider: str
@@ -127,7 +108,7 @@ class DeploymentConfig(_Strict):
     image_tokens: int | None = Field(default=None, gt=0)
 
 
-class RouteRule(_Strict):
+class RouteRule(Strict):
     """Start at ``tier`` when every condition given holds."""
 
     tier: int = Field(ge=0)
@@ -148,14 +129,14 @@ class RouteRule(_Strict):
         return self
 
 
-class StepDown(_Strict):
+class StepDown(Strict):
     """Skip ``tiers`` tiers once the route's USD budget is more than ``budget_burn_over`` used."""
 
     budget_burn_over: float = Field(gt=0, lt=1)
     tiers: int = Field(default=1, ge=1)
 
 
-class RouteConfig(_Strict):
+class RouteConfig(Strict):
     """An ordered set of tiers with rules, retries, budgets and limits."""
 
     tiers: list[list[str]] = Field(min_length=1)
@@ -179,7 +160,7 @@ class RouteConfig(_Strict):
         return self
 
 
-class PriceConfig(_Strict):
+class PriceConfig(Strict):
     """A price for a model genai-prices does not know (USD per million tokens)."""
 
     input_per_mtok: Decimal = Field(ge=0)
@@ -188,13 +169,13 @@ class PriceConfig(_Strict):
     cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)
 
 
-class BudgetsConfig(_Strict):
+class BudgetsConfig(Strict):
     """Budgets that are not a route's own: per agent (and, with the proxy, per virtual key)."""
 
     agents: dict[str, BudgetLimit] = Field(default_factory=dict)
 
 
-class GatewaySettings(_Strict):
+class GatewaySettings(Strict):
     """Where shared state lives, and the bounds on one proxied request."""
 
     redis_url: str | None = None
@@ -233,7 +214,7 @@ class GatewaySettings(_Strict):
     stale_reservation_s: float | None = Field(default=None, gt=0)
 
 
-class GatewayConfig(_Strict):
+class GatewayConfig(Strict):
     """Providers, deployments, routes, prices and budgets, with every reference checked."""
 
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
