@@ -20,9 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DatabaseOption = Annotated[
-    str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
-]
+DatabaseOption = Annotated[str | None, typer.Option(help=fmt.DATABASE_HELP)]
 
 
 def _dump(data: Any) -> None:
@@ -53,9 +51,13 @@ def list_approvals(
 ) -> None:
     """Requests waiting for a decision (oldest first): agent, tool, arguments, why, and when they expire."""
     from tether.guard.approvals import ApprovalStatus, ApprovalStore
-    from tether.store import open_store
+    from tether.store import NoStore, open_store
 
-    store = open_store(database)
+    try:
+        store = open_store(database, create=False)
+    except NoStore as exc:
+        fmt.no_store(exc, as_json=as_json, empty=[])
+        return
     try:
         found = ApprovalStore(store).list(status=None if everything else ApprovalStatus.PENDING)
     finally:

@@ -22,9 +22,7 @@ app = typer.Typer(
     help="Incidents the guard recorded and the agents it quarantined: list, release.", no_args_is_help=True
 )
 
-DatabaseOption = Annotated[
-    str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
-]
+DatabaseOption = Annotated[str | None, typer.Option(help=fmt.DATABASE_HELP)]
 
 _SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}
 
@@ -103,9 +101,13 @@ def list_incidents(
 ) -> None:
     """Open incidents (newest first) and the quarantined agents, whose write and irreversible tools are denied."""
     from tether.guard.audit import OPEN, GuardStore
-    from tether.store import open_store
+    from tether.store import NoStore, open_store
 
-    store = open_store(database)
+    try:
+        store = open_store(database, create=False)
+    except NoStore as exc:
+        fmt.no_store(exc, as_json=as_json, empty={"incidents": [], "quarantines": []})
+        return
     try:
         guard_store = GuardStore(store)
         found = guard_store.incidents(agent=agent, status=None if everything else OPEN, limit=limit)
