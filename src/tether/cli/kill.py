@@ -54,10 +54,10 @@ def _confirmation(kill: Kill) -> str:
         see = f"tether runs show {escape(fmt.run_id(kill.target))}"
     elif kill.target_kind == "agent":
         what = f"every running run of agent [bold cyan]{escape(kill.target)}[/] stops {within}"
-        see = f"tether runs list --agent {escape(kill.target)} --stop killed"
+        see = f"tether runs --agent {escape(kill.target)} --stop killed"
     else:
         what = f"[bold]every running run[/] stops {within}"
-        see = "tether runs list --stop killed"
+        see = "tether runs --stop killed"
     return (
         f"[red]killed[/] · {what} (runs started later are not affected) · "
         f"reason: {escape(kill.reason)} · see it with [bold]{see}[/] [dim](kill {kill.id[:12]})[/]"

@@ -60,15 +60,14 @@ def list_runs(
         raise ConfigError(
             f"--stop {stop_reason!r} is not a stop reason: use one of {', '.join(r.value for r in StopReason)}"
         )
+    start = fmt.parse_since(since) if since else None  # a bad --since is an error even where no store is
     try:
         store = open_store(database, create=False)
     except NoStore as exc:
         fmt.no_store(exc, as_json=as_json, empty=[])
         return
     try:
-        runs = store.list_runs(
-            limit=limit, agent=agent, stop_reason=stop_reason, since=fmt.parse_since(since) if since else None
-        )
+        runs = store.list_runs(limit=limit, agent=agent, stop_reason=stop_reason, since=start)
     finally:
         store.close()
     if as_json:

@@ -139,11 +139,7 @@ def match_run_ids(connection: Connection, prefix: str, *, limit: int, in_flight:
     query = select(spans.c.run_id).where(spans.c.run_id >= prefix, spans.c.run_id < prefix + _TOP)
     if not in_flight:
         query = query.where(spans.c.operation == semconv.OP_INVOKE_AGENT)
-    query = (
-        query.distinct()
-        .order_by(spans.c.run_id)
-        .limit(limit)
-    )
+    query = query.distinct().order_by(spans.c.run_id).limit(limit)
     return [run_id for run_id in connection.scalars(query) if run_id is not None]
 
 
