@@ -93,9 +93,9 @@ def test_an_empty_store_says_what_to_do() -> None:
 
 def test_unknown_run_is_one_readable_line() -> None:
     result = tether("runs", "show", "doesnotexist")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "not found" in result.stderr and "Traceback" not in result.stderr
+    assert "'doesnotexist'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unreachable_database_is_one_readable_line() -> None:

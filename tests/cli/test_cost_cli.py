@@ -129,6 +129,7 @@ def test_the_table_report(store_url: str, seeded: list[CostRecord]) -> None:
 
 
 def test_an_empty_ledger_says_how_to_get_data(store_url: str) -> None:
+    open_store(store_url).close()  # a store with no calls (no store at all is tests/cli/test_cli_for_people.py)
     out = cost(store_url)
 
     assert "no model calls recorded yet" in out

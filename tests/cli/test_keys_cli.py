@@ -88,6 +88,7 @@ def test_revoke_then_list(store_url: str) -> None:
 
 
 def test_an_empty_list_says_how_to_create_one(store_url: str) -> None:
+    open_store(store_url).close()  # a store with no keys (no store at all is tests/cli/test_cli_for_people.py)
     assert "tether keys create NAME" in run(store_url, "list")
     assert orjson.loads(run(store_url, "list", "--json")) == []
 

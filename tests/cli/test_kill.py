@@ -9,6 +9,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from tests.store.conftest import Run
 from tether.cli import app, main
 from tether.guard.killswitch import KillStore, KillSwitch
 from tether.store import open_store
@@ -33,13 +34,15 @@ def recorded(database: str) -> list[dict[str, object]]:
 
 
 def test_kill_a_run(database: str) -> None:
+    with open_store(database) as store:
+        store.write_spans(Run("3f9a0c2e41d7b6a5").spans)
     out = kill(database, "3f9a0c2e41d7b6a5", "--reason", "stuck in a loop")
 
     (row,) = recorded(database)
     assert row["target_kind"] == "run" and row["target"] == "3f9a0c2e41d7b6a5"
     assert row["reason"] == "stuck in a loop" and "@" in str(row["requested_by"])
     assert len(out.strip().splitlines()) == 1
-    assert "run 3f9a0c2e41d7b6a5 stops" in out and "tether runs show 3f9a0c2e41d7b6a5" in out
+    assert "run 3f9a0c2e41d7 stops" in out and "tether runs show 3f9a0c2e41d7 " in out  # ids shown as 12 chars
 
 
 def test_kill_an_agent(database: str) -> None:
@@ -47,7 +50,7 @@ def test_kill_an_agent(database: str) -> None:
 
     (row,) = recorded(database)
     assert row["target_kind"] == "agent" and row["target"] == "oncall" and row["reason"] == "no reason given"
-    assert "every running run of agent oncall stops" in out and "tether runs list --agent oncall" in out
+    assert "every running run of agent oncall stops" in out and "tether runs --agent oncall" in out
 
 
 def test_kill_all_as_json(database: str) -> None:
@@ -86,5 +89,5 @@ async def test_a_kill_from_the_command_line_stops_a_run_watched_elsewhere(databa
 
         task = asyncio.create_task(run())
         await asyncio.sleep(0.02)
-        await asyncio.to_thread(kill, database, "run-1")
+        await asyncio.to_thread(kill, database, "run-1", "--force")  # nothing of the run is stored yet
         assert await asyncio.wait_for(task, 2)

@@ -464,7 +464,7 @@ async def test_tether_kill_publishes_on_the_configured_redis(
     with KillSwitch(redis_url=redis_url) as switch:  # no store: only Redis reaches it
         task = await run_watched(switch, run_id)
         await listening(switch)
-        result = await asyncio.to_thread(CliRunner().invoke, app, [*args, run_id, "--reason", "cli"])
+        result = await asyncio.to_thread(CliRunner().invoke, app, [*args, run_id, "--force", "--reason", "cli"])
         assert result.exit_code == 0, result.output
         watch = await ended(task, within=WITHIN_S)
     assert watch.kill is not None and watch.kill.source == "redis" and watch.kill.reason == "cli"

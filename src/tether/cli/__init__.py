@@ -10,6 +10,7 @@ or ``tether kill`` in the middle of an incident does not wait for the rest of te
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -35,7 +36,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click passes help_option_names down to every sub-command's context, so -h works everywhere.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"tether {version('tether')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", help="print tether's version and exit", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """tether — the control plane for LLM agents: traced, budgeted, bounded, evaluated runs."""
+
+
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(gateway_cmd.app, name="gateway")
 app.command("demo")(demo)

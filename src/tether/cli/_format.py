@@ -2,12 +2,54 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, NoReturn
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tether.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tether.store import NoStore
+
+# Every table and message shows run ids this long; any unique prefix resolves back to the run.
+RUN_ID_WIDTH: Final = 12
+
+DATABASE_HELP: Final = "store URL (default: TETHER_DATABASE_URL, tether.toml's \\[store] url, or .tether/tether.db)"
+
+
+def run_id(value: str | None) -> str:
+    """A run id as every table and message shows it: its first ``RUN_ID_WIDTH`` characters."""
+    return (value or "")[:RUN_ID_WIDTH]
+
+
+def one_line(value: object, limit: int) -> str:
+    """``value`` as one line of at most ``limit`` characters (whitespace collapsed, ``…`` when cut); not escaped."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr as one line and exit 1: a look-up found nothing, or too much."""
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def no_store(exc: NoStore, *, as_json: bool, empty: object) -> None:
+    """What a list command prints when there is no store: the message (stderr under --json, where ``empty``
+    goes to stdout so scripts still read JSON); the command then exits 0 — nothing recorded is not an error."""
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps(empty).decode())
+        Console(stderr=True).print(escape(str(exc)), highlight=False, soft_wrap=True)
+        return
+    console().print(escape(str(exc)), highlight=False, soft_wrap=True)
+
 
 STOP_STYLE = {
     "completed": "green",
@@ -73,8 +115,9 @@ def parse_since(text: str) -> datetime:
 
 
 def console(*, stderr: bool = False) -> Console:
-    """A Rich console; piped output (CI logs, ``| less``) gets 130 columns instead of 80, so tables stay legible."""
+    """A Rich console; piped output (CI logs, ``| less``) gets 130 columns instead of 80, so tables stay legible,
+    unless ``COLUMNS`` says how wide to be."""
     out = Console(stderr=stderr)
-    if not out.is_terminal and out.width < 130:
+    if not out.is_terminal and out.width < 130 and not os.environ.get("COLUMNS"):
         out = Console(stderr=stderr, width=130)
     return out

@@ -84,7 +84,7 @@ def _hotspots_table(title: str, label: str, lines: tuple[CostLine, ...], *, runs
     for column in ("calls", "tokens in/out", "cost"):
         table.add_column(column, justify="right", no_wrap=True)
     for line in lines:
-        cells = [_key(line.key, width=12 if runs else None)]
+        cells = [_key(line.key, width=fmt.RUN_ID_WIDTH if runs else None)]
         if runs:
             cells.append(_key(line.agent))
         cells += [
@@ -163,19 +163,21 @@ def cost(
     by: Annotated[By, typer.Option(help="what to group spend by")] = By.route,
     top: Annotated[int, typer.Option(min=1, max=1000, help="rows per table")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
-    database: Annotated[
-        str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
-    ] = None,
+    database: Annotated[str | None, typer.Option(help=fmt.DATABASE_HELP)] = None,
 ) -> None:
     """Where the money went: spend and tokens by route/model/agent/key/day/deployment, hotspots, cache savings."""
     from tether.config import load_settings
     from tether.gateway.ledger import CostLedger
     from tether.pricing import Pricer
-    from tether.store import open_store
+    from tether.store import NoStore, open_store
 
     start = None if since.strip().lower() == "all" else fmt.parse_since(since)
     pricer = Pricer(load_settings().prices)  # tether.toml's [prices] price cache savings as the gateway priced calls
-    store = open_store(database)
+    try:
+        store = open_store(database, create=False)
+    except NoStore as exc:
+        fmt.no_store(exc, as_json=as_json, empty={})
+        return
     try:
         ledger = CostLedger(store)
         report = ledger.report(since=start, by=by.value, top=top, pricer=pricer)

@@ -288,7 +288,7 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: Gate
         else:
             state = "[green]resolved[/]" if r.verdict.resolved else "[yellow]not resolved[/]"
         table.add_row(
-            res.run_id[:10],
+            fmt.run_id(res.run_id),
             r.incident.key,
             fmt.stop(res.stop_reason.value),
             state,
@@ -349,10 +349,11 @@ def _summary(console: Console, runs: list[DemoRun], elapsed: float, totals: Gate
     nxt.add_row("tether approvals list --all", "every restart the guard held for a person, and the decision")
     nxt.add_row("tether incidents list", "what the guard's detectors found (injections in logs, hallucinated tools)")
     if loop:
-        nxt.add_row(f"tether runs show {loop.result.run_id[:10]}", "a run the loop detector stopped")
+        nxt.add_row(f"tether runs show {fmt.run_id(loop.result.run_id)}", "a run the loop detector stopped")
     if bad:
         nxt.add_row(
-            f"tether runs show {bad.result.run_id[:10]}", "a run that obeyed an instruction injected into a log line"
+            f"tether runs show {fmt.run_id(bad.result.run_id)}",
+            "a run that obeyed an instruction injected into a log line",
         )
     if stops.get("error"):
         nxt.add_row("tether runs --stop error", "runs that ended on a provider error the gateway could not absorb")

@@ -22,9 +22,11 @@ app = typer.Typer(
     help="Incidents the guard recorded and the agents it quarantined: list, release.", no_args_is_help=True
 )
 
-DatabaseOption = Annotated[
-    str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
-]
+DatabaseOption = Annotated[str | None, typer.Option(help=fmt.DATABASE_HELP)]
+
+# Characters of an incident's summary and a quarantine's reason in the tables (--json has them whole).
+_SUMMARY_WIDTH = 80
+_REASON_WIDTH = 200
 
 _SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}
 
@@ -49,23 +51,25 @@ def _when(moment: Any) -> str:
 def _incidents_table(found: list[Incident], everything: bool) -> Table:
     from tether.guard.audit import OPEN
 
+    # Fits 100 columns: no borders, the time without the year, run ids cut to their display prefix, the
+    # summary as at most two lines; --json has every field (and the evidence) in full.
     title = f"{len(found)} {'' if everything else 'open '}incident(s), newest first"
-    table = Table(title=title, title_justify="left", header_style="bold")
-    columns = ["when (UTC)", "severity", "kind", "agent", "tool", "run", "summary"]
+    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
+    table.add_column("when (UTC)", no_wrap=True, style="dim")
+    table.add_column("sev", no_wrap=True)
+    table.add_column("kind · agent · tool", no_wrap=True, overflow="ellipsis", max_width=28)
+    table.add_column("run", no_wrap=True, style="cyan")
+    table.add_column("summary", overflow="fold")
     if everything:
-        columns.append("status")
-    for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column("status", no_wrap=True)
     for i in found:
         style = _SEVERITY_STYLE.get(i.severity, "white")
         cells = [
-            _when(i.created_at),
+            f"{i.created_at:%m-%d %H:%M:%S}",
             f"[{style}]{escape(i.severity)}[/]",
-            escape(i.kind),
-            escape(i.agent),
-            escape(i.tool or "—"),
-            f"[cyan]{escape(i.run_id)}[/]",
-            escape(i.summary[:200]),
+            " · ".join(escape(part) for part in (i.kind, i.agent, i.tool or "—")),
+            escape(fmt.run_id(i.run_id)),
+            escape(fmt.one_line(i.summary, _SUMMARY_WIDTH)),
         ]
         if everything:
             cells.append("open" if i.status == OPEN else f"[dim]{escape(i.status)}[/]")
@@ -76,14 +80,15 @@ def _incidents_table(found: list[Incident], everything: bool) -> Table:
 def _quarantines_table(found: list[Quarantine], everything: bool) -> Table:
     active = sum(q.active for q in found)
     title = f"{active} quarantined agent(s)" + (f", {len(found) - active} released" if everything else "")
-    table = Table(title=title, title_justify="left", header_style="bold")
-    columns = ["agent", "since (UTC)", "why"]
+    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
+    table.add_column("agent", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("since (UTC)", no_wrap=True)
+    table.add_column("why", overflow="fold", ratio=1)
     if everything:
-        columns.append("released")
-    for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column("released", overflow="fold")
     for q in found:
-        cells = [f"[bold red]{escape(q.agent)}[/]" if q.active else escape(q.agent), _when(q.since), escape(q.reason)]
+        agent = f"[bold red]{escape(q.agent)}[/]" if q.active else escape(q.agent)
+        cells = [agent, _when(q.since), escape(fmt.one_line(q.reason, _REASON_WIDTH))]
         if everything:
             released = (
                 f"{_when(q.released_at)} by {escape(q.released_by or 'someone')}" if q.released_at else "[red]no[/]"
@@ -103,9 +108,13 @@ def list_incidents(
 ) -> None:
     """Open incidents (newest first) and the quarantined agents, whose write and irreversible tools are denied."""
     from tether.guard.audit import OPEN, GuardStore
-    from tether.store import open_store
+    from tether.store import NoStore, open_store
 
-    store = open_store(database)
+    try:
+        store = open_store(database, create=False)
+    except NoStore as exc:
+        fmt.no_store(exc, as_json=as_json, empty={"incidents": [], "quarantines": []})
+        return
     try:
         guard_store = GuardStore(store)
         found = guard_store.incidents(agent=agent, status=None if everything else OPEN, limit=limit)

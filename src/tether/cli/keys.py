@@ -26,9 +26,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Create, list and revoke virtual keys for the gateway's proxy.", no_args_is_help=True)
 
-DatabaseOption = Annotated[
-    str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
-]
+DatabaseOption = Annotated[str | None, typer.Option(help=fmt.DATABASE_HELP)]
 
 
 class Period(StrEnum):
@@ -233,9 +231,13 @@ def list_keys(
 ) -> None:
     """List virtual keys: name, prefix, scope, routes, budget, limits, created (revoked). Never the secrets."""
     from tether.gateway.keys import KeyStore
-    from tether.store import open_store
+    from tether.store import NoStore, open_store
 
-    store = open_store(database)
+    try:
+        store = open_store(database, create=False)
+    except NoStore as exc:
+        fmt.no_store(exc, as_json=as_json, empty=[])
+        return
     try:
         keys = KeyStore(store).list(include_revoked=include_revoked)
     finally:

@@ -15,6 +15,7 @@ from tether.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     from tether.guard.killswitch import Kill
+    from tether.store import TraceStore
 
 __all__ = ["kill"]
 
@@ -49,29 +50,63 @@ def _confirmation(kill: Kill) -> str:
 
     within = f"within ~{DEFAULT_POLL_INTERVAL_S * 1000:.0f} ms"
     if kill.target_kind == "run":
-        what = f"run [bold cyan]{escape(kill.target)}[/] stops {within}"
-        see = f"tether runs show {escape(kill.target)}"
+        what = f"run [bold cyan]{escape(fmt.run_id(kill.target))}[/] stops {within}"
+        see = f"tether runs show {escape(fmt.run_id(kill.target))}"
     elif kill.target_kind == "agent":
         what = f"every running run of agent [bold cyan]{escape(kill.target)}[/] stops {within}"
-        see = f"tether runs list --agent {escape(kill.target)} --stop killed"
+        see = f"tether runs --agent {escape(kill.target)} --stop killed"
     else:
         what = f"[bold]every running run[/] stops {within}"
-        see = "tether runs list --stop killed"
+        see = "tether runs --stop killed"
     return (
         f"[red]killed[/] · {what} (runs started later are not affected) · "
         f"reason: {escape(kill.reason)} · see it with [bold]{see}[/] [dim](kill {kill.id[:12]})[/]"
     )
 
 
+def _existing_store(database: str | None, run_id: str) -> TraceStore:
+    """The store to look the run up in; none there means no such run (exit 1), and nothing is created."""
+    from tether.store import NoStore, open_store
+
+    try:
+        return open_store(database, create=False)
+    except NoStore as exc:
+        fmt.fail(f"no run {run_id!r} to kill: {exc}")
+
+
+def _resolve(store: TraceStore, run_id: str) -> str:
+    """The full id of the run ``run_id`` names (a unique prefix is enough), or exit 1 saying what to do."""
+    from tether.store import AmbiguousRunId, RunNotFound
+
+    try:
+        return store.resolve_run_id(run_id, in_flight=True)
+    except RunNotFound:
+        fmt.fail(
+            f"no run {run_id!r} in {store.url}: list runs with `tether runs`, or kill an agent's runs with "
+            "`tether kill --agent NAME`; a run started a moment ago may have nothing stored yet — "
+            "`tether kill FULL_RUN_ID --force` records the kill anyway"
+        )
+    except AmbiguousRunId as exc:
+        fmt.fail(f"{exc}; nothing was killed")
+
+
 def kill(
-    run_id: Annotated[str | None, typer.Argument(help="the run's full id (as tether runs list shows it)")] = None,
+    run_id: Annotated[
+        str | None, typer.Argument(help="the run's id, or a unique prefix of it (as tether runs shows it)")
+    ] = None,
     agent: Annotated[str | None, typer.Option("--agent", help="kill every running run of this agent")] = None,
     all_runs: Annotated[bool, typer.Option("--all", help="kill every running run of every agent")] = False,
     reason: Annotated[str | None, typer.Option(help="why: kept with the kill and on the run's trace")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="record a kill of RUN_ID even though no span of it is stored yet (a run started a moment ago); "
+            "give the full id",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the kill as JSON")] = False,
-    database: Annotated[
-        str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
-    ] = None,
+    database: Annotated[str | None, typer.Option(help=fmt.DATABASE_HELP)] = None,
     redis_url: Annotated[
         str | None,
         typer.Option(
@@ -81,7 +116,11 @@ def kill(
         ),
     ] = None,
 ) -> None:
-    """Kill a run (RUN_ID), an agent's runs (--agent) or every run (--all): exactly one.
+    """Kill a run (RUN_ID or a unique prefix), an agent's runs (--agent) or every run (--all): exactly one.
+
+    An id that matches no run stored (ended, or still going with a model or tool
+    call already recorded) is refused with exit 1; --force records it anyway.
+    An agent with no recorded run is warned about, and the kill recorded.
 
     Every process on the same database stops the runs it names at once — model
     calls and tools in flight are cancelled, the trace so far is kept, and the
@@ -105,13 +144,26 @@ def kill(
             "e.g. tether kill 3f9a0c2e41d7b6a5, tether kill --agent oncall, tether kill --all"
         )
     kind = "all" if all_runs else "agent" if agent else "run"
+    if force and kind != "run":
+        raise ConfigError("--force goes with a RUN_ID: e.g. tether kill 3f9a0c2e41d7b6a5 --force")
+    target = run_id or agent
+    store = open_store(database) if kind != "run" or force else _existing_store(database, run_id or "")
     try:
-        record = new_kill(kind, run_id or agent, reason, _requested_by())
-    except UserError as exc:
-        raise ConfigError(str(exc)) from None
-    publish_to = _redis_url(redis_url)
-    store = open_store(database)
-    try:
+        if kind == "run" and not force:
+            target = _resolve(store, run_id or "")
+        elif kind == "agent" and not store.list_runs(limit=1, agent=agent):
+            fmt.console(stderr=True).print(
+                f"[yellow]warning:[/] agent {escape(repr(agent))} has no recorded run in {escape(store.url)} "
+                "(check the name: tether runs lists them) — the kill is recorded all the same and stops any run "
+                "of that agent still going (a run is recorded when it ends); runs started later are not affected",
+                highlight=False,
+                soft_wrap=True,
+            )
+        try:
+            record = new_kill(kind, target, reason, _requested_by())
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
+        publish_to = _redis_url(redis_url)
         kills = KillStore(store, redis_url=publish_to)
         try:
             kills.add(record)  # a failed publish is logged, never raised: the row is what counts

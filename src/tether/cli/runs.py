@@ -47,26 +47,27 @@ def list_runs(
     since: Annotated[str | None, typer.Option(help="only runs started since: 30m, 2h, 7d or an ISO time")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="at most this many runs")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
-    database: Annotated[
-        str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
-    ] = None,
+    database: Annotated[str | None, typer.Option(help=fmt.DATABASE_HELP)] = None,
 ) -> None:
     """List runs, newest first: id, agent, stop reason, turns, tool calls, tokens, cost, duration."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = database
         return
     from tether.messages import StopReason
-    from tether.store import open_store
+    from tether.store import NoStore, open_store
 
     if stop_reason is not None and stop_reason not in {r.value for r in StopReason}:
         raise ConfigError(
             f"--stop {stop_reason!r} is not a stop reason: use one of {', '.join(r.value for r in StopReason)}"
         )
-    store = open_store(database)
+    start = fmt.parse_since(since) if since else None  # a bad --since is an error even where no store is
     try:
-        runs = store.list_runs(
-            limit=limit, agent=agent, stop_reason=stop_reason, since=fmt.parse_since(since) if since else None
-        )
+        store = open_store(database, create=False)
+    except NoStore as exc:
+        fmt.no_store(exc, as_json=as_json, empty=[])
+        return
+    try:
+        runs = store.list_runs(limit=limit, agent=agent, stop_reason=stop_reason, since=start)
     finally:
         store.close()
     if as_json:
@@ -77,29 +78,34 @@ def list_runs(
         console.print("no runs recorded yet — try [bold]tether demo[/]")
         return
     console.print(runs_table(runs, title=f"{len(runs)} run{'s' if len(runs) != 1 else ''}, newest first"))
-    console.print("[dim]show one:[/] tether runs show RUN_ID   [dim](a unique prefix is enough)[/]")
+    console.print(
+        "[dim]show one:[/] tether runs show RUN_ID   [dim](a unique prefix is enough; --json for every field)[/]"
+    )
 
 
 def runs_table(runs: list[RunSummary], *, title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("run", style="cyan", no_wrap=True)
-    table.add_column("agent", no_wrap=True)
+    """Runs, one line each, in 100 columns: no borders, the agent cut with … when long, start without the year.
+
+    Cache tokens, the task and the full ids are in ``tether runs show`` and ``--json``.
+    """
+    table = Table(title=title, title_justify="left", header_style="bold", box=None, pad_edge=False)
+    table.add_column("run", style="cyan", no_wrap=True, min_width=fmt.RUN_ID_WIDTH)
+    table.add_column("agent", no_wrap=True, overflow="ellipsis", max_width=24)
     table.add_column("stop reason", no_wrap=True)
-    for col in ("turns", "tools", "tokens in/out", "cached", "cost", "duration"):
+    for col in ("turns", "tools", "tokens in/out", "cost", "duration"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("started", style="dim", no_wrap=True, min_width=19)
+    table.add_column("started", style="dim", no_wrap=True)
     for r in runs:
         table.add_row(
-            r.run_id[:12],
+            fmt.run_id(r.run_id),
             escape(r.agent) + (" [dim](sim)[/]" if r.simulated else ""),
             fmt.stop(r.stop_reason),
             str(r.turns),
             str(r.tool_calls),
             f"{fmt.tokens(r.input_tokens)}/{fmt.tokens(r.output_tokens)}",
-            fmt.tokens(r.cache_read_tokens),
             fmt.usd(r.cost_usd),
             fmt.duration(r.duration_s),
-            r.started_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            r.started_at.astimezone().strftime("%m-%d %H:%M:%S"),
         )
     return table
 
@@ -171,16 +177,21 @@ def show(
     run_id: Annotated[str, typer.Argument(help="run id, or a unique prefix of it")],
     as_json: Annotated[bool, typer.Option("--json", help="print the run and its spans as JSON")] = False,
     width: Annotated[int, typer.Option(min=20, help="characters of tool input/output to show")] = 160,
-    database: Annotated[
-        str | None, typer.Option(help="store URL (default: TETHER_DATABASE_URL or .tether/tether.db)")
-    ] = None,
+    database: Annotated[str | None, typer.Option(help=fmt.DATABASE_HELP)] = None,
 ) -> None:
     """Show one run as a span tree: latency, tokens, cost, tool input/output, loops, stop reason."""
-    from tether.store import open_store
+    from tether.store import AmbiguousRunId, NoStore, RunNotFound, open_store
 
-    store = open_store(database or (ctx.obj if isinstance(ctx.obj, str) else None))
+    try:
+        store = open_store(database or (ctx.obj if isinstance(ctx.obj, str) else None), create=False)
+    except NoStore as exc:
+        fmt.fail(f"cannot show run {run_id!r}: {exc}")
     try:
         run = store.get_run(run_id)
+    except RunNotFound:
+        fmt.fail(f"no run {run_id!r} in {store.url}: list runs with `tether runs`")
+    except AmbiguousRunId as exc:
+        fmt.fail(str(exc))
     finally:
         store.close()
     if as_json:

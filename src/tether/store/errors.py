@@ -1,4 +1,5 @@
-"""Errors of run look-ups; connection failures are ``tether.errors.StoreUnavailable``."""
+"""Errors of run look-ups and of opening a store that is not there; connection failures are
+``tether.errors.StoreUnavailable``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Sequence
 
 from tether.errors import StoreError
 
-__all__ = ["AmbiguousRunId", "RunNotFound"]
+__all__ = ["AmbiguousRunId", "NoStore", "RunNotFound"]
 
 
 class RunNotFound(StoreError):
@@ -33,3 +34,15 @@ class AmbiguousRunId(StoreError):
         if more or len(self.candidates) > self.shown:
             listed += ", …"
         super().__init__(f"run id prefix {prefix!r} matches several runs ({listed}): give more characters of the id")
+
+
+class NoStore(StoreError):
+    """Opening a store read-only found no tether database there (no file, or no tether schema in it).
+
+    Attributes:
+        url: the database looked at, without its password.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(f"no store at {url} — run `tether demo` or set TETHER_DATABASE_URL")

@@ -129,19 +129,17 @@ def select_roots(
     return sorted(roots.values(), key=lambda r: (r.start_ns, r.span_id), reverse=True)
 
 
-def match_run_ids(connection: Connection, prefix: str, *, limit: int) -> list[str]:
-    """Ids of runs whose id starts with ``prefix`` (at most ``limit``), sorted."""
-    query = (
-        select(spans.c.run_id)
-        .where(
-            spans.c.run_id >= prefix,
-            spans.c.run_id < prefix + _TOP,
-            spans.c.operation == semconv.OP_INVOKE_AGENT,
-        )
-        .distinct()
-        .order_by(spans.c.run_id)
-        .limit(limit)
-    )
+def match_run_ids(connection: Connection, prefix: str, *, limit: int, in_flight: bool = False) -> list[str]:
+    """Ids of runs whose id starts with ``prefix`` (at most ``limit``), sorted.
+
+    A run is known by its ``invoke_agent`` span, which is stored when the run
+    ends; ``in_flight=True`` also finds runs still going, by any span of theirs
+    already stored (a model call or tool call that ended).
+    """
+    query = select(spans.c.run_id).where(spans.c.run_id >= prefix, spans.c.run_id < prefix + _TOP)
+    if not in_flight:
+        query = query.where(spans.c.operation == semconv.OP_INVOKE_AGENT)
+    query = query.distinct().order_by(spans.c.run_id).limit(limit)
     return [run_id for run_id in connection.scalars(query) if run_id is not None]
 
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from tether.errors import StoreError
 from tether.store import queries
 from tether.store.engine import SQLITE_BEGIN, create_store_engine
-from tether.store.errors import AmbiguousRunId, RunNotFound
+from tether.store.errors import AmbiguousRunId, NoStore, RunNotFound
 from tether.store.failures import store_error, translate_errors
-from tether.store.migrations import migrate
+from tether.store.migrations import MIGRATIONS, applied_versions, migrate
 from tether.store.records import RunSummary, RunTrace, SpanRecord, datetime_to_ns, summarize
 from tether.store.rows import row_from_record
 from tether.store.url import StoreURL, parse_store_url
@@ -111,31 +112,50 @@ class TraceStore:
             )
         return [summarize(root) for root in roots]
 
+    def resolve_run_id(self, run_id_or_prefix: str, *, in_flight: bool = False) -> str:
+        """The full id of the run whose id is ``run_id_or_prefix`` or starts with it, like git's short ids.
+
+        An exact id wins even when it prefixes a longer one. The look-up is a
+        range scan on the ``run_id`` index, with the prefix as a bound parameter.
+        ``in_flight=True`` also finds runs that have not ended yet, by any span
+        of theirs already stored (see ``queries.match_run_ids``).
+
+        Raises:
+            RunNotFound: no run id starts with it.
+            AmbiguousRunId: several run ids start with it (the error lists some).
+        """
+        self._check_open()
+        with translate_errors(self._where, "looking up a run id"), self._engine.connect() as connection:
+            return self._resolve(connection, run_id_or_prefix, in_flight=in_flight)
+
+    @staticmethod
+    def _resolve(connection: Connection, run_id_or_prefix: str, *, in_flight: bool = False) -> str:
+        prefix = run_id_or_prefix.strip()
+        if not prefix:
+            raise RunNotFound(run_id_or_prefix)
+        matches = queries.match_run_ids(connection, prefix, limit=_CANDIDATES + 1, in_flight=in_flight)
+        if prefix in matches:
+            return prefix
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise RunNotFound(prefix)
+        raise AmbiguousRunId(prefix, matches[:_CANDIDATES], more=len(matches) > _CANDIDATES)
+
     def get_run(self, run_id_or_prefix: str) -> RunTrace:
-        """A run's summary and spans, by its id or a unique prefix of it.
+        """A run's summary and spans, by its id or a unique prefix of it (see ``resolve_run_id``).
 
         Raises:
             RunNotFound: no run id starts with it.
             AmbiguousRunId: several run ids start with it.
         """
         self._check_open()
-        prefix = run_id_or_prefix.strip()
-        if not prefix:
-            raise RunNotFound(run_id_or_prefix)
         with translate_errors(self._where, "reading a run"), self._engine.connect() as connection:
-            matches = queries.match_run_ids(connection, prefix, limit=_CANDIDATES + 1)
-            if prefix in matches:
-                run_id = prefix  # an exact id wins even when it prefixes a longer one
-            elif len(matches) == 1:
-                run_id = matches[0]
-            elif not matches:
-                raise RunNotFound(prefix)
-            else:
-                raise AmbiguousRunId(prefix, matches[:_CANDIDATES], more=len(matches) > _CANDIDATES)
+            run_id = self._resolve(connection, run_id_or_prefix)
             run_spans = queries.select_run_spans(connection, run_id)
         root = queries.pick_root(run_spans)
         if root is None:  # only if the spans vanished between the two queries
-            raise RunNotFound(prefix)
+            raise RunNotFound(run_id_or_prefix.strip())
         return RunTrace(summary=summarize(root), spans=run_spans)
 
     def close(self) -> None:
@@ -152,18 +172,22 @@ class TraceStore:
         self.close()
 
 
-def open_store(url: str | None = None) -> TraceStore:
+def open_store(url: str | None = None, *, create: bool = True) -> TraceStore:
     """Open the store at ``url``, creating and migrating the database as needed.
 
     Args:
         url: ``sqlite:///path.db`` or ``postgresql+psycopg://user@host:port/db``;
             None means the configured one (``TETHER_DATABASE_URL``, ``tether.toml``,
             else ``sqlite:///.tether/tether.db`` in the working directory).
+        create: False opens an existing store for reading: nothing is created
+            (no directory, no SQLite file, no table) and no migration runs.
 
     Raises:
         ConfigError: the URL is malformed or names an unsupported database.
+        NoStore: ``create=False`` and there is no tether database at the URL.
         StoreUnavailable: the database cannot be reached, opened or created.
-        StoreError: the database was migrated by a newer tether.
+        StoreError: the database was migrated by a newer tether or, with
+            ``create=False``, by an older one (open it once for writing to upgrade it).
     """
     if url is None:
         # Imported here: tether.config reaches the gateway's budget ledger, which uses this module.
@@ -171,13 +195,47 @@ def open_store(url: str | None = None) -> TraceStore:
 
         url = load_settings().store.url
     where = parse_store_url(url)
+    if not create and where.backend == "sqlite":
+        path = where.sqlite_path
+        if path is None or not Path(path).is_file():
+            raise NoStore(_shown(where))
     engine = create_store_engine(where)
     try:
-        migrate(engine)
+        if create:
+            migrate(engine)
+        else:
+            _check_schema(engine, where)
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise store_error(exc, where, "migrating the schema") from exc
+        raise store_error(exc, where, "migrating the schema" if create else "reading the schema version") from exc
     except BaseException:
         engine.dispose()
         raise
     return TraceStore(engine, where)
+
+
+def _check_schema(engine: Engine, where: StoreURL) -> None:
+    """Refuse a database without tether's schema, or at another version than this tether's; change nothing."""
+    with engine.connect() as connection:
+        done = applied_versions(connection)
+    if not done:
+        raise NoStore(_shown(where))
+    known = len(MIGRATIONS)
+    if max(done) > known:
+        raise StoreError(
+            f"the database at {where.display} is at schema version {max(done)} but this tether knows only up to "
+            f"{known}: upgrade tether, or point TETHER_DATABASE_URL at another database"
+        )
+    if len(done) < known:
+        raise StoreError(
+            f"the database at {where.display} is at schema version {max(done)}, older than this tether's {known}: "
+            "a read does not upgrade it — run any writing command once (e.g. `tether demo`) or open_store()"
+        )
+
+
+def _shown(where: StoreURL) -> str:
+    """The URL for a message, with a relative SQLite path also shown absolute (which directory was looked in)."""
+    path = where.sqlite_path
+    if path is not None and not Path(path).is_absolute():
+        return f"{where.display} ({Path(path).absolute()})"
+    return where.display
