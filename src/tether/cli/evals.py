@@ -928,6 +928,28 @@ def _print_drift(console: Console, report: DriftReport) -> None:
         console.print(f"[green]no drift detected[/] [dim](adjusted p >= {report.alpha:g} for every metric)[/]")
 
 
+def _print_no_baseline(suite: str, version: str | None, recent: str | None, *, as_json: bool) -> None:
+    """Say that there is nothing to compare yet: drift needs the latest eval and at least one before it."""
+    from tether.evals import export
+
+    on = f" on {version!r}" if version is not None else ""
+    found = f"only eval {recent}" if recent is not None else "no finished eval"
+    note = f"no baseline yet: suite {suite!r}{on} has {found}; run it again with `tether eval run` to compare"
+    if as_json:
+        data = {
+            "suite": suite,
+            "agent_version": version,
+            "recent_eval": recent,
+            "baseline_evals": [],
+            "metrics": [],
+            "drifted": False,
+            "note": note,
+        }
+        typer.echo(export.to_json(data))
+        return
+    fmt.console().print(escape(note))
+
+
 @app.command("drift")
 def drift_cmd(
     suite_name: Annotated[
@@ -949,13 +971,11 @@ def drift_cmd(
 
     with _evals(database) as evals:
         history = evals.history(suite_name, agent, limit=max(50, 2 * window + 2))
-        if not history:
-            on = f" on {agent!r}" if agent is not None else ""
-            raise UserError(
-                f"no finished eval of suite {suite_name!r}{on}: run it with `tether eval run` (tether eval list)"
-            )
-        version = agent or history[-1].agent_version
+        version = agent or (history[-1].agent_version if history else None)
         history = [r for r in history if r.agent_version == version][-(window + 1) :]
+        if len(history) < 2:
+            _print_no_baseline(suite_name, version, history[-1].eval_id if history else None, as_json=as_json)
+            return
         report = drift([(r, evals.trials(r.eval_id)) for r in history], window=window, alpha=alpha)
     if as_json:
         typer.echo(export.to_json(report.to_dict()))
