@@ -936,7 +936,7 @@ def _print_no_baseline(suite: str, version: str | None, recent: str | None, *, a
     found = f"only eval {recent}" if recent is not None else "no finished eval"
     note = f"no baseline yet: suite {suite!r}{on} has {found}; run it again with `tether eval run` to compare"
     if as_json:
-        data = {
+        data: dict[str, object] = {
             "suite": suite,
             "agent_version": version,
             "recent_eval": recent,
@@ -971,10 +971,13 @@ def drift_cmd(
 
     with _evals(database) as evals:
         history = evals.history(suite_name, agent, limit=max(50, 2 * window + 2))
-        version = agent or (history[-1].agent_version if history else None)
+        if not history:
+            _print_no_baseline(suite_name, agent, None, as_json=as_json)
+            return
+        version = agent or history[-1].agent_version
         history = [r for r in history if r.agent_version == version][-(window + 1) :]
         if len(history) < 2:
-            _print_no_baseline(suite_name, version, history[-1].eval_id if history else None, as_json=as_json)
+            _print_no_baseline(suite_name, version, history[-1].eval_id, as_json=as_json)
             return
         report = drift([(r, evals.trials(r.eval_id)) for r in history], window=window, alpha=alpha)
     if as_json:
