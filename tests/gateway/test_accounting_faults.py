@@ -19,10 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 from tether.errors import StoreUnavailable
-from tether.gateway import budget_lease
 from tether.gateway import gateway as gateway_module
 from tether.gateway.budget import BudgetLimit, BudgetScope, MemoryBudgetLedger, Reservation
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget import lease as budget_lease
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.gateway.config import GatewayConfig
 from tether.gateway.gateway import CallContext, Gateway
 from tether.gateway.journal import CostJournal

@@ -32,7 +32,7 @@ from tether.gateway.budget import (
     SqlBudgetLedger,
     period_key,
 )
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.store import open_store
 from tether.store.engine import create_store_engine
 from tether.store.migrations import migrate

@@ -34,7 +34,7 @@ from tether.gateway.budget import (
     Reservation,
     SqlBudgetLedger,
 )
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.gateway.config import GatewayConfig
 from tether.store import open_store
 
@@ -238,7 +238,7 @@ _LEASED_PROCESS = textwrap.dedent(
     from pathlib import Path
     from tether.errors import BudgetExceeded
     from tether.gateway.budget import BudgetLimit, BudgetScope, SqlBudgetLedger
-    from tether.gateway.budget_lease import LeasedBudgetLedger
+    from tether.gateway.budget.lease import LeasedBudgetLedger
 
     ready, go, url, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
     CENT = Decimal("0.01")

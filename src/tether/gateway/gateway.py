@@ -60,7 +60,7 @@ from tether.gateway.budget import (
     Reservation,
     SqlBudgetLedger,
 )
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.gateway.config import DeploymentConfig, GatewayConfig, RouteConfig
 from tether.gateway.faults import FaultyModel
 from tether.gateway.ratelimit import (
@@ -323,7 +323,7 @@ class Gateway:
             if choice == "redis":
                 if not settings.redis_url:
                     raise ConfigError('[gateway] budgets = "redis" needs [gateway] redis_url')
-                from tether.gateway.budget_redis import RedisBudgetLedger
+                from tether.gateway.budget.redis import RedisBudgetLedger
                 from tether.gateway.ledger import CostLedger
 
                 shared = RedisBudgetLedger(
@@ -352,7 +352,7 @@ class Gateway:
             ConfigError: budgets are in a Redis without persistence (the message says what to set).
             StoreUnavailable: the budget ledger's backend cannot be reached.
         """
-        from tether.gateway.budget_redis import RedisBudgetLedger
+        from tether.gateway.budget.redis import RedisBudgetLedger
 
         ledger = self.budgets.inner if isinstance(self.budgets, LeasedBudgetLedger) else self.budgets
         if isinstance(ledger, RedisBudgetLedger):
