@@ -356,7 +356,7 @@ class SqlBudgetLedger:
             ValueError: ``max_batch`` or ``max_queue`` below 1.
         """
         if url is None:
-            # Imported here: tether.config imports the gateway's config, which imports this module.
+            # Imported here: tether.config imports the gateway's config, which imports this package.
             from tether.config import load_settings
 
             url = load_settings().store.url
