@@ -324,12 +324,25 @@ def test_drift_reports_the_latest_eval_against_the_ones_before(database: str) ->
     assert table.exit_code == 0 and "pass_rate" in table.stdout and "adjusted p" in table.stdout
 
 
-def test_drift_without_history_says_what_to_run(
-    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    err = one_line_error(["drift", "faq", "--database", database], monkeypatch, capsys)
+def test_drift_without_history_exits_0_saying_there_is_no_baseline_yet(database: str) -> None:
+    result = tether(database, "drift", "faq")
 
-    assert "no finished eval of suite 'faq'" in err and "tether eval run" in err
+    assert result.exit_code == 0, result.output
+    assert "no baseline yet" in result.stdout and "tether eval run" in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_drift_after_one_eval_exits_0_saying_there_is_no_baseline_yet(database: str) -> None:
+    only = run_eval(database, RELIABLE)["eval"]["eval_id"]
+
+    result = tether(database, "drift", "faq", "--json")
+
+    assert result.exit_code == 0, result.output
+    report = orjson.loads(result.stdout)
+    assert report["recent_eval"] == only and report["baseline_evals"] == [] and report["drifted"] is False
+    assert report["note"].startswith("no baseline yet")
+    table = tether(database, "drift", "faq")
+    assert table.exit_code == 0 and "no baseline yet" in table.stdout and only in table.stdout
 
 
 def test_show_writes_markdown_for_a_pull_request(two_versions: tuple[str, str, str], tmp_path: Path) -> None:

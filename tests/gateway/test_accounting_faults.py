@@ -20,10 +20,10 @@ import sqlalchemy as sa
 
 from tether.config import BudgetLimit, GatewayConfig
 from tether.errors import StoreUnavailable
-from tether.gateway import budget_lease
 from tether.gateway import gateway as gateway_module
 from tether.gateway.budget import BudgetScope, MemoryBudgetLedger, Reservation
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget import lease as budget_lease
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.gateway.gateway import CallContext, Gateway
 from tether.gateway.journal import CostJournal
 from tether.gateway.ledger import CostWriter

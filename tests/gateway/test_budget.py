@@ -26,7 +26,7 @@ from tests.store import conftest as store_fixtures
 from tether.config import BudgetLimit
 from tether.errors import BudgetExceeded, StoreError, StoreUnavailable
 from tether.gateway.budget import BudgetScope, MemoryBudgetLedger, Reservation, SqlBudgetLedger, period_key
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.store import open_store
 from tether.store.engine import create_store_engine
 from tether.store.migrations import migrate

@@ -28,7 +28,7 @@ from tests.store import conftest as store_fixtures
 from tether.config import BudgetLimit, GatewayConfig
 from tether.errors import BudgetExceeded, StoreUnavailable
 from tether.gateway.budget import BudgetScope, BudgetUsage, MemoryBudgetLedger, Reservation, SqlBudgetLedger
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.store import open_store
 
 store_url = store_fixtures.store_url
@@ -232,7 +232,7 @@ _LEASED_PROCESS = textwrap.dedent(
     from tether.errors import BudgetExceeded
     from tether.gateway.budget import BudgetScope, SqlBudgetLedger
     from tether.config import BudgetLimit
-    from tether.gateway.budget_lease import LeasedBudgetLedger
+    from tether.gateway.budget.lease import LeasedBudgetLedger
 
     ready, go, url, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
     CENT = Decimal("0.01")

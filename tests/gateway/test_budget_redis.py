@@ -28,7 +28,7 @@ from tests.gateway import test_budget as shared
 from tests.gateway.test_budget import CENT, T0, ZERO, Clock, reserve_many, route, used, watch_peak
 from tether.errors import BudgetExceeded, ConfigError, StoreError, StoreUnavailable
 from tether.gateway.budget import Reservation
-from tether.gateway.budget_redis import RedisBudgetLedger
+from tether.gateway.budget.redis import RedisBudgetLedger
 
 # --- the behaviour every ledger shares ------------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ _RESERVE_WHEN_TOLD = textwrap.dedent(
     from tether.errors import BudgetExceeded
     from tether.gateway.budget import BudgetScope
     from tether.config import BudgetLimit
-    from tether.gateway.budget_redis import RedisBudgetLedger
+    from tether.gateway.budget.redis import RedisBudgetLedger
 
     async def main(url: str, prefix: str) -> None:
         ledger = RedisBudgetLedger(url, persistence_verified=True, prefix=prefix)

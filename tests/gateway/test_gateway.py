@@ -24,7 +24,7 @@ from tether.errors import (
     StreamInterrupted,
 )
 from tether.gateway.budget import BudgetScope, MemoryBudgetLedger
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.gateway.gateway import CallContext, Gateway
 from tether.messages import Message, ModelRequest, ModelResponse, StopReason, Usage
 from tether.pricing import PriceRef
@@ -503,7 +503,7 @@ async def test_stale_reservations_of_a_dead_caller_are_swept(make_gateway: Calla
 
 
 async def test_from_config_keeps_budgets_in_redis_when_configured(redis_url: str) -> None:
-    from tether.gateway.budget_redis import RedisBudgetLedger
+    from tether.gateway.budget.redis import RedisBudgetLedger
     from tether.gateway.ratelimit import RedisRateLimitBackend
 
     cfg = GatewayConfig.model_validate(

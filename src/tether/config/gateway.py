@@ -188,7 +188,7 @@ class GatewaySettings(Strict):
     budgets: Literal["auto", "redis", "database", "memory"] = "auto"
     redis_persistence_verified: bool = False
     # Shared budgets are reserved from leases: slices of the budget this replica holds for up to
-    # budget_lease_s, so most calls are charged in memory (see tether.gateway.budget_lease).
+    # budget_lease_s, so most calls are charged in memory (see tether.gateway.budget.lease).
     # 0 charges every call to the shared ledger directly.
     budget_lease_fraction: float = Field(default=0.01, ge=0, le=0.25)
     budget_lease_s: float = Field(default=1.0, gt=0, le=60)

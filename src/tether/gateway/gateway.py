@@ -54,7 +54,7 @@ from tether.gateway._deps import backend_of, bounded
 from tether.gateway.bound import CallBound, ModelLimits, bound_of_request, context_window_of, image_tokens_of
 from tether.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 from tether.gateway.budget import BudgetLedger, BudgetScope, MemoryBudgetLedger, Reservation, SqlBudgetLedger
-from tether.gateway.budget_lease import LeasedBudgetLedger
+from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.gateway.faults import FaultyModel
 from tether.gateway.ratelimit import (
     Grant,
@@ -313,7 +313,7 @@ class Gateway:
             if choice == "redis":
                 if not settings.redis_url:
                     raise ConfigError('[gateway] budgets = "redis" needs [gateway] redis_url')
-                from tether.gateway.budget_redis import RedisBudgetLedger
+                from tether.gateway.budget.redis import RedisBudgetLedger
                 from tether.gateway.ledger import CostLedger
 
                 shared = RedisBudgetLedger(
@@ -342,7 +342,7 @@ class Gateway:
             ConfigError: budgets are in a Redis without persistence (the message says what to set).
             StoreUnavailable: the budget ledger's backend cannot be reached.
         """
-        from tether.gateway.budget_redis import RedisBudgetLedger
+        from tether.gateway.budget.redis import RedisBudgetLedger
 
         ledger = self.budgets.inner if isinstance(self.budgets, LeasedBudgetLedger) else self.budgets
         if isinstance(ledger, RedisBudgetLedger):

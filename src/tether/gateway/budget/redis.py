@@ -82,21 +82,12 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Final, Protocol
 
 from tether.errors import BudgetExceeded, BudgetUnavailable, ConfigError, StoreError, StoreUnavailable
-from tether.gateway.budget import (
-    LIFETIME,
-    BudgetLedger,
-    BudgetScope,
-    BudgetUsage,
-    Clock,
-    Reservation,
-    _check_amounts,
-    _check_scopes,
-    _now,
-    _to_nanos,
-    _to_usd,
-    _utc,
-    period_key,
-)
+from tether.gateway.budget.ledger import BudgetLedger, Clock
+from tether.gateway.budget.money import _check_amounts, _to_nanos, _to_usd
+from tether.gateway.budget.period import LIFETIME, _now, _utc, period_key
+from tether.gateway.budget.reservation import Reservation
+from tether.gateway.budget.scope import BudgetScope, _check_scopes
+from tether.gateway.budget.usage import BudgetUsage
 from tether.redis_client import client_display, connect
 
 if TYPE_CHECKING:

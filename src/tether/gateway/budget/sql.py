@@ -1,36 +1,4 @@
-"""Budgets: reserve a call's maximum cost before it is made, settle the real cost after.
-
-Budgets fail closed. A call is placed only after ``reserve`` has charged its
-worst-case cost to every budget that applies (route, agent, run, key); a
-budget without room refuses the call with ``BudgetExceeded``, and a ledger
-that cannot be reached raises ``StoreError`` — never "no answer, so allow".
-After the call, ``settle`` replaces the reservation by the real cost, or
-``release`` gives it back when the call never happened::
-
-    reservation = await ledger.reserve(scopes, usd=worst_case, tokens=max_tokens)
-    try:
-        response = await call()
-    except BaseException:
-        await ledger.release(reservation)
-        raise
-    await ledger.settle(reservation, usd=real_cost, tokens=used_tokens)
-
-Two ledgers:
-
-* ``MemoryBudgetLedger`` — one process; each operation runs without
-  yielding to the event loop (under a lock, for threads), so it is atomic.
-* ``SqlBudgetLedger`` — the store's database (SQLite or PostgreSQL), shared by
-  every process and gateway replica that uses it, so N replicas never get N
-  times the budget.
-
-Money is counted in integer **nano-dollars** (1e-9 USD) so sums are exact:
-amounts are rounded *up* to the next nano-dollar and limits *down*, so
-rounding never lets a call through that the exact arithmetic would refuse.
-
-Periods are UTC calendar days (``"2026-11-21"``) or months (``"2026-11"``),
-or ``"all"`` for a lifetime budget; a reservation is charged, and settled, to
-the period in which it was made.
-"""
+"""``SqlBudgetLedger``: budgets in the store's database, shared by every process and replica that uses it."""
 
 from __future__ import annotations
 
@@ -40,18 +8,25 @@ import functools
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
-from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from sqlalchemy import Connection, Engine, Insert, bindparam, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from tether.config import BudgetLimit
+from tether.config import load_settings
 from tether.errors import BudgetExceeded, StoreError, StoreUnavailable
+from tether.gateway.budget.counters import _check_room, _Counters
+from tether.gateway.budget.ledger import Clock
+from tether.gateway.budget.money import _check_amounts, _to_nanos
+from tether.gateway.budget.period import _now, _utc, period_key
+from tether.gateway.budget.reservation import Reservation
+from tether.gateway.budget.scope import BudgetScope, _check_scopes
+from tether.gateway.budget.usage import BudgetUsage
 from tether.store.engine import SQLITE_BEGIN, create_store_engine
 from tether.store.failures import store_error, translate_errors
 from tether.store.migrations import migrate
@@ -61,313 +36,6 @@ from tether.store.url import StoreURL, parse_store_url
 if TYPE_CHECKING:
     from tether.store import TraceStore
 
-__all__ = [
-    "LIFETIME",
-    "BudgetLedger",
-    "BudgetScope",
-    "BudgetUsage",
-    "Clock",
-    "MemoryBudgetLedger",
-    "Reservation",
-    "ScopeKind",
-    "SqlBudgetLedger",
-    "period_key",
-]
-
-ScopeKind = Literal["run", "agent", "route", "key"]
-Clock = Callable[[], datetime]
-
-#: The period key of a budget without a period.
-LIFETIME: Final = "all"
-
-_NANOS_PER_USD: Final = 9  # decimal places of a nano-dollar
-
-
-@dataclass(frozen=True)
-class BudgetScope:
-    """One budget a call draws on.
-
-    Attributes:
-        kind: what the budget belongs to: a run, an agent, a route or a virtual key.
-        name: which one, e.g. the route's name.
-        limit: its limits; read at each reservation, so a changed tether.toml applies at once.
-    """
-
-    kind: ScopeKind
-    name: str
-    limit: BudgetLimit
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError(f"a {self.kind} budget needs a name")
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.name}"
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """What ``reserve`` charged: settle or release it exactly once.
-
-    Attributes:
-        id: unique id (32 hex digits).
-        scopes: the budgets charged, in the order given to ``reserve``.
-        usd: the amount reserved on each scope.
-        tokens: the tokens reserved on each scope.
-        periods: the period key each scope was charged to, aligned with ``scopes``.
-    """
-
-    id: str
-    scopes: tuple[BudgetScope, ...]
-    usd: Decimal
-    tokens: int
-    periods: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class BudgetUsage:
-    """A budget's state in one period.
-
-    Attributes:
-        scope: the budget, e.g. ``route:support``.
-        period: the period key (``"2026-11-21"``, ``"2026-11"`` or ``"all"``).
-        spent_usd: settled spend.
-        reserved_usd: held by calls in flight.
-        spent_tokens: settled tokens.
-        reserved_tokens: tokens held by calls in flight.
-    """
-
-    scope: str
-    period: str
-    spent_usd: Decimal
-    reserved_usd: Decimal
-    spent_tokens: int
-    reserved_tokens: int
-
-    @property
-    def used_usd(self) -> Decimal:
-        """Spent plus reserved: what a new reservation is checked against."""
-        return self.spent_usd + self.reserved_usd
-
-    @property
-    def used_tokens(self) -> int:
-        """Spent plus reserved tokens."""
-        return self.spent_tokens + self.reserved_tokens
-
-
-class BudgetLedger(Protocol):
-    """Where budgets are charged. Every method is safe to call concurrently."""
-
-    async def reserve(self, scopes: Sequence[BudgetScope], *, usd: Decimal, tokens: int) -> Reservation:
-        """Charge ``usd`` and ``tokens`` as reserved to every scope, or to none.
-
-        Raises:
-            BudgetExceeded: the first scope (in the order given) without room; nothing was charged.
-            ValueError: negative amounts, or the same scope twice.
-        """
-        ...
-
-    async def settle(self, reservation: Reservation, *, usd: Decimal, tokens: int) -> None:
-        """Replace the reservation by the real cost, which may exceed it (it is recorded anyway).
-
-        Once called, the settle happens even if the caller is cancelled while it waits.
-        """
-        ...
-
-    async def release(self, reservation: Reservation) -> None:
-        """Give the reservation back: the call never happened or used nothing. Idempotent.
-
-        Once called, the release happens even if the caller is cancelled while it waits.
-        """
-        ...
-
-    async def usage(self, scope: BudgetScope, *, at: datetime | None = None) -> BudgetUsage:
-        """The scope's usage in the period containing ``at`` (default: now)."""
-        ...
-
-    async def sweep_stale(self, older_than: timedelta) -> int:
-        """Release reservations older than ``older_than`` (left by a process that died mid-call)."""
-        ...
-
-    async def aclose(self) -> None:
-        """Finish pending work and free resources."""
-        ...
-
-
-def _utc(moment: datetime) -> datetime:
-    # Naive datetimes mean UTC, as everywhere in the store.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def period_key(period: Literal["day", "month"] | None, at: datetime) -> str:
-    """The key of the period containing ``at``: ``"2026-11-21"``, ``"2026-11"`` or ``"all"``."""
-    if period is None:
-        return LIFETIME
-    moment = _utc(at)
-    if period == "day":
-        return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
-    return f"{moment.year:04d}-{moment.month:02d}"
-
-
-def _to_nanos(usd: Decimal, rounding: str) -> int:
-    # A wide context: the scaling must be exact before the one rounding we choose.
-    with localcontext(prec=60):
-        return int(usd.scaleb(_NANOS_PER_USD).to_integral_value(rounding=rounding))
-
-
-def _to_usd(nanos: int) -> Decimal:
-    return Decimal(nanos).scaleb(-_NANOS_PER_USD)
-
-
-def _check_amounts(usd: Decimal, tokens: int) -> None:
-    if not isinstance(usd, Decimal) or not usd.is_finite() or usd < 0:
-        raise ValueError(f"a budget amount must be a finite Decimal >= 0, got {usd!r}")
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-        raise ValueError(f"a token count must be an int >= 0, got {tokens!r}")
-
-
-def _check_scopes(scopes: Sequence[BudgetScope]) -> None:
-    names = [str(s) for s in scopes]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a budget scope appears twice in {names}: each may be charged once per call")
-
-
-@dataclass
-class _Counters:
-    """A (scope, period) row: money in nano-dollars."""
-
-    spent_nanousd: int = 0
-    reserved_nanousd: int = 0
-    spent_tokens: int = 0
-    reserved_tokens: int = 0
-
-    def usage(self, scope: str, period: str) -> BudgetUsage:
-        return BudgetUsage(
-            scope=scope,
-            period=period,
-            spent_usd=_to_usd(self.spent_nanousd),
-            reserved_usd=_to_usd(self.reserved_nanousd),
-            spent_tokens=self.spent_tokens,
-            reserved_tokens=self.reserved_tokens,
-        )
-
-
-def _check_room(scope: BudgetScope, row: _Counters, usd: Decimal, nanos: int, tokens: int) -> None:
-    """Raise ``BudgetExceeded`` unless spent + reserved + this call fits every limit of ``scope``."""
-    limit = scope.limit
-    if limit.usd is not None:
-        used = row.spent_nanousd + row.reserved_nanousd
-        if used + nanos > _to_nanos(limit.usd, ROUND_FLOOR):
-            raise BudgetExceeded(
-                str(scope), limit=float(limit.usd), used=float(_to_usd(used)), requested=float(usd), unit="usd"
-            )
-    if limit.tokens is not None:
-        used = row.spent_tokens + row.reserved_tokens
-        if used + tokens > limit.tokens:
-            raise BudgetExceeded(str(scope), limit=limit.tokens, used=used, requested=tokens, unit="tokens")
-
-
-@dataclass(frozen=True)
-class _Held:
-    """An open reservation as the memory ledger keeps it."""
-
-    keys: tuple[tuple[str, str], ...]
-    nanousd: int
-    tokens: int
-    created_at: datetime
-
-
-class MemoryBudgetLedger:
-    """Budgets held in this process's memory; lost on exit.
-
-    For one process (tests, a single embedded gateway). Replicas must share a
-    ``SqlBudgetLedger`` instead, or each would spend the whole budget.
-
-    Args:
-        clock: the current time, for periods and the stale sweep (default: UTC now).
-    """
-
-    def __init__(self, *, clock: Clock | None = None) -> None:
-        self._clock: Clock = clock or _now
-        self._lock = threading.Lock()  # no operation awaits inside it: atomic per loop, and across threads
-        self._rows: dict[tuple[str, str], _Counters] = {}
-        self._held: dict[str, _Held] = {}
-
-    def _row(self, key: tuple[str, str]) -> _Counters:
-        return self._rows.setdefault(key, _Counters())
-
-    async def reserve(self, scopes: Sequence[BudgetScope], *, usd: Decimal, tokens: int) -> Reservation:
-        """Charge every scope or none; see ``BudgetLedger.reserve``."""
-        _check_amounts(usd, tokens)
-        _check_scopes(scopes)
-        nanos = _to_nanos(usd, ROUND_CEILING)
-        with self._lock:
-            now = _utc(self._clock())
-            periods = tuple(period_key(s.limit.period, now) for s in scopes)
-            keys = tuple((str(s), p) for s, p in zip(scopes, periods, strict=True))
-            for scope, key in zip(scopes, keys, strict=True):
-                _check_room(scope, self._rows.get(key, _Counters()), usd, nanos, tokens)
-            for key in keys:
-                row = self._row(key)
-                row.reserved_nanousd += nanos
-                row.reserved_tokens += tokens
-            reservation = Reservation(uuid.uuid4().hex, tuple(scopes), usd, tokens, periods)
-            self._held[reservation.id] = _Held(keys, nanos, tokens, now)
-        return reservation
-
-    def _give_back(self, reservation_id: str, *, as_spent: bool = False) -> None:
-        held = self._held.pop(reservation_id, None)
-        if held is None:
-            return  # settled, released or swept already
-        for key in held.keys:
-            row = self._row(key)
-            row.reserved_nanousd -= held.nanousd
-            row.reserved_tokens -= held.tokens
-            if as_spent:
-                row.spent_nanousd += held.nanousd
-                row.spent_tokens += held.tokens
-
-    async def settle(self, reservation: Reservation, *, usd: Decimal, tokens: int) -> None:
-        """Record the real cost; see ``SqlBudgetLedger.settle`` for a settle after a sweep."""
-        _check_amounts(usd, tokens)
-        nanos = _to_nanos(usd, ROUND_CEILING)
-        with self._lock:
-            self._give_back(reservation.id)
-            for scope, period in zip(reservation.scopes, reservation.periods, strict=True):
-                row = self._row((str(scope), period))
-                row.spent_nanousd += nanos
-                row.spent_tokens += tokens
-
-    async def release(self, reservation: Reservation) -> None:
-        """Give the reservation back; nothing happens if it is already settled or released."""
-        with self._lock:
-            self._give_back(reservation.id)
-
-    async def usage(self, scope: BudgetScope, *, at: datetime | None = None) -> BudgetUsage:
-        """The scope's usage in the period containing ``at`` (default: the clock's now)."""
-        period = period_key(scope.limit.period, at if at is not None else self._clock())
-        with self._lock:
-            return self._rows.get((str(scope), period), _Counters()).usage(str(scope), period)
-
-    async def sweep_stale(self, older_than: timedelta) -> int:
-        """End reservations made more than ``older_than`` ago as spent in full (fail closed); returns how many."""
-        with self._lock:
-            cutoff = _utc(self._clock()) - older_than
-            stale = [rid for rid, held in self._held.items() if held.created_at < cutoff]
-            for rid in stale:
-                self._give_back(rid, as_spent=True)
-        return len(stale)
-
-    async def aclose(self) -> None:
-        """Nothing to free; present for the ``BudgetLedger`` protocol."""
-
-
-# --- the SQL ledger ----------------------------------------------------------------------------------------------
-#
 # Statements are built once, here: building a SQLAlchemy statement costs several times more than running it
 # (measured ~350 µs against ~40 µs for an UPDATE on SQLite), and a ledger runs a handful per batch.
 
@@ -689,9 +357,6 @@ class SqlBudgetLedger:
             ValueError: ``max_batch`` or ``max_queue`` below 1.
         """
         if url is None:
-            # Imported here: tether.config imports the gateway's config, which imports this module.
-            from tether.config import load_settings
-
             url = load_settings().store.url
         where = parse_store_url(url)
         engine = create_store_engine(where)
