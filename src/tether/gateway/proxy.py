@@ -89,6 +89,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -1581,4 +1582,24 @@ def create_app(
         Route("/metrics", proxy.metrics_page, methods=["GET"]),
         *extra_routes,
     ]
-    return ProxyApp(proxy, Starlette(routes=routes, lifespan=lifespan))
+
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        # Unknown paths and wrong methods in the API's own error format (an SDK parses it), never plain text.
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        path = request.url.path
+        wire = proxy.wires["anthropic" if path == "/v1/messages" or path.startswith("/v1/messages/") else "openai"]
+        if status == 405:
+            allowed = exc.headers.get("Allow", "") if isinstance(exc, HTTPException) and exc.headers else ""
+            message = f"{request.method} is not allowed on {path}" + (f": use {allowed}" if allowed else "")
+            headers = {"Allow": allowed} if allowed else None
+            body = wire.error_body(405, message, code="method_not_allowed")
+            return Response(body, status_code=405, headers=headers, media_type="application/json")
+        message = (
+            f"no such endpoint: {request.method} {path} "
+            "(see GET /v1/models, POST /v1/chat/completions, POST /v1/messages)"
+        )
+        body = wire.error_body(status, message, code="not_found" if status == 404 else None)
+        return Response(body, status_code=status, media_type="application/json")
+
+    handlers = {404: not_routed, 405: not_routed}
+    return ProxyApp(proxy, Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers))
