@@ -14,9 +14,9 @@ Endpoints::
     GET  /readyz                200 while the store (and Redis) answered their last background probe,
                                 else 503 naming the dependency that did not (readiness)
     GET  /metrics               Prometheus text (see tether.gateway._metrics)
-    POST /v1/kill               with ``tether gateway serve``: a kill (tether.guard.killswitch.kill_route)
+    POST /v1/kill               with ``tether serve``: a kill (tether.server.admin.kills.kill_route)
     GET  /v1/approvals          with ``tether gateway serve``: approval requests; POST …/{id}/approve|deny
-                                decides one (tether.guard.approvals.approval_routes)
+                                decides one (tether.server.admin.approvals.approval_routes)
 
 The model endpoints take model keys; ``/v1/kill`` and ``/v1/approvals`` take
 only admin keys (``tether keys create NAME --admin``), and an admin key gets a

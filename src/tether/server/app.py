@@ -3,13 +3,14 @@
 Mounted on one port::
 
     model API   POST /v1/chat/completions (OpenAI), POST /v1/messages (Anthropic), GET /v1/models
-    admin API   POST /v1/kill, GET /v1/approvals, POST /v1/approvals/{id}/approve|deny (admin keys only)
+    admin API   POST /v1/kill, GET /v1/approvals, POST /v1/approvals/{id}/approve|deny, GET /v1/incidents
+                (admin keys only)
     ops         GET /healthz (liveness), /readyz (the store and Redis answered), /metrics (Prometheus)
     console     (to come) mounted under /console, through ``ServerParts.extra_routes``
 
 Unknown paths and wrong methods answer 404 / 405 in the API's JSON error format (Anthropic's
 under ``/v1/messages``, OpenAI's elsewhere). The model API is ``tether.gateway.proxy``; the
-admin handlers are ``tether.guard.approvals.approval_routes`` and ``tether.guard.killswitch.kill_route``.
+admin handlers are ``tether.server.admin`` (approvals, kills, incidents).
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ def build_app(settings: Settings, parts: ServerParts) -> ProxyApp:
         ConfigError: keys are required (``no_auth`` is False) but ``parts.keys`` is None.
     """
     from tether.gateway.proxy import create_app
-    from tether.guard.approvals import approval_routes
-    from tether.guard.killswitch import kill_route
+    from tether.guard.audit import GuardStore
+    from tether.server.admin.approvals import approval_routes
+    from tether.server.admin.incidents import incidents_route
+    from tether.server.admin.kills import kill_route
 
     del settings  # the gateway carries the configuration it was built from; kept for the console and workers
     keys = None if parts.no_auth else parts.keys
@@ -79,6 +82,7 @@ def build_app(settings: Settings, parts: ServerParts) -> ProxyApp:
         extra_routes=[
             kill_route(parts.kills, keys=keys),
             *approval_routes(parts.approvals, keys=keys),
+            incidents_route(GuardStore(parts.store), keys=keys),
             *parts.extra_routes,
         ],
         store=parts.store,
