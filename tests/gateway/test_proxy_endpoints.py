@@ -69,6 +69,39 @@ async def test_healthz_reports_every_breaker() -> None:
         assert data["breakers"]["gpt"]["state"] == "closed"
 
 
+async def test_unknown_paths_and_wrong_methods_answer_in_the_apis_json_error_format() -> None:
+    # Before: Starlette's plain-text "Not Found" / "Method Not Allowed", which no SDK can parse.
+    async with running_proxy() as env, httpx.AsyncClient() as client:
+        missing = await client.get(f"{env.url}/v1/no-such-thing")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/json"
+        error = missing.json()["error"]
+        assert error["type"] == "not_found_error" or error["code"] == "not_found"
+        assert "/v1/no-such-thing" in error["message"]
+
+        wrong = await client.get(f"{env.url}/v1/chat/completions")
+        assert wrong.status_code == 405
+        assert wrong.headers["allow"] == "POST"
+        assert set(wrong.json()["error"]) == {"message", "type", "param", "code"}  # OpenAI's error object
+        assert wrong.json()["error"]["message"] == "GET is not allowed on /v1/chat/completions: use POST"
+
+        anthropic_wrong = await client.get(f"{env.url}/v1/messages")
+        assert anthropic_wrong.status_code == 405
+        data = anthropic_wrong.json()
+        assert data["type"] == "error" and set(data["error"]) == {"type", "message"}  # Anthropic's error shape
+
+        anthropic_missing = await client.post(f"{env.url}/v1/messages/count_tokens", json={})
+        assert anthropic_missing.status_code == 404
+        assert anthropic_missing.json() == {
+            "type": "error",
+            "error": {"type": "not_found_error", "message": anthropic_missing.json()["error"]["message"]},
+        }
+
+        models_post = await client.post(f"{env.url}/v1/models")
+        assert models_post.status_code == 405
+        assert models_post.json()["error"]["code"] == "method_not_allowed"
+
+
 async def test_metrics_count_requests_tokens_cost_cache_and_breakers() -> None:
     async with running_proxy() as env:
         env.upstream.on("/v1/chat/completions", sse_reply(sse_events("openai_stream_text.sse")))

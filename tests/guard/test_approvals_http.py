@@ -8,7 +8,8 @@ import httpx
 from starlette.applications import Starlette
 
 from tether.gateway.keys import KeyScope, KeyStore
-from tether.guard.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore, approval_routes
+from tether.guard.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore
+from tether.server.admin.approvals import approval_routes
 from tether.store import open_store
 
 

@@ -35,7 +35,8 @@ from tests.store import conftest as store_fixtures
 from tether.cli import app
 from tether.errors import ConfigError
 from tether.guard.kill_redis import KillPublisher, decode_kill, encode_kill
-from tether.guard.killswitch import Kill, KillStore, KillSwitch, kill_route, new_kill
+from tether.guard.killswitch import Kill, KillStore, KillSwitch, new_kill
+from tether.server.admin.kills import kill_route
 from tether.store import TraceStore, open_store
 
 # A SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.

@@ -27,7 +27,8 @@ from tether.gateway.gateway import Gateway
 from tether.gateway.keys import KeyScope, KeyStore, VirtualKey
 from tether.gateway.proxy import create_app
 from tether.guard import killswitch
-from tether.guard.killswitch import Kill, KillStore, KillSwitch, RunWatch, kill_route, parse_kill_file
+from tether.guard.killswitch import Kill, KillStore, KillSwitch, RunWatch, parse_kill_file
+from tether.server.admin.kills import kill_route
 from tether.store import TraceStore, open_store
 
 # The store tests' fixtures: a SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.

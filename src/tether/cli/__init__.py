@@ -25,6 +25,7 @@ from tether.cli import incidents as incidents_cmd
 from tether.cli import keys as keys_cmd
 from tether.cli import kill as kill_cmd
 from tether.cli import runs as runs_cmd
+from tether.cli import serve as serve_cmd
 from tether.cli.demo import demo
 from tether.errors import TetherError
 
@@ -60,6 +61,7 @@ def _root(
 
 
 app.add_typer(runs_cmd.app, name="runs")
+app.command("serve")(serve_cmd.serve)
 app.add_typer(gateway_cmd.app, name="gateway")
 app.command("demo")(demo)
 app.add_typer(keys_cmd.app, name="keys")

@@ -14,9 +14,9 @@ Endpoints::
     GET  /readyz                200 while the store (and Redis) answered their last background probe,
                                 else 503 naming the dependency that did not (readiness)
     GET  /metrics               Prometheus text (see tether.gateway._metrics)
-    POST /v1/kill               with ``tether gateway serve``: a kill (tether.guard.killswitch.kill_route)
+    POST /v1/kill               with ``tether serve``: a kill (tether.server.admin.kills.kill_route)
     GET  /v1/approvals          with ``tether gateway serve``: approval requests; POST …/{id}/approve|deny
-                                decides one (tether.guard.approvals.approval_routes)
+                                decides one (tether.server.admin.approvals.approval_routes)
 
 The model endpoints take model keys; ``/v1/kill`` and ``/v1/approvals`` take
 only admin keys (``tether keys create NAME --admin``), and an admin key gets a
@@ -89,6 +89,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -1583,4 +1584,24 @@ def create_app(
         Route("/metrics", proxy.metrics_page, methods=["GET"]),
         *extra_routes,
     ]
-    return ProxyApp(proxy, Starlette(routes=routes, lifespan=lifespan))
+
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        # Unknown paths and wrong methods in the API's own error format (an SDK parses it), never plain text.
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        path = request.url.path
+        wire = proxy.wires["anthropic" if path == "/v1/messages" or path.startswith("/v1/messages/") else "openai"]
+        if status == 405:
+            allowed = exc.headers.get("Allow", "") if isinstance(exc, HTTPException) and exc.headers else ""
+            message = f"{request.method} is not allowed on {path}" + (f": use {allowed}" if allowed else "")
+            headers = {"Allow": allowed} if allowed else None
+            body = wire.error_body(405, message, code="method_not_allowed")
+            return Response(body, status_code=405, headers=headers, media_type="application/json")
+        message = (
+            f"no such endpoint: {request.method} {path} "
+            "(see GET /v1/models, POST /v1/chat/completions, POST /v1/messages)"
+        )
+        body = wire.error_body(status, message, code="not_found" if status == 404 else None)
+        return Response(body, status_code=status, media_type="application/json")
+
+    handlers = {404: not_routed, 405: not_routed}
+    return ProxyApp(proxy, Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers))

@@ -110,10 +110,6 @@ from tether.store.access import StoreAccess
 from tether.store.schema import kills
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
-    from starlette.routing import Route
-
-    from tether.gateway.keys import KeyVerifier
     from tether.guard.kill_redis import KillPublisher, KillSubscription
     from tether.store import TraceStore
 
@@ -126,8 +122,8 @@ __all__ = [
     "KillSwitch",
     "RunWatch",
     "TargetKind",
-    "kill_route",
     "new_kill",
+    "one_target",
     "parse_kill_file",
 ]
 
@@ -694,7 +690,7 @@ class KillSwitch:
             UserError: not exactly one of ``run_id``, ``agent`` and ``all`` was given.
             StoreError: the kill could not be recorded (runs of this process were stopped all the same).
         """
-        kind, target = _one_target(run_id=run_id, agent=agent, all_runs=all)
+        kind, target = one_target(run_id=run_id, agent=agent, all_runs=all)
         kill = new_kill(kind, target, reason, requested_by, source="local")
         with self._lock:
             self._seen[kill.id] = kill.created_at
@@ -1095,7 +1091,7 @@ class _Outage:
         return lasted
 
 
-def _one_target(*, run_id: str | None, agent: str | None, all_runs: bool) -> tuple[TargetKind, str | None]:
+def one_target(*, run_id: str | None, agent: str | None, all_runs: bool) -> tuple[TargetKind, str | None]:
     given = [name for name, value in (("run_id", run_id), ("agent", agent), ("all", all_runs)) if value]
     if len(given) != 1:
         listed = ", ".join(given) if given else "none"
@@ -1103,79 +1099,3 @@ def _one_target(*, run_id: str | None, agent: str | None, all_runs: bool) -> tup
     if all_runs:
         return "all", None
     return ("run", run_id) if run_id else ("agent", agent)
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-def kill_route(kills: KillStore, *, keys: KeyVerifier | None, path: str = "/v1/kill") -> Route:
-    """``POST /v1/kill``: record a kill; every switch on the database acts on it within a poll.
-
-    With a ``KillStore`` given ``redis_url`` (``tether gateway serve`` makes one
-    when ``[gateway] redis_url`` is set), the kill is also published on Redis
-    and switches listening there act on it at once.
-
-    Body: ``{"run_id": "…"}``, ``{"agent": "…"}`` or ``{"all": true}``, with an
-    optional ``"reason"``. Answers 202 with the kill (``id``, ``target_kind``,
-    ``target``, ``reason``, ``requested_by``, ``created_at``); 400 for a bad
-    body; 401 without a valid virtual key and 403 for a model key (when
-    ``keys`` is given: it needs an admin key, ``tether keys create NAME
-    --admin``, as ``Authorization: Bearer`` or ``x-api-key``) — an agent's key
-    cannot stop other agents' runs; 503 when the database fails.
-
-    Args:
-        kills: where kills are recorded.
-        keys: verifies virtual keys; None accepts every request (``--no-auth``, local development only).
-        path: where to mount it.
-    """
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-    from tether.guard import _http
-
-    answer, refuse = _http.answer, _http.refuse
-
-    async def endpoint(request: Request) -> Response:
-        requested_by = await _http.caller(request, keys)
-        if not isinstance(requested_by, str):
-            return requested_by
-        data = await _http.json_body(request)
-        if not isinstance(data, dict):
-            if data.status_code != 400:
-                return data
-            return refuse(
-                400,
-                "invalid_request",
-                'the body must be a JSON object: {"run_id": "..."}, {"agent": "..."} or {"all": true}, '
-                'with an optional "reason"',
-            )
-        unknown = sorted(set(data) - {"run_id", "agent", "all", "reason"})
-        if unknown:
-            return refuse(
-                400, "invalid_request", f"unknown field(s) {', '.join(unknown)}: use run_id, agent or all, and reason"
-            )
-        run_id, agent, all_runs, reason = (
-            data.get("run_id"),
-            data.get("agent"),
-            data.get("all", False),
-            data.get("reason"),
-        )
-        for name, value in (("run_id", run_id), ("agent", agent), ("reason", reason)):
-            if value is not None and not isinstance(value, str):
-                return refuse(400, "invalid_request", f"{name} must be a string")
-        if not isinstance(all_runs, bool):
-            return refuse(400, "invalid_request", "all must be true or false")
-        try:
-            kind, target = _one_target(run_id=run_id, agent=agent, all_runs=all_runs)
-            kill = new_kill(kind, target, reason, requested_by)
-        except UserError as exc:
-            return refuse(400, "invalid_request", str(exc))
-        try:
-            await asyncio.to_thread(kills.add, kill)
-        except StoreError as exc:
-            logger.error("POST %s: could not record a kill of %s: %s", path, kill.what, exc)
-            # The error names the database's address: the log's (above), never the client's.
-            return refuse(503, "store_unavailable", "the kill could not be recorded: the store is unavailable, retry")
-        return answer(202, kill.to_dict())
-
-    return Route(path, endpoint, methods=["POST"])
