@@ -23,6 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from tether.errors import ConfigError
+from tether.models.registry import provider_spec
 
 if TYPE_CHECKING:
     import uvicorn
@@ -54,7 +55,8 @@ def check_startable(settings: Settings) -> None:
     missing: dict[str, list[str]] = {}
     for name in sorted(used):
         provider_name = settings.deployments[name].provider
-        variable = settings.providers[provider_name].resolved_key_env
+        provider = settings.providers[provider_name]
+        variable = provider_spec(provider.kind).key_env(provider)
         if variable is not None and not os.environ.get(variable):
             providers = missing.setdefault(variable, [])
             if provider_name not in providers:
