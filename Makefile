@@ -22,10 +22,11 @@ env: uv  ## create .venv from uv.lock
 demo: env  ## run tether's main job: the on-call agent demo on the embedded store
 	@$(UV) run --frozen tether demo
 
-lint: env  ## ruff lint + format check, mypy --strict on src/
+lint: env  ## ruff lint + format check, mypy --strict on src/, import-linter layers and cycles
 	$(UV) run --frozen ruff check src tests benchmarks
 	$(UV) run --frozen ruff format --check src tests benchmarks
 	$(UV) run --frozen mypy
+	$(UV) run --frozen lint-imports
 
 pytest: env
 	$(UV) run --frozen pytest

@@ -65,7 +65,7 @@ from opentelemetry.trace import NoOpTracer
 
 from tether.guard.detectors import RuleScanner
 from tether.guard.guard import Guard, RunGuard
-from tether.guard.killswitch import DEFAULT_POLL_INTERVAL_S, KillStore, KillSwitch, new_kill
+from tether.guard.kill import DEFAULT_POLL_INTERVAL_S, KillStore, KillSwitch, new_kill
 from tether.guard.policy import AgentPolicy, Policy, ToolRule
 from tether.messages import ModelRequest, ModelResponse, StopReason
 from tether.redis_client import display_url

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from tether.guard.detectors import RuleScanner
     from tether.guard.durable import DurableRuns
     from tether.guard.guard import Guard
-    from tether.guard.killswitch import KillSwitch
+    from tether.guard.kill import KillSwitch
     from tether.guard.policy import AgentPolicy, Policy, ToolRule
     from tether.messages import (
         FinishReason,
@@ -170,7 +170,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "tether.guard.detectors": ("RuleScanner",),
     "tether.guard.durable": ("DurableRuns",),
     "tether.guard.guard": ("Guard",),
-    "tether.guard.killswitch": ("KillSwitch",),
+    "tether.guard.kill": ("KillSwitch",),
     "tether.guard.policy": ("AgentPolicy", "Policy", "ToolRule"),
     "tether.messages": (
         "FinishReason",

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from tether.guard.audit import StoreGuardRecorder
     from tether.guard.durable import DurableRuns
     from tether.guard.guard import Guard
-    from tether.guard.killswitch import KillSwitch
+    from tether.guard.kill import KillSwitch
     from tether.guard.policy import Policy
     from tether.models.base import Model
     from tether.runtime import Agent, Limits, Tool
@@ -224,7 +224,7 @@ class Tether:
         """The kill switch: ``tether kill`` reaches runs through the store, at once over Redis when set."""
 
         def build() -> KillSwitch:
-            from tether.guard.killswitch import KillSwitch
+            from tether.guard.kill import KillSwitch
 
             return KillSwitch(self.store, redis_url=self._settings.gateway.redis_url)
 

@@ -21,7 +21,7 @@ from tether.cli import app
 from tether.guard.approvals import ApprovalRequest, ApprovalStore
 from tether.guard.audit import StoreGuardRecorder
 from tether.guard.guard import RunGuard
-from tether.guard.killswitch import KillStore
+from tether.guard.kill import KillStore
 from tether.guard.policy import Policy
 from tether.guard.types import Finding
 from tether.store import open_store

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tests.store.conftest import Run
 from tether.cli import app, main
-from tether.guard.killswitch import KillStore, KillSwitch
+from tether.guard.kill import KillStore, KillSwitch
 from tether.store import open_store
 
 runner = CliRunner()

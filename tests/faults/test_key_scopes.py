@@ -15,7 +15,7 @@ import orjson
 
 from tests.faults._support import GatewayProcess, Upstream, run_tether, tether_env, wait_until
 from tether.guard.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore, StoredApproval
-from tether.guard.killswitch import KillStore
+from tether.guard.kill import KillStore
 from tether.store import TraceStore, open_store
 
 PROVIDER_KEY = "fault-provider-key-0123456789abcdef"

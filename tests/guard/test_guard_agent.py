@@ -146,7 +146,7 @@ async def test_a_kill_ends_a_run_waiting_on_a_slow_model_and_keeps_its_trace() -
     import asyncio
     import time
 
-    from tether.guard.killswitch import KillSwitch
+    from tether.guard.kill import KillSwitch
     from tether.messages import ModelRequest, ModelResponse, StopReason
     from tether.testing import FunctionModel
 
@@ -183,7 +183,7 @@ async def test_a_kill_ends_a_run_waiting_on_a_slow_model_and_keeps_its_trace() -
 
 
 async def test_a_kill_for_another_run_changes_nothing() -> None:
-    from tether.guard.killswitch import KillSwitch
+    from tether.guard.kill import KillSwitch
 
     switch = KillSwitch()
     agent = Agent(

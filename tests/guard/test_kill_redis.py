@@ -34,8 +34,8 @@ from tests.guard.test_killswitch import FAST, ended, run_watched
 from tests.store import conftest as store_fixtures
 from tether.cli import app
 from tether.errors import ConfigError
-from tether.guard.kill_redis import KillPublisher, decode_kill, encode_kill
-from tether.guard.killswitch import Kill, KillStore, KillSwitch, new_kill
+from tether.guard.kill import Kill, KillStore, KillSwitch, new_kill
+from tether.guard.kill.redis import KillPublisher, decode_kill, encode_kill
 from tether.server.admin.kills import kill_route
 from tether.store import TraceStore, open_store
 
@@ -241,12 +241,12 @@ async def test_with_redis_down_kills_are_recorded_and_arrive_by_the_poll(
         assert [w.kill.id for w in watches if w.kill is not None] == ids
         assert all(w.kill is not None and w.kill.source == "store" for w in watches)
         assert [k.id for k in KillStore(store).list()] == ids[::-1]
-        published = [r for r in caplog.records if r.name == "tether.guard.kill_redis"]
+        published = [r for r in caplog.records if r.name == "tether.guard.kill.redis"]
         assert len(published) == 1, "one warning, not one per kill"
         assert published[0].levelno == logging.WARNING and "could not publish the kill of run run-1" in (
             published[0].getMessage()
         )
-        listening = [r for r in caplog.records if r.name == "tether.guard.killswitch" and r.levelno == logging.ERROR]
+        listening = [r for r in caplog.records if r.name == "tether.guard.kill" and r.levelno == logging.ERROR]
         assert len(listening) == 1 and "cannot listen for kills on Redis" in listening[0].getMessage()
         assert "by the store's poll" in listening[0].getMessage()
         assert switch.redis_error is not None and "Connection refused" in switch.redis_error
@@ -256,7 +256,7 @@ async def test_the_listener_reconnects_after_losing_its_connection(
     sqlite_store: TraceStore, redis_url: str, channel: str, client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     with (
-        caplog.at_level(logging.WARNING, logger="tether.guard.killswitch"),
+        caplog.at_level(logging.WARNING, logger="tether.guard.kill"),
         KillSwitch(sqlite_store, poll_interval_s=SLOW_POLL, redis_url=redis_url, redis_channel=channel) as switch,
     ):
         task = await run_watched(switch, "run-1")
@@ -328,7 +328,7 @@ async def test_messages_that_are_not_kills_stop_nothing(
     ]
     # No store: what stops a run here can only have come over Redis.
     with (
-        caplog.at_level(logging.WARNING, logger="tether.guard.killswitch"),
+        caplog.at_level(logging.WARNING, logger="tether.guard.kill"),
         KillSwitch(redis_url=redis_url, redis_channel=channel) as switch,
     ):
         first = await run_watched(switch, "run-1")

@@ -26,8 +26,8 @@ from tether.errors import StoreUnavailable, UserError
 from tether.gateway.gateway import Gateway
 from tether.gateway.keys import KeyScope, KeyStore, VirtualKey
 from tether.gateway.proxy import create_app
-from tether.guard import killswitch
-from tether.guard.killswitch import Kill, KillStore, KillSwitch, RunWatch, parse_kill_file
+from tether.guard.kill import Kill, KillStore, KillSwitch, RunWatch, parse_kill_file
+from tether.guard.kill import switch as killswitch
 from tether.server.admin.kills import kill_route
 from tether.store import TraceStore, open_store
 
@@ -521,7 +521,7 @@ async def test_the_switch_keeps_trying_a_failing_store_and_catches_up(
 ) -> None:
     flaky = FlakyKills(store)
     with (
-        caplog.at_level(logging.WARNING, logger="tether.guard.killswitch"),
+        caplog.at_level(logging.WARNING, logger="tether.guard.kill"),
         KillSwitch(flaky, kill_file=kill_file, poll_interval_s=FAST) as switch,
     ):
         by_store = await run_watched(switch, "run-1")

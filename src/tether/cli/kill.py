@@ -14,7 +14,7 @@ from tether.cli import _format as fmt
 from tether.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
-    from tether.guard.killswitch import Kill
+    from tether.guard.kill import Kill
     from tether.store import TraceStore
 
 __all__ = ["kill"]
@@ -46,7 +46,7 @@ def _redis_url(given: str | None) -> str | None:
 
 
 def _confirmation(kill: Kill) -> str:
-    from tether.guard.killswitch import DEFAULT_POLL_INTERVAL_S
+    from tether.guard.kill import DEFAULT_POLL_INTERVAL_S
 
     within = f"within ~{DEFAULT_POLL_INTERVAL_S * 1000:.0f} ms"
     if kill.target_kind == "run":
@@ -133,7 +133,7 @@ def kill(
     HTTP (POST /v1/kill on the gateway) a kill needs an admin key instead
     ('tether keys create NAME --admin'); a model key is refused.
     """
-    from tether.guard.killswitch import KillStore, new_kill
+    from tether.guard.kill import KillStore, new_kill
     from tether.store import open_store
 
     given = [flag for flag, value in (("RUN_ID", run_id), ("--agent", agent), ("--all", all_runs)) if value]

@@ -22,7 +22,7 @@ Environment variables:
                            (= ``[gateway] redis_url``; e.g. ``redis://127.0.0.1:6379/0``)
 ``TETHER_KILL_FILE``       a file an operator touches to kill runs: empty or ``all``
                            kills every run; lines ``run:<id>`` / ``agent:<name>`` kill
-                           those (read by ``tether.guard.killswitch.KillSwitch``)
+                           those (read by ``tether.guard.kill.KillSwitch``)
 =========================  ===========================================================
 
 The standard ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, protocol)

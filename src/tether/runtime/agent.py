@@ -47,7 +47,7 @@ from tether.errors import (
 )
 from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard, RunGuard
-from tether.guard.killswitch import KillSwitch, RunWatch
+from tether.guard.kill import KillSwitch, RunWatch
 from tether.guard.types import Decision, Finding, Risk, Verdict
 from tether.messages import (
     Message,

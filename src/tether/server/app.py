@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from tether.gateway.keys import KeyVerifier
     from tether.gateway.proxy import ProxyApp
     from tether.guard.approvals import ApprovalStore
-    from tether.guard.killswitch import KillStore
+    from tether.guard.kill import KillStore
     from tether.store import TraceStore
 
 __all__ = ["ServerParts", "build_app"]

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from tether.errors import StoreError
-from tether.server.admin.http import refuse
+from tether.server.http import refuse
 
 if TYPE_CHECKING:
     from starlette.requests import Request

@@ -240,7 +240,7 @@ def serve(
     from tether.gateway.keys import KeyStore
     from tether.gateway.ledger import CostWriter
     from tether.guard.approvals import ApprovalStore
-    from tether.guard.killswitch import KillStore
+    from tether.guard.kill import KillStore
     from tether.server.app import ServerParts, build_app
     from tether.store import open_store
     from tether.trace.setup import configure_tracing

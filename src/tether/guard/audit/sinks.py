@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -16,7 +16,18 @@ from tether.guard.types import Finding
 from tether.redaction import Scrubber
 
 if TYPE_CHECKING:
-    from tether.guard.audit.recorder import StoreGuardRecorder
+    from tether.guard.audit.quarantine import Quarantine
+    from tether.guard.policy import Policy
+
+
+class IncidentOwner(Protocol):
+    """What the incident sink needs of its recorder (``StoreGuardRecorder``): where to write, and whom to tell."""
+
+    store: GuardStore
+    scrubber: Scrubber
+    policy: Policy
+
+    def _settled(self, agent: str, found: Quarantine | None, ids: set[str]) -> None: ...
 
 
 def _span_ids(span: Any) -> tuple[str | None, str | None]:
@@ -121,7 +132,7 @@ class _AuditSink:
 class _IncidentSink:
     """Stores incidents, then decides quarantines from the store's count (in the writer's thread)."""
 
-    def __init__(self, recorder: StoreGuardRecorder) -> None:
+    def __init__(self, recorder: IncidentOwner) -> None:
         self.recorder = recorder
 
     @property

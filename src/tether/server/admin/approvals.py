@@ -8,8 +8,8 @@ from typing import Any
 
 from tether.errors import StoreError
 from tether.guard.approvals import ApprovalAlreadyDecided, ApprovalStatus, ApprovalStore, UnknownApproval
-from tether.server.admin.http import answer, json_body, refuse
 from tether.server.auth import admin_caller
+from tether.server.http import answer, json_body, refuse
 
 __all__ = ["approval_routes"]
 

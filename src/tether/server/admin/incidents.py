@@ -7,8 +7,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from tether.errors import StoreError
-from tether.server.admin.http import answer, refuse
 from tether.server.auth import admin_caller
+from tether.server.http import answer, refuse
 
 if TYPE_CHECKING:
     from starlette.requests import Request

@@ -7,9 +7,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from tether.errors import StoreError, UserError
-from tether.guard.killswitch import KillStore, new_kill, one_target
-from tether.server.admin.http import answer, json_body, refuse
+from tether.guard.kill import KillStore, new_kill, one_target
 from tether.server.auth import admin_caller
+from tether.server.http import answer, json_body, refuse
 
 if TYPE_CHECKING:
     from starlette.requests import Request

@@ -20,7 +20,7 @@ an unknown ``target_kind``) is not a kill: the switch logs it and drops it.
 Anyone who can ``PUBLISH`` on that Redis can stop runs (not start or change
 one): protect it as you protect the database.
 
-``redis`` is imported with this module, which ``tether.guard.killswitch``
+``redis`` is imported with this module, which ``tether.guard.kill``
 imports only when a Redis URL is given.
 """
 
@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from tether.errors import ConfigError
-from tether.guard.killswitch import (
+from tether.guard.kill.record import (
     _ALL_TARGET,
     _DEFAULT_REASON,
     _MAX_REASON,

@@ -1,452 +1,51 @@
-"""The kill switch: stop a run, an agent's runs, or every run, from anywhere, now.
-
-Four ways to ask, one effect::
-
-    tether kill 3f9a0c2e41d7b6a5            # a run (its full id)
-    tether kill --agent oncall              # every running run of an agent
-    tether kill --all --reason "incident 4411"
-    curl -X POST http://gateway:4000/v1/kill -H 'authorization: Bearer tk-…' -d '{"agent": "oncall"}'
-    echo agent:oncall > "$TETHER_KILL_FILE" # or just: touch "$TETHER_KILL_FILE" (= all)
-
-The first three write a row to the store's ``kills`` table (``KillStore``),
-which every process and replica on the same database reads; the file is for an
-operator on the machine (and keeps working when the database does not). In
-code, ``KillSwitch.kill`` does the same as the CLI and also stops matching runs
-of its own process at once.
-
-A run is watched for the length of its work::
-
-    switch = KillSwitch(store)                     # one per process, shared by every run
-    async with switch.watch(run_id=run_id, agent="oncall") as watch:
-        output = await loop()                      # cancelled when a kill for it arrives
-    if watch.killed:
-        ...                                        # end the run with StopReason.KILLED, watch.reason
-
-What a kill matches: a run is killed by any kill **created after the run
-started** that names its run id, its agent, or all runs. A kill made before a
-run starts does not stop it (``tether kill --agent X`` stops X's runs, it does
-not ban X) — with one exception: while the kill file says ``all`` (or is
-empty), new runs are refused too: they are killed the moment they start.
-
-How it arrives: one poller thread per switch (not per run) reads the rows
-created since its last read (``created_at >= …``, on the ``created_at``
-index) every ``poll_interval_s`` (25 ms), and checks every watching run
-against them in memory; a second thread ``os.stat``-s the kill file on the
-same beat, so a slow or dead database never delays the file. Both idle while
-no run is watched. Threads rather than an asyncio task, so one switch serves
-runs on any event loop (``Agent.run_sync`` makes a new loop per run): a kill
-reaches a run's loop with ``call_soon_threadsafe`` and cancels the task that
-entered ``watch`` — whatever it awaits (a model call, a tool, a sleep) raises
-``CancelledError`` there, and its spans end as the stack unwinds, so the
-partial trace is kept. Kill latency is the poll interval plus a query plus one
-loop turn (measured ~15-30 ms on SQLite).
-
-With Redis (``redis_url=``, ``[gateway] redis_url`` in tether.toml) a kill
-also comes by push: ``KillStore`` publishes each kill on the pub/sub channel
-``tether:kills`` once its row is committed (``tether kill`` and ``POST
-/v1/kill`` do when a Redis URL is configured), and a third thread, subscribed
-while runs are watched (and 1 s after), applies it as it arrives — about a
-millisecond instead of a poll (``tether.guard.kill_redis``; measured on
-PostgreSQL with the machine's Redis: p50 2 ms, p99 6 ms from the call that
-records the kill, its insert and commit being most of it). The store stays
-the source of truth and the poller keeps running: pub/sub delivers only to
-whoever is subscribed at that moment, so a kill published while this switch
-was disconnected, or not published at all (Redis down: the publisher logs a
-warning, the kill still succeeds), arrives by the poll. Each kill is applied
-once, whichever way it came first (they are told apart by id;
-``kills_applied`` counts them by way). When Redis fails the thread logs an
-error (again every 30 s), reports ``redis_error`` and reconnects with backoff
-(up to 1 s). A message on the channel that is not a kill is logged and stops
-nothing.
-
-Cancellation follows Python 3.11's rules: the watch counts its own cancel
-request and takes it back with ``Task.uncancel()`` on the way out, so an outer
-``asyncio.timeout``, ``TaskGroup`` or a caller's own cancel still gets its
-cancellation. ``RunWatch.__aexit__`` swallows the ``CancelledError`` only when
-the kill was the only cancellation; if someone else cancelled too, it
-propagates (``watch.killed`` still says the run was killed).
-
-When the store cannot be read the switch does not go quiet: it logs an error
-at once and again every 30 s while it lasts, retries with backoff (up to 1 s),
-reports ``store_error``, and reads every kill made meanwhile when the store is
-back (its read cursor only moves on success), so those kills still stop the
-runs they name. Runs are not refused meanwhile (that would turn a database
-blip into an outage); the kill file and in-process kills keep working.
-
-Replicas compare kill times from their own clocks: keep machine clocks in sync
-(NTP). Rows are re-read for ``overlap_s`` seconds (5 s) and told apart by id,
-so a kill whose transaction commits late, or whose writer's clock is a little
-behind, is not missed.
-
-The kill file (``kill_file=`` or ``TETHER_KILL_FILE``): its appearance, or any
-change of its modification time, size or inode, is a kill. Lines: ``all``,
-``run:<id>``, ``agent:<name>``; blank lines and ``# comments`` are ignored; a
-file with no valid line (empty, or unreadable) means all once it has stayed so
-for 50 ms (``echo agent:x > file`` creates an empty file first). Keep it on a
-local file system: a file kill counts as made at the file's modification time.
-"""
+"""The kill switch: watches runs and ends them when a kill reaches it (store, Redis, file or local)."""
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Engine, RowMapping, insert, select
+from sqlalchemy import Engine
 
 from tether.errors import StoreError, UserError
-from tether.store.access import StoreAccess
-from tether.store.schema import kills
+from tether.guard.kill.file import _file_kill_time, _file_signature, _read_kill_file
+from tether.guard.kill.record import (
+    _ALL_TARGET,
+    _ERROR_REPEAT_S,
+    _MAX_BACKOFF_S,
+    _REDIS_LINGER_S,
+    _REDIS_RETRY_S,
+    _REDIS_WAIT_S,
+    _SETTLE_S,
+    DEFAULT_OVERLAP_S,
+    DEFAULT_POLL_INTERVAL_S,
+    KILL_CHANNEL,
+    KILL_FILE_ENV,
+    Kill,
+    KillSource,
+    _now,
+    new_kill,
+    one_target,
+)
+from tether.guard.kill.store import KillStore
 
 if TYPE_CHECKING:
-    from tether.guard.kill_redis import KillPublisher, KillSubscription
+    from tether.guard.kill.redis import KillPublisher, KillSubscription
     from tether.store import TraceStore
 
-__all__ = [
-    "DEFAULT_POLL_INTERVAL_S",
-    "KILL_CHANNEL",
-    "KILL_FILE_ENV",
-    "Kill",
-    "KillStore",
-    "KillSwitch",
-    "RunWatch",
-    "TargetKind",
-    "new_kill",
-    "one_target",
-    "parse_kill_file",
-]
 
-logger = logging.getLogger(__name__)
-
-#: How often the store and the kill file are checked while a run is watched.
-DEFAULT_POLL_INTERVAL_S: Final = 0.025
-#: How far back each read of the store reaches again (late commits, small clock skew).
-DEFAULT_OVERLAP_S: Final = 5.0
-#: The environment variable naming the kill file.
-KILL_FILE_ENV: Final = "TETHER_KILL_FILE"
-#: The Redis pub/sub channel kills are published on (see ``tether.guard.kill_redis``).
-KILL_CHANNEL: Final = "tether:kills"
-
-TargetKind = Literal["run", "agent", "all"]
-KillSource = Literal["store", "redis", "file", "local"]
-
-_TARGET_KINDS: Final = frozenset(get_args(TargetKind))
-_ALL_TARGET: Final = "*"  # the ``target`` column of a kill of all runs
-_MAX_TARGET: Final = 256
-_MAX_REASON: Final = 1_000
-_DEFAULT_REASON: Final = "no reason given"
-_MAX_BACKOFF_S: Final = 1.0
-_ERROR_REPEAT_S: Final = 30.0
-# The Redis thread waits this long for a message at a time: how soon it notices close() or idleness.
-_REDIS_WAIT_S: Final = 0.1
-# ...and stays subscribed this long after the last watched run ends (runs often follow one another).
-_REDIS_LINGER_S: Final = 1.0
-# The first reconnection is tried this soon (a dropped connection, a Redis restart), then backs off to 1 s.
-_REDIS_RETRY_S: Final = 0.05
-# A file's modification time comes from a coarse kernel clock (one jiffy, 1-10 ms) that may lag
-# behind time.time(): a file kill counts as made this much after its mtime, so that a run started
-# just before the file was touched is not spared.
-_MTIME_SLACK_S: Final = 0.02
-# A file with no valid line means all, but so does a file caught between its creation and its
-# first write (``echo agent:x > KILL`` truncates, then writes): such a file must stay so this long.
-_SETTLE_S: Final = 0.05
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Kill:
-    """One kill request.
-
-    Attributes:
-        id: unique id (32 hex characters for kills in the store; ``file:…`` for the kill file).
-        target_kind: ``run``, ``agent`` or ``all``.
-        target: the run id or agent name; ``*`` for all.
-        reason: why, as the person who asked said it.
-        requested_by: who asked (``alice@host``, ``key:ops-bot``, ``kill file …``), if known.
-        created_at: when it was made (UTC); it stops runs that started at or before this moment.
-        source: where this process learned of it first: ``store``, ``redis`` (pub/sub), ``file`` or
-            ``local`` (``KillSwitch.kill``).
-    """
-
-    id: str
-    target_kind: TargetKind
-    target: str
-    reason: str
-    requested_by: str | None
-    created_at: datetime
-    source: KillSource = "store"
-
-    def matches(self, run_id: str, agent: str) -> bool:
-        """Whether it names this run, this run's agent, or all runs (whatever their start)."""
-        if self.target_kind == "all":
-            return True
-        return self.target == (run_id if self.target_kind == "run" else agent)
-
-    @property
-    def what(self) -> str:
-        """``run 3f9a…``, ``agent oncall`` or ``all runs``."""
-        return "all runs" if self.target_kind == "all" else f"{self.target_kind} {self.target}"
-
-    @property
-    def message(self) -> str:
-        """One line for a span, a log or a person: what, who, why."""
-        by = f" by {self.requested_by}" if self.requested_by else ""
-        return f"killed ({self.what}{by}): {self.reason}"
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain JSON values (the CLI's and the HTTP endpoint's answer)."""
-        return {
-            "id": self.id,
-            "target_kind": self.target_kind,
-            "target": self.target,
-            "reason": self.reason,
-            "requested_by": self.requested_by,
-            "created_at": self.created_at.isoformat(),
-        }
-
-
-def new_kill(
-    target_kind: str,
-    target: str | None,
-    reason: str | None = None,
-    requested_by: str | None = None,
-    *,
-    source: KillSource = "store",
-    created_at: datetime | None = None,
-) -> Kill:
-    """A checked ``Kill`` with a fresh id, made now.
-
-    Raises:
-        UserError: the kind is not run/agent/all, or a run/agent kill has no target.
-    """
-    if target_kind not in _TARGET_KINDS:
-        raise UserError(f"invalid kill target kind {target_kind!r}: use 'run', 'agent' or 'all'")
-    kind = cast(TargetKind, target_kind)
-    if kind == "all":
-        target = _ALL_TARGET
-    else:
-        target = target.strip() if isinstance(target, str) else ""
-        if not target:
-            raise UserError(f"a kill of a {kind} needs the {'run id' if kind == 'run' else 'agent name'}")
-        if len(target) > _MAX_TARGET:
-            raise UserError(f"the {kind} to kill is longer than {_MAX_TARGET} characters: is it really a {kind}?")
-    text = " ".join(reason.split()) if isinstance(reason, str) else ""
-    if len(text) > _MAX_REASON:
-        text = text[:_MAX_REASON] + "…"
-    return Kill(
-        id=uuid.uuid4().hex,
-        target_kind=kind,
-        target=target,
-        reason=text or _DEFAULT_REASON,
-        requested_by=requested_by,
-        created_at=created_at if created_at is not None else _now(),
-        source=source,
-    )
-
-
-def _kill_from_row(row: RowMapping) -> Kill:
-    kind = row["target_kind"]
-    return Kill(
-        id=row["id"],
-        target_kind=kind if kind in _TARGET_KINDS else "all",  # an unknown kind from a newer tether: stop everything
-        target=row["target"],
-        reason=row["reason"],
-        requested_by=row["requested_by"],
-        created_at=_utc(row["created_at"]),
-    )
-
-
-class KillStore(StoreAccess):
-    """Kill requests in the store's database (table ``kills``), on SQLite or PostgreSQL.
-
-    With ``redis_url``, each kill is also published on Redis once its row is
-    committed, so that switches listening there act on it at once rather than
-    at their next poll. A publish that fails is logged, not raised: the row is
-    written, and every switch still finds it by polling.
-
-    Args:
-        store: the ``TraceStore`` whose database (and connection pool) to use,
-            or an ``Engine`` on a migrated database. The caller keeps ownership.
-        redis_url: the Redis to publish kills on (``[gateway] redis_url`` in
-            tether.toml); None (or empty) publishes nothing. ``close()`` closes
-            its connections.
-        channel: the pub/sub channel (default ``tether:kills``).
-
-    Raises:
-        ConfigError: a Redis URL that cannot be parsed.
-    """
-
-    def __init__(
-        self, store: TraceStore | Engine, *, redis_url: str | None = None, channel: str = KILL_CHANNEL
-    ) -> None:
-        super().__init__(store)
-        self._publisher: KillPublisher | None = None
-        if redis_url:
-            from tether.guard.kill_redis import KillPublisher
-
-            self._publisher = KillPublisher(redis_url, channel=channel)
-
-    @property
-    def publisher(self) -> KillPublisher | None:
-        """What publishes kills on Redis after they are recorded, if anything."""
-        return self._publisher
-
-    def close(self) -> None:
-        """Close the connections to Redis, if any (the store is the caller's)."""
-        if self._publisher is not None:
-            self._publisher.close()
-
-    def kill(
-        self, target_kind: TargetKind, target: str | None, reason: str | None = None, requested_by: str | None = None
-    ) -> str:
-        """Record a kill and return its id; switches on this database act on it within a poll (over Redis: at once).
-
-        Args:
-            target_kind: ``run``, ``agent`` or ``all``.
-            target: the run id or agent name (ignored for ``all``).
-            reason: why, for the trace and the audit (default: "no reason given").
-            requested_by: who asked.
-
-        Raises:
-            UserError: the target is malformed.
-            StoreError: the database failed.
-        """
-        kill = new_kill(target_kind, target, reason, requested_by)
-        self.add(kill)
-        return kill.id
-
-    def add(self, kill: Kill) -> None:
-        """Record a prepared kill (``KillSwitch.kill`` records the one it applied locally), then publish it.
-
-        Raises:
-            StoreError: the database failed (nothing is published).
-        """
-        row = {
-            "id": kill.id,
-            "target_kind": kill.target_kind,
-            "target": kill.target,
-            "reason": kill.reason,
-            "requested_by": kill.requested_by,
-            "created_at": kill.created_at,
-        }
-        with self._connect("recording a kill") as connection, connection.begin():
-            connection.execute(insert(kills), [row])
-        if self._publisher is not None:
-            self._publisher.publish(kill)  # after the commit: no kill acts anywhere that the store lacks
-
-    def list(self, *, limit: int = 50, since: datetime | None = None) -> builtins.list[Kill]:
-        """Kills, newest first: at most ``limit``, made at or after ``since`` (naive means UTC)."""
-        query = select(kills).order_by(kills.c.created_at.desc(), kills.c.id).limit(limit)
-        if since is not None:
-            query = query.where(kills.c.created_at >= _utc(since))
-        with self._connect("listing kills") as connection:
-            rows = connection.execute(query).mappings().all()
-        return [_kill_from_row(row) for row in rows]
-
-    def made_since(self, moment: datetime) -> builtins.list[Kill]:
-        """Kills made at or after ``moment``, oldest first (the poller's read)."""
-        query = select(kills).where(kills.c.created_at >= _utc(moment)).order_by(kills.c.created_at, kills.c.id)
-        with self._connect("reading kills") as connection:
-            rows = connection.execute(query).mappings().all()
-        return [_kill_from_row(row) for row in rows]
-
-
-# --- the kill file ------------------------------------------------------------------------------
-
-
-def parse_kill_file(text: str) -> tuple[builtins.list[tuple[TargetKind, str]], builtins.list[str]]:
-    """The targets a kill file names, and its lines that name none.
-
-    No valid line at all (an empty file, only comments or nonsense) means all
-    runs: whoever made the file wanted something stopped.
-    """
-    targets, invalid = _parse_lines(text)
-    return targets or [("all", _ALL_TARGET)], invalid
-
-
-def _parse_lines(text: str) -> tuple[builtins.list[tuple[TargetKind, str]], builtins.list[str]]:
-    targets: list[tuple[TargetKind, str]] = []
-    invalid: list[str] = []
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        kind, sep, target = line.partition(":")
-        kind, target = kind.strip().lower(), target.strip()
-        if not sep and kind == "all":
-            targets.append(("all", _ALL_TARGET))
-        elif sep and kind in ("run", "agent") and target:
-            targets.append(("run" if kind == "run" else "agent", target))
-        else:
-            invalid.append(raw.strip())
-    return targets, invalid
-
-
-def _file_signature(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        # It is there, we just cannot look at it properly: its presence is what counts.
-        return (-1, -1, -1, -1)
-    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
-
-
-def _read_kill_file(path: Path) -> tuple[builtins.list[tuple[TargetKind, str]], bool] | None:
-    """The targets the file names now, and whether it named them (False: all, for want of a valid line).
-
-    None if the file is gone.
-    """
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        logger.warning("kill file %s exists but cannot be read (%s): killing all runs", path, exc.strerror or exc)
-        return [("all", _ALL_TARGET)], False
-    targets, invalid = _parse_lines(text)
-    if invalid:
-        logger.warning(
-            "kill file %s: ignored %d line(s) that are not 'all', 'run:<id>' or 'agent:<name>': %s",
-            path,
-            len(invalid),
-            "; ".join(repr(line[:80]) for line in invalid[:5]),
-        )
-    if not targets:
-        return [("all", _ALL_TARGET)], False
-    return targets, True
-
-
-def _file_kill_time(mtime: datetime, previous_check: datetime | None, observed: datetime) -> datetime:
-    """When a change of the kill file counts as made: never later than seen, never much before its mtime."""
-    slack = timedelta(seconds=_MTIME_SLACK_S)
-    if previous_check is not None and mtime < previous_check - slack:
-        # Older than our last look, yet changed since: a back-dated mtime (touch -d). It is news now.
-        return observed
-    return min(observed, mtime + slack)
-
-
-# --- watching runs ------------------------------------------------------------------------------
+#: One logger for the kill switch, whichever module logs.
+logger = logging.getLogger("tether.guard.kill")
 
 
 class RunWatch:
@@ -585,7 +184,7 @@ class KillSwitch:
             self._kills = store
             self._owns_kills = False
             if store is None and self._redis_url is not None:
-                from tether.guard.kill_redis import KillPublisher
+                from tether.guard.kill.redis import KillPublisher
 
                 self._publisher = KillPublisher(self._redis_url, channel=redis_channel)
         else:
@@ -595,7 +194,7 @@ class KillSwitch:
         if self._redis_url is not None:
             # Imported (and the URL checked) now, not in the thread: the first watched run must not
             # wait ~0.5 s for redis-py, and a bad URL is an error here, not a log line per retry.
-            from tether.guard.kill_redis import check_url
+            from tether.guard.kill.redis import check_url
 
             self._redis_display = check_url(self._redis_url)
         if kill_file is None:
@@ -899,7 +498,7 @@ class KillSwitch:
 
     def _listen(self) -> None:
         """The Redis thread: subscribed while runs are watched (and a little after), reconnecting with backoff."""
-        from tether.guard.kill_redis import KillSubscription
+        from tether.guard.kill.redis import KillSubscription
 
         assert self._redis_url is not None
         subscription: KillSubscription | None = None
@@ -949,7 +548,7 @@ class KillSwitch:
                     subscription.close()
 
     def _receive(self, data: bytes) -> None:
-        from tether.guard.kill_redis import decode_kill
+        from tether.guard.kill.redis import decode_kill
 
         try:
             kill = decode_kill(data)
@@ -1089,13 +688,3 @@ class _Outage:
         lasted = time.monotonic() - self._since
         self._since = self.error = None
         return lasted
-
-
-def one_target(*, run_id: str | None, agent: str | None, all_runs: bool) -> tuple[TargetKind, str | None]:
-    given = [name for name, value in (("run_id", run_id), ("agent", agent), ("all", all_runs)) if value]
-    if len(given) != 1:
-        listed = ", ".join(given) if given else "none"
-        raise UserError(f"a kill needs exactly one target — a run id, an agent, or all — got {listed}")
-    if all_runs:
-        return "all", None
-    return ("run", run_id) if run_id else ("agent", agent)
