@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tether"
 
 
 def _package_of(module: str, root: Path) -> str:
-    """``tether.gateway.proxy`` → ``tether.gateway``; a top-level module (``tether.config``) is its own package."""
+    """``tether.server.proxy`` → ``tether.gateway``; a top-level module (``tether.config``) is its own package."""
     parts = module.split(".")
     if len(parts) >= 2 and (root / parts[1]).is_dir():
         return ".".join(parts[:2])

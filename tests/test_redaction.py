@@ -41,7 +41,7 @@ def scrubber() -> Iterator[Scrubber]:
 def test_the_module_is_a_leaf_the_gateway_reaches_without_the_guard() -> None:
     code = (
         "import sys, tether.redaction; print(sorted(m for m in sys.modules if m.startswith('tether')));"
-        "import tether.gateway.proxy; print(sorted(m for m in sys.modules if m.startswith('tether.guard')))"
+        "import tether.server.proxy; print(sorted(m for m in sys.modules if m.startswith('tether.guard')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["['tether', 'tether.errors', 'tether.redaction']", "[]"]

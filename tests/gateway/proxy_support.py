@@ -26,8 +26,8 @@ from opentelemetry.trace import Tracer
 from tether.config import GatewayConfig
 from tether.gateway.gateway import Gateway
 from tether.gateway.keys import VirtualKey
-from tether.gateway.proxy import create_app
 from tether.models.base import Model
+from tether.server.proxy import create_app
 from tether.testing import SpanCapture
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "models" / "payloads"

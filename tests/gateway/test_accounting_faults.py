@@ -27,9 +27,9 @@ from tether.gateway.budget.lease import LeasedBudgetLedger
 from tether.gateway.gateway import CallContext, Gateway
 from tether.gateway.journal import CostJournal
 from tether.gateway.ledger import CostWriter
-from tether.gateway.proxy import create_app
 from tether.messages import Message, ModelRequest, Usage
 from tether.pricing import CostRecord, PriceRef
+from tether.server.proxy import create_app
 from tether.store import TraceStore, open_store
 from tether.testing import FunctionModel, text_response
 

@@ -69,6 +69,17 @@ async def test_healthz_reports_every_breaker() -> None:
         assert data["breakers"]["gpt"]["state"] == "closed"
 
 
+async def test_version_names_tethers_version_and_the_price_data_without_a_key() -> None:
+    from importlib.metadata import version
+
+    from tether.pricing import PRICE_DATA_VERSION
+
+    async with running_proxy() as env, httpx.AsyncClient() as client:
+        reply = await client.get(f"{env.url}/version")
+        assert reply.status_code == 200
+        assert reply.json() == {"tether": version("tether"), "price_data": PRICE_DATA_VERSION}
+
+
 async def test_unknown_paths_and_wrong_methods_answer_in_the_apis_json_error_format() -> None:
     # Before: Starlette's plain-text "Not Found" / "Method Not Allowed", which no SDK can parse.
     async with running_proxy() as env, httpx.AsyncClient() as client:

@@ -27,10 +27,10 @@ from tests.gateway.proxy_support import (
 from tether import semconv as sc
 from tether.config import BudgetLimit, FaultConfig
 from tether.errors import ModelHTTPError, ModelTimeoutError
-from tether.gateway._wire_anthropic import with_cache_breakpoints
 from tether.gateway.budget import BudgetScope
 from tether.gateway.faults import FaultyModel
 from tether.messages import ModelRequest
+from tether.server.wire.anthropic import with_cache_breakpoints
 from tether.testing import text_response
 
 OPENAI = "/v1/chat/completions"

@@ -12,15 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.gateway.proxy_support import sse_events
-from tether.gateway._metrics import Metrics
-from tether.gateway._wire import BadRequest, SSESplitter, parse_sse_block, rewrite_body
-from tether.gateway._wire_anthropic import AnthropicWire
-from tether.gateway._wire_openai import OpenAIWire
-from tether.gateway.proxy import _ResponseCache
 from tether.messages import FinishReason, Message, ModelRequest, TextDelta, ToolUseBlock, ToolUseDelta, Usage
 from tether.models.anthropic import AnthropicModel
 from tether.models.base import ProviderConfig
 from tether.models.openai import OpenAIModel
+from tether.server.metrics import Metrics
+from tether.server.proxy import _ResponseCache
+from tether.server.wire.anthropic import AnthropicWire
+from tether.server.wire.base import BadRequest, SSESplitter, parse_sse_block, rewrite_body
+from tether.server.wire.openai import OpenAIWire
 from tether.testing import text_response, tool_response
 
 

@@ -25,10 +25,10 @@ from tether.config import GatewayConfig
 from tether.errors import StoreUnavailable, UserError
 from tether.gateway.gateway import Gateway
 from tether.gateway.keys import KeyScope, KeyStore, VirtualKey
-from tether.gateway.proxy import create_app
 from tether.guard.kill import Kill, KillStore, KillSwitch, RunWatch, parse_kill_file
 from tether.guard.kill import switch as killswitch
 from tether.server.admin.kills import kill_route
+from tether.server.proxy import create_app
 from tether.store import TraceStore, open_store
 
 # The store tests' fixtures: a SQLite file, or a PostgreSQL schema of the test's own, per ``backend``.

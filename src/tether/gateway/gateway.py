@@ -14,7 +14,7 @@ Every decision lands on the current span (the agent's ``chat`` span):
 ``tether.cache.hit``, and ``gen_ai.provider.name`` / ``gen_ai.response.model`` of
 the deployment that answered.
 
-The HTTP proxy (``tether.gateway.proxy``) streams through ``dispatch`` and settles
+The HTTP proxy (``tether.server.proxy``) streams through ``dispatch`` and settles
 at the stream's end. In process, ``GatewayModel.stream`` is not routed as a
 stream yet: it answers with the complete response as one event.
 """
@@ -50,11 +50,11 @@ from tether.errors import (
     UnknownPriceError,
     UnknownRouteError,
 )
-from tether.gateway._deps import backend_of, bounded
 from tether.gateway.bound import CallBound, ModelLimits, bound_of_request, context_window_of, image_tokens_of
 from tether.gateway.breaker import BreakerRegistry, BreakerState, CircuitBreaker
 from tether.gateway.budget import BudgetLedger, BudgetScope, MemoryBudgetLedger, Reservation, SqlBudgetLedger
 from tether.gateway.budget.lease import LeasedBudgetLedger
+from tether.gateway.deps import backend_of, bounded
 from tether.gateway.faults import FaultyModel
 from tether.gateway.ratelimit import (
     Grant,

@@ -48,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tether.config import BudgetLimit, RateLimit
 from tether.errors import StoreError, UnknownVirtualKey, UserError, VirtualKeyExists, VirtualKeyRevoked
-from tether.gateway._deps import backend_of, bounded
+from tether.gateway.deps import backend_of, bounded
 from tether.store.access import StoreAccess
 from tether.store.schema import virtual_keys
 

@@ -9,7 +9,7 @@ Mounted on one port::
     console     (to come) mounted under /console, through ``ServerParts.extra_routes``
 
 Unknown paths and wrong methods answer 404 / 405 in the API's JSON error format (Anthropic's
-under ``/v1/messages``, OpenAI's elsewhere). The model API is ``tether.gateway.proxy``; the
+under ``/v1/messages``, OpenAI's elsewhere). The model API is ``tether.server.proxy``; the
 admin handlers are ``tether.server.admin`` (approvals, kills, incidents).
 """
 
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from tether.config import Settings
     from tether.gateway.gateway import Gateway
     from tether.gateway.keys import KeyVerifier
-    from tether.gateway.proxy import ProxyApp
     from tether.guard.approvals import ApprovalStore
     from tether.guard.kill import KillStore
+    from tether.server.proxy import ProxyApp
     from tether.store import TraceStore
 
 __all__ = ["ServerParts", "build_app"]
@@ -65,11 +65,11 @@ def build_app(settings: Settings, parts: ServerParts) -> ProxyApp:
     Raises:
         ConfigError: keys are required (``no_auth`` is False) but ``parts.keys`` is None.
     """
-    from tether.gateway.proxy import create_app
     from tether.guard.audit import GuardStore
     from tether.server.admin.approvals import approval_routes
     from tether.server.admin.incidents import incidents_route
     from tether.server.admin.kills import kill_route
+    from tether.server.proxy import create_app
 
     del settings  # the gateway carries the configuration it was built from; kept for the console and workers
     keys = None if parts.no_auth else parts.keys

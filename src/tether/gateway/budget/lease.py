@@ -65,13 +65,13 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Final, TypeVar
 
 from tether.errors import BudgetExceeded, StoreError
-from tether.gateway._deps import bounded
 from tether.gateway.budget.ledger import BudgetLedger, Clock
 from tether.gateway.budget.money import _check_amounts, _to_nanos, _to_usd
 from tether.gateway.budget.period import _now, _utc, period_key
 from tether.gateway.budget.reservation import Reservation
 from tether.gateway.budget.scope import BudgetScope, _check_scopes
 from tether.gateway.budget.usage import BudgetUsage
+from tether.gateway.deps import bounded
 
 __all__ = ["DEFAULT_LEASE_FRACTION", "DEFAULT_LEASE_S", "LeasedBudgetLedger", "LeaseStats"]
 

@@ -31,17 +31,6 @@ from typing import Any, Final
 import orjson
 
 from tether.errors import ModelHTTPError
-from tether.gateway._wire import (
-    DEFAULT_MAX_TOKENS,
-    Api,
-    BadRequest,
-    estimate_tokens,
-    json_type,
-    output_cap,
-    parse_sse_block,
-    shown,
-    tool_schema,
-)
 from tether.messages import (
     ContentBlock,
     FinishReason,
@@ -59,6 +48,17 @@ from tether.messages import (
 )
 from tether.models.http import parse_tool_arguments
 from tether.models.openai import parse_usage, stream_error
+from tether.server.wire.base import (
+    DEFAULT_MAX_TOKENS,
+    Api,
+    BadRequest,
+    estimate_tokens,
+    json_type,
+    output_cap,
+    parse_sse_block,
+    shown,
+    tool_schema,
+)
 
 __all__ = ["OpenAIWire"]
 

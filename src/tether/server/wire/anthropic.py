@@ -34,16 +34,6 @@ from typing import Any, Final
 import orjson
 
 from tether.errors import ModelHTTPError
-from tether.gateway._wire import (
-    Api,
-    BadRequest,
-    estimate_tokens,
-    json_type,
-    output_cap,
-    parse_sse_block,
-    shown,
-    tool_schema,
-)
 from tether.messages import (
     ContentBlock,
     FinishReason,
@@ -60,6 +50,16 @@ from tether.messages import (
     Usage,
 )
 from tether.models.anthropic import error_event, parse_usage
+from tether.server.wire.base import (
+    Api,
+    BadRequest,
+    estimate_tokens,
+    json_type,
+    output_cap,
+    parse_sse_block,
+    shown,
+    tool_schema,
+)
 
 __all__ = ["AnthropicWire", "with_cache_breakpoints"]
 

@@ -13,7 +13,8 @@ Endpoints::
     GET  /healthz               200, with every circuit breaker's state (liveness)
     GET  /readyz                200 while the store (and Redis) answered their last background probe,
                                 else 503 naming the dependency that did not (readiness)
-    GET  /metrics               Prometheus text (see tether.gateway._metrics)
+    GET  /metrics               Prometheus text (see tether.server.metrics)
+    GET  /version               tether's version and the price data it bills with
     POST /v1/kill               with ``tether serve``: a kill (tether.server.admin.kills.kill_route)
     GET  /v1/approvals          with ``tether gateway serve``: approval requests; POST …/{id}/approve|deny
                                 decides one (tether.server.admin.approvals.approval_routes)
@@ -113,10 +114,23 @@ from tether.errors import (
     UnknownPriceError,
     UnknownRouteError,
 )
-from tether.gateway._deps import DependencyUnavailable, backend_of
-from tether.gateway._metrics import UNKNOWN_ROUTE, Metrics
-from tether.gateway._upstream import Upstream, UpstreamTimeouts, kept_headers
-from tether.gateway._wire import (
+from tether.gateway.bound import CallBound, bound_of_wire
+from tether.gateway.deps import DependencyUnavailable, backend_of
+from tether.gateway.faults import FaultyModel
+from tether.gateway.gateway import CallContext, Deployment, Gateway, Placement
+from tether.gateway.keys import KeyVerifier, VirtualKey
+from tether.gateway.ratelimit import RateLimitBackendUnavailable, RequestTooLarge
+from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEvent, Usage
+from tether.models.anthropic import API_VERSION
+from tether.models.base import ProviderConfig
+from tether.models.registry import provider_spec
+from tether.pricing import PRICE_DATA_VERSION
+from tether.redaction import default_scrubber
+from tether.server.auth import model_key, presented_key
+from tether.server.metrics import UNKNOWN_ROUTE, Metrics
+from tether.server.upstream import Upstream, UpstreamTimeouts, kept_headers
+from tether.server.wire.anthropic import AnthropicWire, with_cache_breakpoints
+from tether.server.wire.base import (
     DEFAULT_MAX_TOKENS,
     Api,
     BadRequest,
@@ -128,18 +142,7 @@ from tether.gateway._wire import (
     json_type,
     rewrite_body,
 )
-from tether.gateway._wire_anthropic import AnthropicWire, with_cache_breakpoints
-from tether.gateway._wire_openai import OpenAIWire
-from tether.gateway.bound import CallBound, bound_of_wire
-from tether.gateway.faults import FaultyModel
-from tether.gateway.gateway import CallContext, Deployment, Gateway, Placement
-from tether.gateway.keys import KeyVerifier, VirtualKey
-from tether.gateway.ratelimit import RateLimitBackendUnavailable, RequestTooLarge
-from tether.messages import ModelRequest, ModelResponse, ResponseDone, StreamEvent, Usage
-from tether.models.anthropic import API_VERSION
-from tether.models.base import ProviderConfig
-from tether.models.registry import provider_spec
-from tether.redaction import default_scrubber
+from tether.server.wire.openai import OpenAIWire
 
 if TYPE_CHECKING:
     from tether.store import TraceStore
@@ -230,12 +233,7 @@ class _Headers:
 
     def secret(self, api: Api) -> str | None:
         """The virtual key: the client format's own header first, then the other."""
-        bearer = None
-        if self.authorization is not None:
-            scheme, _, token = self.authorization.partition(" ")
-            bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
-        first, second = (self.api_key, bearer) if api == "anthropic" else (bearer, self.api_key)
-        return first or second or None
+        return presented_key(self.authorization, self.api_key, x_api_key_first=api == "anthropic")
 
 
 @dataclass(slots=True)
@@ -817,6 +815,9 @@ class _ChatEndpoint:
 
 class _Proxy:
     def __init__(self, gateway: Gateway, keys: KeyVerifier | None, *, require_keys: bool, tracer: Tracer) -> None:
+        from importlib.metadata import version
+
+        self._version_body = orjson.dumps({"tether": version("tether"), "price_data": PRICE_DATA_VERSION})
         self.gateway = gateway
         self.keys = keys
         self.require_keys = require_keys
@@ -856,25 +857,9 @@ class _Proxy:
     # --- auth ---
 
     async def _authenticate(self, headers: _Headers, api: Api) -> VirtualKey | tuple[int, str]:
-        """The caller's key, or the (status, message) to refuse with."""
-        secret = headers.secret(api)
-        if secret is None:
-            return 401, (
-                "missing API key: send your tether virtual key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
-            )
+        """The caller's key, or the (status, message) to refuse with (``tether.server.auth``)."""
         assert self.keys is not None
-        # A KeyStore bounds its own database lookups (``lookup_timeout_s``): a cache hit pays for no timer.
-        key = await self.keys.verify(secret)
-        if key is None:
-            return 401, "invalid API key: this tether virtual key is unknown or has been revoked"
-        if key.is_admin:
-            # Admin keys decide approvals and kills; one that could also call models would let a run's
-            # own key approve that run. (The scope is part of the cached key: no extra lookup.)
-            return 403, (
-                "this is an admin key: it decides approvals and kills but cannot call models — "
-                "use a model key (tether keys create NAME --route ROUTE)"
-            )
-        return key
+        return await model_key(self.keys, headers.secret(api))
 
     # --- chat ---
 
@@ -1519,6 +1504,10 @@ class _Proxy:
         }
         return Response(orjson.dumps(body), status_code=503 if problems else 200, media_type="application/json")
 
+    async def version(self, request: Request) -> Response:
+        """``GET /version``: tether's version and the price data it bills with (no key needed, like /healthz)."""
+        return Response(self._version_body, media_type="application/json")
+
     async def metrics_page(self, request: Request) -> Response:
         """``GET /metrics``: Prometheus text exposition."""
         body = self.metrics.render(self.gateway.breakers.snapshot())
@@ -1555,7 +1544,7 @@ def create_app(
         gateway,
         keys,
         require_keys=require_keys,
-        tracer=tracer if tracer is not None else otel_trace.get_tracer("tether.gateway.proxy"),
+        tracer=tracer if tracer is not None else otel_trace.get_tracer("tether.server.proxy"),
     )
 
     if store is not None:
@@ -1582,6 +1571,7 @@ def create_app(
         Route("/healthz", proxy.healthz, methods=["GET"]),
         Route("/readyz", proxy.readyz, methods=["GET"]),
         Route("/metrics", proxy.metrics_page, methods=["GET"]),
+        Route("/version", proxy.version, methods=["GET"]),
         *extra_routes,
     ]
 
