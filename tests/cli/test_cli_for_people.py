@@ -224,6 +224,19 @@ def test_kill_force_records_a_run_nothing_is_stored_of_yet(database: str) -> Non
     assert kills(database) == [("run", "dead00000000beef")]
 
 
+def test_kill_of_a_whole_run_id_nothing_is_stored_of_yet_warns_and_records(database: str) -> None:
+    # A run in its first model call has no span stored: an operator must be able to stop it by its id.
+    record(database, Run("3f9a0c2e41d7b6a5"))
+
+    result = invoke("kill", "dead00000000beef", "--database", database)
+
+    assert result.exit_code == 0, result.output
+    assert "no run dead00000000beef is stored" in result.stderr
+    assert kills(database) == [("run", "dead00000000beef")]
+    short = invoke("kill", "dead0000", "--database", database)  # a prefix that matches nothing is a typo
+    assert short.exit_code == 1 and kills(database) == [("run", "dead00000000beef")]
+
+
 def test_kill_of_an_agent_that_never_ran_warns_and_still_records(database: str) -> None:
     record(database, Run("3f9a0c2e41d7b6a5", agent="oncall"))
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import getpass
+import re
 import socket
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Final
 
 import orjson
 import typer
@@ -74,6 +75,10 @@ def _existing_store(database: str | None, run_id: str) -> TraceStore:
         fmt.fail(f"no run {run_id!r} to kill: {exc}")
 
 
+#: The shape of the ids tether gives runs (``Agent.run``): 16 hex digits.
+_FULL_RUN_ID: Final = re.compile(r"[0-9a-f]{16}")
+
+
 def _resolve(store: TraceStore, run_id: str) -> str:
     """The full id of the run ``run_id`` names (a unique prefix is enough), or exit 1 saying what to do."""
     from tether.store import AmbiguousRunId, RunNotFound
@@ -81,6 +86,16 @@ def _resolve(store: TraceStore, run_id: str) -> str:
     try:
         return store.resolve_run_id(run_id, in_flight=True)
     except RunNotFound:
+        if _FULL_RUN_ID.fullmatch(run_id):
+            # A well-formed id of a run that may be in its first model call: nothing of it is stored until
+            # a call ends, and an operator must be able to stop it now. Anything else is a typo.
+            fmt.console(stderr=True).print(
+                f"[yellow]warning:[/] no run {escape(run_id)} is stored in {escape(store.url)} yet (a run is "
+                "recorded as its calls end) — the kill is recorded and stops it if it is running",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return run_id
         fmt.fail(
             f"no run {run_id!r} in {store.url}: list runs with `tether runs`, or kill an agent's runs with "
             "`tether kill --agent NAME`; a run started a moment ago may have nothing stored yet — "
@@ -119,7 +134,9 @@ def kill(
     """Kill a run (RUN_ID or a unique prefix), an agent's runs (--agent) or every run (--all): exactly one.
 
     An id that matches no run stored (ended, or still going with a model or tool
-    call already recorded) is refused with exit 1; --force records it anyway.
+    call already recorded) is refused with exit 1 — unless it is a whole run id
+    (16 hex digits: a run in its first call has nothing stored yet), which is
+    killed with a warning; --force records any other id anyway.
     An agent with no recorded run is warned about, and the kill recorded.
 
     Every process on the same database stops the runs it names at once — model
