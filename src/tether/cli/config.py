@@ -62,8 +62,8 @@ def _resolve(settings: Settings) -> tuple[dict[str, Any], list[str], list[str]]:
         key_set = bool(os.environ.get(key_env)) if key_env else None
         if key_env and not key_set:
             errors.append(
-                f"[providers.{name}] its API key variable {key_env} is not set: export it before `tether gateway "
-                "serve` (or set api_key_env to the variable that holds it)"
+                f"[providers.{name}] its API key variable {key_env} is not set: export it before `tether serve` "
+                "(or set api_key_env to the variable that holds it)"
             )
         providers[name] = {
             "kind": provider.kind,

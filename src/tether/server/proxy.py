@@ -1,4 +1,4 @@
-"""``tether gateway serve``: an HTTP proxy that speaks the OpenAI and Anthropic wire formats unchanged.
+"""The model API of ``tether serve``: an HTTP proxy that speaks the OpenAI and Anthropic wire formats unchanged.
 
 Agents not built with tether point their SDK's ``base_url`` here and present a
 tether virtual key; every call then goes through the gateway (routing,
