@@ -148,10 +148,7 @@ class RedisStreamsBus:
             remaining = deadline - loop.time()
             block_ms = int(min(remaining, self._block_slice_s) * 1000) if remaining > 0 else None
             block = None if block_ms is None else max(1, block_ms)  # BLOCK 0 would wait for ever
-            reply = await self._call(
-                "receiving runs",
-                partial(self._client.xreadgroup, self.group, consumer, {self.stream: ">"}, count=count, block=block),
-            )
+            reply = await self._call("receiving runs", partial(self._read, consumer, count, block))
             deliveries = [Delivery(entry_id, message, 1) for entry_id, message in _stream_entries(reply)]
             if deliveries or remaining <= 0 or loop.time() >= deadline:
                 return deliveries
@@ -348,6 +345,18 @@ class RedisStreamsBus:
             ) from None
         except RedisError as exc:
             raise self._answered(action, exc) from None
+
+    async def _read(self, consumer: str, count: int, block: int | None) -> Any:
+        read = partial(self._client.xreadgroup, self.group, consumer, {self.stream: ">"}, count=count, block=block)
+        if block is None:
+            return await read()
+        try:
+            return await read()
+        except RedisTimeoutError:
+            # A blocked read answers within half the socket timeout; past it, the machine or the network
+            # stalled. Once more before calling Redis unavailable (an entry the lost read took stays
+            # pending for this consumer, and claim_stale hands it on).
+            return await read()
 
     async def _create_group(self) -> None:
         try:
