@@ -101,7 +101,7 @@ class BusStats:
         pending: entries delivered and not acked yet.
         oldest_age_s: age of the oldest entry that is undelivered or unacked; None when there is none.
         dead: entries in the dead-letter stream.
-        consumers: consumers the group knows (each worker is one; see ``forget_consumer``).
+        consumers: consumers the group knows: each that was ever given an entry, until ``forget_consumer``.
     """
 
     depth: int
