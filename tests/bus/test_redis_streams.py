@@ -156,6 +156,32 @@ async def test_a_restart_before_the_first_receive_is_a_reset_too(private_redis: 
         await bus.close()
 
 
+@pytest.mark.parametrize("first", ["stats", "claim_stale", "touch", "forget_consumer"])
+async def test_any_group_command_first_after_a_restart_recreates_the_group(
+    private_redis: RedisServer, first: str
+) -> None:
+    bus = RedisStreamsBus(private_redis.url, prefix="t")
+    try:
+        await bus.publish(Message("run-lost"))
+        [held] = await bus.receive("w1", count=1, block_s=0)
+        private_redis.restart(empty=True)
+        if first == "stats":
+            stats = await bus.stats()
+            assert (stats.depth, stats.pending, stats.oldest_age_s, stats.dead) == (0, 0, None, 0)
+        elif first == "claim_stale":
+            assert await bus.claim_stale("w2", min_idle_s=0, count=10) == []
+        elif first == "touch":
+            await bus.touch("w1", [held.entry_id])
+        else:
+            assert await bus.forget_consumer("w1") is True
+        assert bus.resets == 1
+        await bus.publish(Message("run-new"))
+        assert [d.message.run_id for d in await bus.receive("w1", count=10, block_s=0)] == ["run-new"]
+        assert bus.resets == 1
+    finally:
+        await bus.close()
+
+
 async def test_redis_down_is_bus_unavailable_with_one_clean_line() -> None:
     url = f"redis://:s3cret-password@127.0.0.1:{free_port()}/0"
     bus = RedisStreamsBus(url, prefix="t", timeout_s=0.5)

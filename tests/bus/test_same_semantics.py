@@ -68,7 +68,7 @@ class Replay:
             elif op == "dead_letter" and (picked := self.picked(args[0])):
                 await self.bus.dead_letter(picked, f"reason {self.numbers[picked.entry_id]}")
             elif op == "forget":
-                answers.append(await self.bus.forget_consumer(args[0]))  # type: ignore[attr-defined]
+                answers.append(await self.bus.forget_consumer(args[0]))
             elif op == "look":
                 stats = await self.bus.stats()
                 answers.append((stats.depth, stats.pending, stats.dead, stats.consumers, stats.oldest_age_s is None))

@@ -158,6 +158,10 @@ class Bus(Protocol):
         """Depth, pending count, oldest age, dead-letter count and consumers, now."""
         ...
 
+    async def forget_consumer(self, name: str) -> bool:
+        """Forget consumer ``name`` (a worker gone for good) if it holds no entry; False when it still holds some."""
+        ...
+
     async def close(self) -> None:
         """Release connections; a blocked ``receive`` on another task may end early."""
         ...
