@@ -228,14 +228,29 @@ async def test_a_long_block_outlasts_the_socket_timeout(bus: RedisStreamsBus, re
         await short.close()
 
 
-async def test_a_given_client_is_used_and_left_open(redis_prefix: str) -> None:
-    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_timeout=2)
+@pytest.mark.parametrize(("protocol", "decode"), [(2, False), (2, True), (3, False), (3, True)])
+async def test_a_given_client_of_any_protocol_is_used_and_left_open(
+    redis_prefix: str, protocol: int, decode: bool
+) -> None:
+    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_timeout=2, protocol=protocol, decode_responses=decode)
     try:
         bus = RedisStreamsBus(client, prefix=redis_prefix)
         assert bus.url == "redis://127.0.0.1:6379/0"
-        await bus.publish(Message("run-1"))
-        [delivery] = await bus.receive("w1", count=1, block_s=0)
-        assert delivery.message == Message("run-1", {})
+        first = await bus.publish(Message("run-1", {TRACEPARENT: TRACE}))
+        await bus.publish(Message("run-2"))
+        assert [(d.entry_id, d.message, d.deliveries) for d in await bus.receive("w1", count=1, block_s=0)] == [
+            (first, Message("run-1", {TRACEPARENT: TRACE}), 1)
+        ]
+        [claimed] = await bus.claim_stale("w2", min_idle_s=0, count=5)
+        assert (claimed.entry_id, claimed.deliveries) == (first, 2)
+        await bus.touch("w2", [first])
+        stats = await bus.stats()
+        assert (stats.depth, stats.pending, stats.consumers) == (1, 1, 2)
+        await bus.dead_letter(claimed, "poison")
+        [dead] = await bus.dead()
+        assert (dead.original_id, dead.message.run_id, dead.reason, dead.deliveries) == (first, "run-1", "poison", 2)
+        assert await bus.forget_consumer("w1") is True
+        assert await bus.contains([first]) == {first}
         await bus.close()
         assert await client.ping()
     finally:

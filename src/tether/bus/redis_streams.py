@@ -443,16 +443,24 @@ def _decode_dead(entry_id: str, fields: Mapping[Any, Any]) -> DeadLetter:
 
 
 def _stream_entries(reply: Any) -> list[tuple[str, Message]]:
-    """The entries of an ``XREADGROUP`` reply, in whichever shape redis-py parsed it (RESP2 list or RESP3 dict)."""
+    """The entries of an ``XREADGROUP`` reply, in whichever shape redis-py parsed it.
+
+    RESP2: ``[[stream, [(id, fields), ...]]]``; RESP3: ``{stream: [[(id, fields), ...]]}`` (one level more).
+    """
     if not reply:
         return []
     streams = reply.values() if isinstance(reply, dict) else (entries for _name, entries in reply)
     found: list[tuple[str, Message]] = []
-    for entries in streams:
+
+    def collect(entries: Any) -> None:
         for entry in entries or []:
-            raw_id, fields = entry[0], entry[1]
-            if raw_id is not None:
-                found.append((_text(raw_id), _decode_message(fields or {})))
+            if isinstance(entry, (tuple, list)) and entry and isinstance(entry[0], (bytes, str)):
+                found.append((_text(entry[0]), _decode_message(entry[1] if len(entry) > 1 and entry[1] else {})))
+            elif isinstance(entry, list):
+                collect(entry)
+
+    for entries in streams:
+        collect(entries)
     return found
 
 
