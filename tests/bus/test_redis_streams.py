@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import orjson
 import pytest
 import redis.asyncio
 
+from tests.bus.conftest import eventually
 from tests.conftest import REDIS_URL
-from tests.faults._support import RedisServer, free_port
+from tests.faults._support import FaultProxy, RedisServer, free_port
 from tether.bus import TRACEPARENT, BusUnavailable, Message, RedisStreamsBus, open_bus
 from tether.errors import ConfigError
 
@@ -200,6 +202,30 @@ async def test_redis_down_is_bus_unavailable_with_one_clean_line() -> None:
             assert "is Redis running? check [gateway] redis_url / TETHER_REDIS_URL" in message
     finally:
         await bus.close()
+
+
+async def test_a_redis_that_stops_answering_is_bus_unavailable_in_bounded_time(redis_prefix: str) -> None:
+    with FaultProxy(6379) as proxy:
+        bus = RedisStreamsBus(f"redis://127.0.0.1:{proxy.port}/0", prefix=redis_prefix, timeout_s=0.3)
+        try:
+            await bus.publish(Message("run-1"))
+            proxy.set_mode("hang")
+            for call in (bus.publish(Message("run-2")), bus.receive("w1", count=1, block_s=5), bus.stats()):
+                started = time.monotonic()
+                with pytest.raises(BusUnavailable, match="did not answer"):
+                    await call
+                assert time.monotonic() - started < 3
+            proxy.set_mode("pass")
+            got = await eventually(lambda: bus.receive("w1", count=10, block_s=0.2), what="Redis to answer again")
+            assert got[0].message.run_id == "run-1"
+        finally:
+            await bus.close()
+
+
+async def test_a_closed_bus_says_so(bus: RedisStreamsBus) -> None:
+    await bus.close()
+    with pytest.raises(BusUnavailable, match="is closed: open a new one"):
+        await bus.publish(Message("run-1"))
 
 
 async def test_redis_dying_under_a_blocked_receive_is_bus_unavailable(private_redis: RedisServer) -> None:

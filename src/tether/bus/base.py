@@ -123,7 +123,12 @@ class Bus(Protocol):
     resets: int
 
     async def publish(self, message: Message) -> str:
-        """Append ``message`` to the stream; its entry id."""
+        """Append ``message`` to the stream; its entry id.
+
+        A publish that raised ``BusUnavailable`` after sending may still have been added (the answer was
+        lost); publishing again is safe, since the runs table lets one worker claim a run however often
+        it is delivered.
+        """
         ...
 
     async def receive(self, consumer: str, *, count: int, block_s: float) -> list[Delivery]:

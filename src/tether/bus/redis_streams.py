@@ -134,6 +134,7 @@ class RedisStreamsBus:
         self.resets = 0
         self._maxlen = maxlen
         self._group_ready = False
+        self._closed = False
         self._touch = self._client.register_script(_TOUCH)
         self._forget = self._client.register_script(_FORGET)
 
@@ -319,7 +320,8 @@ class RedisStreamsBus:
         return bool(forgotten)
 
     async def close(self) -> None:
-        """See ``Bus.close``: closes the client if this bus made it (or was asked to)."""
+        """See ``Bus.close``: closes the client if this bus made it (or was asked to); later calls raise."""
+        self._closed = True
         if self._owns_client:
             await self._client.aclose()
 
@@ -327,6 +329,8 @@ class RedisStreamsBus:
 
     async def _call(self, action: str, command: Callable[[], Awaitable[T]], *, group_command: bool = True) -> T:
         """Run ``command``; after a ``NOGROUP`` (Redis lost the stream), recreate the group and run it once more."""
+        if self._closed:
+            raise BusUnavailable(f"{action} failed: the bus on Redis at {self.url} is closed: open a new one to go on")
         try:
             if not self._group_ready:
                 await self._create_group()
