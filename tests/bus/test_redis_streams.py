@@ -16,7 +16,7 @@ from tests.bus.conftest import eventually
 from tests.conftest import REDIS_URL
 from tests.faults._support import FaultProxy, RedisServer, free_port
 from tether.bus import TRACEPARENT, BusUnavailable, Message, RedisStreamsBus, open_bus
-from tether.errors import ConfigError
+from tether.errors import ConfigError, UserError
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -281,6 +281,28 @@ async def test_a_given_client_of_any_protocol_is_used_and_left_open(
         assert await client.ping()
     finally:
         await client.aclose()
+
+
+def test_a_bus_used_on_a_second_event_loop_says_to_open_one_per_loop(redis_prefix: str) -> None:
+    bus = RedisStreamsBus(REDIS_URL, prefix=redis_prefix)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(bus.publish(Message("run-1")))
+        with pytest.raises(UserError, match="open one bus per event loop"):
+            asyncio.run(bus.publish(Message("run-2")))
+        first.run_until_complete(bus.close())
+    finally:
+        first.close()
+
+    per_run = RedisStreamsBus(REDIS_URL, prefix=redis_prefix)
+
+    async def receive_and_close() -> list[str]:
+        try:
+            return [d.message.run_id for d in await per_run.receive("w1", count=10, block_s=0)]
+        finally:
+            await per_run.close()
+
+    assert asyncio.run(receive_and_close()) == ["run-1"]
 
 
 def test_open_bus_picks_the_implementation(redis_prefix: str) -> None:

@@ -45,6 +45,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tether.bus.base import BusStats, BusUnavailable, DeadLetter, Delivery, Message, entry_ms
+from tether.errors import UserError
 from tether.redis_client import client_display, connect
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_TIMEOUT_S", "RedisStreamsBus"]
@@ -87,6 +88,10 @@ return 1
 
 class RedisStreamsBus:
     """The bus on Redis Streams (see the module docstring).
+
+    It serves the event loop it first ran on (redis.asyncio's connections belong to one loop; another
+    loop gets a ``UserError``): open one per loop — e.g. per ``asyncio.run`` — and close it there.
+    Unlike ``MemoryBus``, two processes or machines share it through Redis, not through the object.
 
     Args:
         redis: a URL (``redis://[user:password@]host:6379/0``) or a ready ``redis.asyncio.Redis`` client
@@ -135,6 +140,7 @@ class RedisStreamsBus:
         self._maxlen = maxlen
         self._group_ready = False
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # redis.asyncio's connections belong to one loop
         self._touch = self._client.register_script(_TOUCH)
         self._forget = self._client.register_script(_FORGET)
 
@@ -322,6 +328,8 @@ class RedisStreamsBus:
     async def close(self) -> None:
         """See ``Bus.close``: closes the client if this bus made it (or was asked to); later calls raise."""
         self._closed = True
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            return  # its connections belong to a loop that is gone or elsewhere: they go with it
         if self._owns_client:
             await self._client.aclose()
 
@@ -331,6 +339,14 @@ class RedisStreamsBus:
         """Run ``command``; after a ``NOGROUP`` (Redis lost the stream), recreate the group and run it once more."""
         if self._closed:
             raise BusUnavailable(f"{action} failed: the bus on Redis at {self.url} is closed: open a new one to go on")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise UserError(
+                f"{action} failed: this RedisStreamsBus first ran on another event loop, and its Redis connections "
+                "belong to that one: open one bus per event loop (open_bus in it) and close it there"
+            )
         try:
             if not self._group_ready:
                 await self._create_group()
