@@ -30,7 +30,9 @@ from tether.store.runs import (
     current_fence,
     db_now_ms,
     fenced,
+    unpark_waiting_on,
 )
+from tether.store.schema import approvals
 from tether.store.url import parse_store_url
 
 
@@ -420,6 +422,27 @@ def test_park_on_an_approval_decided_meanwhile_makes_the_run_pending(records: Ru
 
     record = records.get(run)
     assert record.status == "pending" and record.parked_on is None and record.lease_owner is None
+
+
+def test_unpark_waiting_on_every_decided_approval(records: RunRecords, store: TraceStore) -> None:
+    parked: dict[str, str] = {}
+    for run in ("p1", "p2", "p3"):
+        submit(records, run_id=run)
+        parked[run] = _approval(store, run)
+        records.park(claimed(records, run).fence, approval_id=parked[run])
+    with store.engine.begin() as connection:  # decided by a path that did not unpark (an older tether)
+        connection.execute(
+            sa.update(approvals).where(approvals.c.id == parked["p2"]).values(status="approved", decided_by="old")
+        )
+        assert unpark_waiting_on(connection, []) == []
+        # Named approvals: the caller (decide, expire) just decided them in this transaction.
+        assert unpark_waiting_on(connection, [parked["p1"]]) == ["p1"]
+    assert records.get("p1").status == "pending"
+    records.park(claimed(records, "p1").fence, approval_id=parked["p1"])
+
+    with store.engine.begin() as connection:
+        assert unpark_waiting_on(connection) == ["p2"]  # every approval no longer pending
+    assert [records.get(r).status for r in ("p1", "p2", "p3")] == ["parked", "pending", "parked"]
 
 
 # -- kills -------------------------------------------------------------------------------------------

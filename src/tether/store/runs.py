@@ -58,6 +58,7 @@ from tether.store.access import StoreAccess
 from tether.store.schema import approvals, runs, workers
 
 __all__ = [
+    "RUN_STATUSES",
     "Claim",
     "Fence",
     "LeaseLost",
