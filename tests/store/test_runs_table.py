@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -343,11 +344,17 @@ def test_fenced_sets_and_resets_the_current_fence() -> None:
     assert current_fence.get() is None
 
 
+APP_NAME = f"tether-test-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture
 def pg_store(postgres_url: str) -> Iterator[TraceStore]:
     """A store on PostgreSQL only (for what is PostgreSQL's: row locks; SQLite serialises all writers)."""
-    with postgres_schema(postgres_url) as url, open_store(url) as opened:
-        yield opened
+    with postgres_schema(postgres_url) as url:
+        # Named, so the lock waits looked for are this test's, not those of tests running beside it.
+        named = sa.make_url(url).update_query_dict({"application_name": APP_NAME}).render_as_string(hide_password=False)
+        with open_store(named) as opened:
+            yield opened
 
 
 @pytest.mark.postgres
@@ -371,8 +378,11 @@ def test_on_postgresql_a_takeover_waits_for_a_fenced_write_in_flight(pg_store: T
             with store.engine.connect() as look:
                 return bool(
                     look.execute(
-                        sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> :me"),
-                        {"me": me},
+                        sa.text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE wait_event_type = 'Lock' AND pid <> :me AND application_name = :n"
+                        ),
+                        {"me": me, "n": APP_NAME},
                     ).scalar_one()
                 )
 
