@@ -409,7 +409,7 @@ def test_park_frees_the_run_and_unpark_makes_it_pending(records: RunRecords, sto
     claim = claimed(records, run)
     approval = _approval(store, run)
 
-    records.park(claim.fence, approval_id=approval)
+    assert records.park(claim.fence, approval_id=approval)
 
     record = records.get(run)
     assert record.status == "parked" and record.parked_on == approval
@@ -419,6 +419,9 @@ def test_park_frees_the_run_and_unpark_makes_it_pending(records: RunRecords, sto
     assert not records.unpark(run)
     record = records.get(run)
     assert record.status == "pending" and record.parked_on is None and record.stream_id is None
+    # Counted as enqueued now: the unparker publishes it; the re-feed only steps in after its threshold.
+    assert record.enqueued_ms is not None and record.enqueued_ms >= record.submitted_ms
+    assert records.refeed_candidates(older_than_s=60) == []
     assert claimed(records, run, "w2").fence.token == 2
 
 
@@ -428,10 +431,11 @@ def test_park_on_an_approval_decided_meanwhile_makes_the_run_pending(records: Ru
     approval = _approval(store, run)
     ApprovalStore(store).decide(approval, approve=True, by="alice")  # a person was quicker than the worker
 
-    records.park(claim.fence, approval_id=approval)
+    assert not records.park(claim.fence, approval_id=approval)  # not parked: publish it again
 
     record = records.get(run)
     assert record.status == "pending" and record.parked_on is None and record.lease_owner is None
+    assert record.stream_id is None
 
 
 def test_unpark_waiting_on_every_decided_approval(records: RunRecords, store: TraceStore) -> None:
