@@ -4,15 +4,23 @@ decision — or the request's expiry, a denial — puts it back in the queue in 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from tests.conftest import postgres_schema
 from tests.store import conftest as store_fixtures
 from tether.guard.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore, ParkingApprover, RunParked
 from tether.store import TraceStore, open_store
 from tether.store.runs import Claim, RunRecords, Submission
+from tether.store.schema import approvals as approvals_table
+from tether.store.schema import runs
 
 backend = store_fixtures.backend
 store_url = store_fixtures.store_url
@@ -171,3 +179,78 @@ def test_deciding_for_a_run_never_submitted_is_a_no_op_on_runs(store: TraceStore
     decided = approvals.decide(parked.value.approval_id, approve=True, by="alice")
     assert decided.status is ApprovalStatus.APPROVED
     assert RunRecords(store).find("in-process") is None
+
+
+APP_NAME = f"tether-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[TraceStore]:
+    """A store on PostgreSQL only: the row locks below are PostgreSQL's (SQLite serialises every writer)."""
+    with postgres_schema(postgres_url) as url:
+        # Named, so the lock waits looked for are this test's, not those of tests running beside it.
+        named = sa.make_url(url).update_query_dict({"application_name": APP_NAME}).render_as_string(hide_password=False)
+        with open_store(named) as opened:
+            yield opened
+
+
+def _waiting_on_locks(store: TraceStore) -> int:
+    with store.engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = :n"
+                ),
+                {"n": APP_NAME},
+            ).scalar_one()
+        )
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_decision_made_while_the_run_parks_waits_for_the_park(pg_store: TraceStore) -> None:
+    store = pg_store
+    records = RunRecords(store)
+    claim = running(records)
+    approvals = ApprovalStore(store)
+    approval = approvals.request(request(), timeout_s=60).id
+    done: dict[str, BaseException | None] = {}
+
+    def call(name: str, action: Callable[[], object]) -> threading.Thread:
+        def run() -> None:
+            try:
+                action()
+                done[name] = None
+            except BaseException as exc:
+                done[name] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    with store.engine.connect() as blocker:
+        # Hold the run's row, so the park stops between reading the approval (FOR SHARE) and parking the run.
+        blocking = blocker.begin()
+        blocker.execute(sa.select(runs.c.run_id).where(runs.c.run_id == "run-1").with_for_update())
+        parker = call("park", lambda: records.park(claim.fence, approval_id=approval))
+        wait_until(lambda: _waiting_on_locks(store) == 1, what="the park to wait on the run's row")
+        decider = call("decide", lambda: approvals.decide(approval, approve=True, by="alice"))
+        wait_until(lambda: _waiting_on_locks(store) == 2, what="the decision to wait on the park")
+        with store.engine.connect() as look:  # the decision cannot land while the park is in flight
+            assert look.execute(sa.select(approvals_table.c.status)).scalar_one() == "pending"
+        blocking.rollback()
+    parker.join(timeout=10)
+    decider.join(timeout=10)
+
+    assert done == {"park": None, "decide": None}
+    record = records.get("run-1")
+    assert record.status == "pending" and record.parked_on is None  # parked, then unparked by the decision
+    assert approvals.get(approval).status is ApprovalStatus.APPROVED
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "a condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -30,7 +31,9 @@ from tether.store.runs import (
     current_fence,
     db_now_ms,
     fenced,
+    unpark_waiting_on,
 )
+from tether.store.schema import approvals
 from tether.store.url import parse_store_url
 
 
@@ -341,11 +344,17 @@ def test_fenced_sets_and_resets_the_current_fence() -> None:
     assert current_fence.get() is None
 
 
+APP_NAME = f"tether-test-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture
 def pg_store(postgres_url: str) -> Iterator[TraceStore]:
     """A store on PostgreSQL only (for what is PostgreSQL's: row locks; SQLite serialises all writers)."""
-    with postgres_schema(postgres_url) as url, open_store(url) as opened:
-        yield opened
+    with postgres_schema(postgres_url) as url:
+        # Named, so the lock waits looked for are this test's, not those of tests running beside it.
+        named = sa.make_url(url).update_query_dict({"application_name": APP_NAME}).render_as_string(hide_password=False)
+        with open_store(named) as opened:
+            yield opened
 
 
 @pytest.mark.postgres
@@ -369,8 +378,11 @@ def test_on_postgresql_a_takeover_waits_for_a_fenced_write_in_flight(pg_store: T
             with store.engine.connect() as look:
                 return bool(
                     look.execute(
-                        sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> :me"),
-                        {"me": me},
+                        sa.text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE wait_event_type = 'Lock' AND pid <> :me AND application_name = :n"
+                        ),
+                        {"me": me, "n": APP_NAME},
                     ).scalar_one()
                 )
 
@@ -397,7 +409,7 @@ def test_park_frees_the_run_and_unpark_makes_it_pending(records: RunRecords, sto
     claim = claimed(records, run)
     approval = _approval(store, run)
 
-    records.park(claim.fence, approval_id=approval)
+    assert records.park(claim.fence, approval_id=approval)
 
     record = records.get(run)
     assert record.status == "parked" and record.parked_on == approval
@@ -407,6 +419,9 @@ def test_park_frees_the_run_and_unpark_makes_it_pending(records: RunRecords, sto
     assert not records.unpark(run)
     record = records.get(run)
     assert record.status == "pending" and record.parked_on is None and record.stream_id is None
+    # Counted as enqueued now: the unparker publishes it; the re-feed only steps in after its threshold.
+    assert record.enqueued_ms is not None and record.enqueued_ms >= record.submitted_ms
+    assert records.refeed_candidates(older_than_s=60) == []
     assert claimed(records, run, "w2").fence.token == 2
 
 
@@ -416,10 +431,32 @@ def test_park_on_an_approval_decided_meanwhile_makes_the_run_pending(records: Ru
     approval = _approval(store, run)
     ApprovalStore(store).decide(approval, approve=True, by="alice")  # a person was quicker than the worker
 
-    records.park(claim.fence, approval_id=approval)
+    assert not records.park(claim.fence, approval_id=approval)  # not parked: publish it again
 
     record = records.get(run)
     assert record.status == "pending" and record.parked_on is None and record.lease_owner is None
+    assert record.stream_id is None
+
+
+def test_unpark_waiting_on_every_decided_approval(records: RunRecords, store: TraceStore) -> None:
+    parked: dict[str, str] = {}
+    for run in ("p1", "p2", "p3"):
+        submit(records, run_id=run)
+        parked[run] = _approval(store, run)
+        records.park(claimed(records, run).fence, approval_id=parked[run])
+    with store.engine.begin() as connection:  # decided by a path that did not unpark (an older tether)
+        connection.execute(
+            sa.update(approvals).where(approvals.c.id == parked["p2"]).values(status="approved", decided_by="old")
+        )
+        assert unpark_waiting_on(connection, []) == []
+        # Named approvals: the caller (decide, expire) just decided them in this transaction.
+        assert unpark_waiting_on(connection, [parked["p1"]]) == ["p1"]
+    assert records.get("p1").status == "pending"
+    records.park(claimed(records, "p1").fence, approval_id=parked["p1"])
+
+    with store.engine.begin() as connection:
+        assert unpark_waiting_on(connection) == ["p2"]  # every approval no longer pending
+    assert [records.get(r).status for r in ("p1", "p2", "p3")] == ["parked", "pending", "parked"]
 
 
 # -- kills -------------------------------------------------------------------------------------------

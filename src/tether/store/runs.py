@@ -58,6 +58,7 @@ from tether.store.access import StoreAccess
 from tether.store.schema import approvals, runs, workers
 
 __all__ = [
+    "RUN_STATUSES",
     "Claim",
     "Fence",
     "LeaseLost",
@@ -342,7 +343,8 @@ def unpark_waiting_on(connection: Connection, approval_ids: Sequence[str] | None
     statement = (
         update(runs)
         .where(runs.c.status == "parked", on)
-        .values(**_BACK_TO_PENDING, stream_id=None)
+        # Counted as enqueued now: the caller publishes it; the re-feed steps in only if it does not.
+        .values(**_BACK_TO_PENDING, stream_id=None, enqueued_ms=db_now_ms(connection))
         .returning(runs.c.run_id)
     )
     return list(connection.scalars(statement))
@@ -559,13 +561,17 @@ class RunRecords(StoreAccess):
         if row is None:
             raise LeaseLost(fence, action="releasing the lease")
 
-    def park(self, fence: Fence, *, approval_id: str) -> None:
+    def park(self, fence: Fence, *, approval_id: str) -> bool:
         """Park the run on an approval: ``parked``, no lease, off the bus (``stream_id`` NULL).
 
         When the approval was decided (or expired) already — a person was quicker than the worker — the run
         goes straight back to ``pending`` instead, so it resumes and finds the decision. On PostgreSQL the
         approval's row is read ``FOR SHARE``: a decision made at the same time waits for this park and then
         unparks the run.
+
+        Returns:
+            True: parked. False: the approval was decided already and the run is ``pending`` off the bus —
+            publish it again (or leave it to the re-feed).
 
         Raises:
             LeaseLost: the lease was lost; nothing changed.
@@ -591,9 +597,13 @@ class RunRecords(StoreAccess):
             ).first()
         if row is None:
             raise LeaseLost(fence, action="parking")
+        return not decided
 
     def unpark(self, run_id: str) -> bool:
         """Move a parked run back to ``pending`` (``stream_id`` NULL, so the re-feed publishes it if nobody does).
+
+        It counts as enqueued now: the caller publishes it and calls ``enqueued``; a re-feed looking for runs
+        older than its threshold leaves it to the caller until then.
 
         Returns:
             False: the run was not parked.
@@ -602,7 +612,7 @@ class RunRecords(StoreAccess):
             row = connection.execute(
                 update(runs)
                 .where(runs.c.run_id == run_id, runs.c.status == "parked")
-                .values(**_BACK_TO_PENDING, stream_id=None)
+                .values(**_BACK_TO_PENDING, stream_id=None, enqueued_ms=db_now_ms(connection))
                 .returning(runs.c.run_id)
             ).first()
         return row is not None
