@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from tether.runtime.budget_tree import BudgetNode
+from tether.runtime.budget_tree import BudgetNode, BudgetTree
 
 __all__ = [
     "DispatchResult",
@@ -271,6 +271,8 @@ class Frame:
     max_bounces: int
     #: The budget chain: the ancestors' nodes, root first, and this run's own last.
     budget: tuple[BudgetNode, ...] = ()
+    #: Where the chain's calls are reserved: the run's agent's, else the one of the run that started it here.
+    budget_tree: BudgetTree | None = None
 
     def link(self) -> ParentLink:
         """The link a sub-run of this run joins the tree with (made once the handoff is recorded)."""
@@ -305,21 +307,25 @@ def enter(
     *,
     link: ParentLink | None = None,
     node: BudgetNode | None = None,
+    budget_tree: BudgetTree | None = None,
 ) -> tuple[Frame, contextvars.Token[Frame | None]]:
     """Make ``run_id`` the current run: a sub-run joins the caller's tree, a top-level run starts one.
 
     With ``link`` the run joins the tree the link names (a sub-run started by another process), whatever
-    runs in this task already. ``node`` is the run's own budget node, appended to the chain.
+    runs in this task already. ``node`` is the run's own budget node, appended to the chain;
+    ``budget_tree`` its agent's (an in-process sub-run without one uses its caller's).
     """
     own = (node,) if node is not None else ()
     parent = _frame.get()
     if link is not None:
         tree = RunTree(link.root_run_id, link.tree_tokens, link.tree_cost_usd, list(link.hops))
-        frame = Frame(tree, run_id, agent, link.depth, link.parent_run_id, max_bounces, link.budget + own)
+        chain = link.budget + own
+        frame = Frame(tree, run_id, agent, link.depth, link.parent_run_id, max_bounces, chain, budget_tree)
     elif parent is None:
-        frame = Frame(RunTree(run_id), run_id, agent, 0, None, max_bounces, own)
+        frame = Frame(RunTree(run_id), run_id, agent, 0, None, max_bounces, own, budget_tree)
     else:
-        frame = Frame(parent.tree, run_id, agent, parent.depth + 1, parent.run_id, max_bounces, parent.budget + own)
+        chain, inherited = parent.budget + own, budget_tree or parent.budget_tree
+        frame = Frame(parent.tree, run_id, agent, parent.depth + 1, parent.run_id, max_bounces, chain, inherited)
     return frame, _frame.set(frame)
 
 
