@@ -388,7 +388,9 @@ class Agent:
             description = f"Hand a task to the {agent.name} agent; it answers with its result." + (
                 f" It is instructed: {summary}" if summary else ""
             )
-        return Tool(delegate, name=tool_name, description=description, risk=risk)
+        handoff = Tool(delegate, name=tool_name, description=description, risk=risk)
+        handoff.delegates_to = agent
+        return handoff
 
     @property
     def tracer(self) -> Tracer:
