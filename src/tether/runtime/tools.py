@@ -24,7 +24,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, get_args, get_type_hints, overload
+from typing import Any, get_args, get_type_hints, overload
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -32,9 +32,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from tether.errors import ToolDefinitionError
 from tether.guard.types import Risk
 from tether.messages import ToolSpec
-
-if TYPE_CHECKING:
-    from tether.runtime.agent import Agent
 
 __all__ = ["Tool", "ToolArgumentsError", "ToolContext", "tool"]
 
@@ -193,9 +190,9 @@ class Tool:
         self._context_param = shape.context_param
         self._args_model = shape.args_model
         self.spec = ToolSpec(name=self.name, description=self.description, input_schema=shape.schema)
-        #: The agent this tool hands tasks to, for a tool made by ``Agent.as_tool()`` (registries find
-        #: the agents of a topology through it); None for any other tool.
-        self.delegates_to: Agent | None = None
+        #: The ``Agent`` this tool hands tasks to, for a tool made by ``Agent.as_tool()`` (registries find
+        #: the agents of a topology through it); None for any other tool. Typed ``object``: tools sit below agents.
+        self.delegates_to: object | None = None
 
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Check the model's arguments against the schema.

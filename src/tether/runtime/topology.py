@@ -129,7 +129,7 @@ def agents_of(item: Agent | Mesh) -> list[Agent]:
         if id(agent) in found:
             continue
         found[id(agent)] = agent
-        pending.extend(t.delegates_to for t in agent.tools.values() if t.delegates_to is not None)
+        pending.extend(t.delegates_to for t in agent.tools.values() if isinstance(t.delegates_to, Agent))
     return list(found.values())
 
 
