@@ -254,3 +254,38 @@ async def test_a_dispatcher_that_parks_parks_the_caller(capture: SpanCapture) ->
 
     assert result.stop_reason is StopReason.PARKED and result.parked_on == "appr-7"
     assert result.messages[-1].role == "assistant"  # the batch is run again on resume
+
+
+async def test_a_sub_run_resumed_with_its_link_stays_in_the_callers_tree(
+    tmp_path: object, capture: SpanCapture
+) -> None:
+    from tether.guard.durable import DurableRuns
+    from tether.store import open_store
+
+    calls = 0
+
+    def flaky(request: ModelRequest) -> ModelResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return tool_response(("where", {}))
+        if calls == 2:
+            raise Crash
+        return text_response("ok")
+
+    link = ParentLink(
+        root_run_id="root-9", parent_run_id="parent-9", depth=2, hops=(Hop("x", "worker", 0, Decimal(0)),)
+    )
+    with open_store(f"sqlite:///{tmp_path}/t.db") as store:
+        worker = Agent("worker", FunctionModel(flaky), tools=[where], durable=DurableRuns(store), tracer=capture.tracer)
+        with pytest.raises(Crash):
+            await worker.run("check", run_id="child-9", parent=link)
+        result = await worker.resume("child-9", parent=link)
+
+    assert result.ok and result.hops == link.hops
+    runs = capture.by_operation(sc.OP_INVOKE_AGENT)
+    assert len(runs) == 2
+    for span in runs:
+        attributes = dict(span.attributes or {})
+        assert attributes[sc.TETHER_PARENT_RUN_ID] == "parent-9" and attributes[sc.TETHER_RUN_DEPTH] == 2
+        assert attributes[sc.TETHER_ROOT_RUN_ID] == "root-9"
