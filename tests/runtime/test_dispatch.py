@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from tether import semconv as sc
+from tether.guard.approvals import RunParked
 from tether.messages import ModelRequest, ModelResponse, StopReason, ToolResultBlock
 from tether.runtime import Agent, Limits, ToolContext, delegation, tool
 from tether.runtime.budget_tree import BudgetNode
@@ -228,15 +229,6 @@ async def test_without_a_dispatcher_sub_runs_stay_in_process(capture: SpanCaptur
     assert result.ok
     (frame,) = SEEN
     assert frame is not None and frame.parent_run_id == result.run_id and frame.tree.root_run_id == result.run_id
-
-
-class RunParked(Exception):
-    """The shape of ``tether.guard.approvals.RunParked``."""
-
-    def __init__(self, approval_id: str, run_id: str) -> None:
-        super().__init__(approval_id)
-        self.approval_id = approval_id
-        self.run_id = run_id
 
 
 async def test_a_dispatcher_that_parks_parks_the_caller(capture: SpanCapture) -> None:

@@ -46,7 +46,7 @@ from tether.errors import (
     UnknownPriceError,
     UserError,
 )
-from tether.guard import approvals
+from tether.guard.approvals import RunParked
 from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard, RunGuard
 from tether.guard.kill import KillSwitch, RunWatch
@@ -196,15 +196,8 @@ class RunResult:
 
 
 def _parked(exc: BaseException) -> str | None:
-    """The approval id of a ``RunParked`` (the guard's parking approver), else None."""
-    # TODO(H2 merge): ``isinstance(exc, approvals.RunParked)`` once tether.guard.approvals has it.
-    parked: Any = getattr(approvals, "RunParked", None)
-    approval = getattr(exc, "approval_id", None)
-    if parked is not None and isinstance(exc, parked):
-        return str(approval)
-    if type(exc).__name__ == "RunParked" and isinstance(approval, str):
-        return approval
-    return None
+    """The approval id of a ``RunParked`` (the guard's parking approver, or a dispatcher's), else None."""
+    return exc.approval_id if isinstance(exc, RunParked) else None
 
 
 def _record_decision(span: Span, decision: Decision, risk: str) -> None:
