@@ -281,3 +281,29 @@ async def test_a_sub_run_resumed_with_its_link_stays_in_the_callers_tree(
         attributes = dict(span.attributes or {})
         assert attributes[sc.TETHER_PARENT_RUN_ID] == "parent-9" and attributes[sc.TETHER_RUN_DEPTH] == 2
         assert attributes[sc.TETHER_ROOT_RUN_ID] == "root-9"
+
+
+async def test_a_bounce_is_detected_even_by_a_dispatcher_that_returns_no_hops(capture: SpanCapture) -> None:
+    class Forgetful(FakeDispatcher):
+        async def call(self, agent: str, task: str, *, run_id: str, parent: ParentLink) -> DispatchResult:
+            result = await super().call(agent, task, run_id=run_id, parent=parent)
+            return DispatchResult(result.run_id, result.ok, result.stop_reason, result.output, result.error)
+
+    limits = Limits(max_handoff_bounces=4)
+    alice = Agent("alice", delegating("ask_bob"), limits=limits, tracer=capture.tracer)
+    bob = Agent("bob", delegating("ask_alice"), limits=limits, tracer=capture.tracer)
+    alice.add_tool(bob.as_tool())
+    bob.add_tool(alice.as_tool())
+    dispatcher = Forgetful(alice, bob)
+
+    token = delegation.current_dispatcher.set(dispatcher)
+    try:
+        result = await alice.run("who owns the payments alert?")
+    finally:
+        delegation.current_dispatcher.reset(token)
+
+    assert result.stop_reason is StopReason.LOOP_DETECTED
+    assert len(dispatcher.calls) == 3
+    assert all(
+        (s.attributes or {})[sc.TETHER_STOP_REASON] == "loop_detected" for s in capture.by_operation(sc.OP_INVOKE_AGENT)
+    )

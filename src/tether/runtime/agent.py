@@ -16,6 +16,18 @@ The loop never lets a tool failure or malformed model output escape: an unknown
 tool, arguments that fail the schema, or arguments that are not JSON are
 answered with a structured error the model can read, and counted as
 hallucinated tool calls.
+
+A call waiting for a person's approval through a parking approver
+(``ApprovalStore.parking_approver()``, which raises ``RunParked``) *parks* the run
+instead of holding its process: the rest of the batch finishes, the batch's
+results are not kept, the checkpoint is saved ``parked`` and the run returns with
+StopReason ``parked`` (``RunResult.parked_on`` names the approval). ``resume``
+runs the batch again once it is decided: done calls are replayed from the
+ledger, the decision is found, the approved call runs once.
+
+With ``budget_tree=`` every model call and tool-call batch is reserved, before it
+is made, against this run's limits and every ancestor's
+(``tether.runtime.budget_tree``).
 """
 
 from __future__ import annotations

@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 
+# In every HandoffLoop message: how a dispatcher that cannot carry the hops back still reports a bounce.
+_BOUNCE_MARK = "handed the work back and forth"
+
+
 class HandoffLoop(Exception):
     """Raised on a handoff that would continue a bounce between two agents; ends every run on the chain."""
 
@@ -120,7 +124,7 @@ class RunTree:
         first = self.hops[-bounces]
         tokens, cost = self.tokens - first.tokens, self.cost_usd - first.cost_usd
         self.loop = HandoffLoop(
-            f"{source} and {target} handed the work back and forth {bounces} times "
+            f"{source} and {target} {_BOUNCE_MARK} {bounces} times "
             f"({tokens:,} tokens, ${cost:.4f} spent on the bouncing)",
             wasted_tokens=tokens,
             wasted_cost_usd=cost,
@@ -350,10 +354,10 @@ async def dispatch(dispatcher: Dispatcher, frame: Frame, agent: str, task: str, 
     tree.spend(result.tokens, result.cost_usd or Decimal(0))
     added = result.hops[len(link.hops) :]
     tree.hops.extend(added)
-    if tree.loop is None and result.stop_reason == "loop_detected" and added and tree.bounces() >= frame.max_bounces:
+    if tree.loop is None and result.stop_reason == "loop_detected" and _chain_loop(result, added, tree, frame):
         # Found by a run on another worker: it recorded the waste; every run on this side of the chain ends.
         tree.loop = HandoffLoop(
-            result.error or f"{agent} and its caller handed the work back and forth",
+            result.error or f"{agent} and its caller {_BOUNCE_MARK}",
             wasted_tokens=0,
             wasted_cost_usd=Decimal(0),
             run_id=result.run_id,
@@ -365,3 +369,11 @@ async def dispatch(dispatcher: Dispatcher, frame: Frame, agent: str, task: str, 
             f"agent {agent} stopped with {result.stop_reason}" + (f": {result.error}" if result.error else "")
         )
     return result.output
+
+
+def _chain_loop(result: DispatchResult, added: Sequence[Hop], tree: RunTree, frame: Frame) -> bool:
+    """Whether a sub-run's ``loop_detected`` is a bounce of the chain (not a repeated call of its own)."""
+    if added:
+        return tree.bounces() >= frame.max_bounces
+    # No hops came back (the dispatcher keeps only the run's record): the bounce's message says it.
+    return _BOUNCE_MARK in (result.error or "")
