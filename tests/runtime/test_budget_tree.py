@@ -22,7 +22,7 @@ from tether.gateway.budget import BudgetLedger, BudgetScope, MemoryBudgetLedger,
 from tether.messages import Message, ModelRequest, ModelResponse, StopReason, ToolResultBlock, Usage
 from tether.pricing import PriceRef, price_usage
 from tether.runtime import Agent, Limits, delegation
-from tether.runtime.budget_tree import BudgetNode, BudgetRefused, BudgetTree
+from tether.runtime.budget_tree import BudgetNode, BudgetRefused, BudgetTree, current_budget_tree
 from tether.runtime.delegation import DispatchResult, ParentLink
 from tether.store import open_store
 from tether.testing import FunctionModel, SpanCapture, text_response, tool_response
@@ -115,14 +115,20 @@ def first_call_spend(tree: BudgetTree, supervisor: Agent) -> tuple[int, Decimal]
 
 
 class Fleet:
-    """A fake dispatcher: each child runs as on another worker (fresh context, the link through JSON)."""
+    """A fake dispatcher: each child runs as on another worker (fresh context, the link through JSON).
 
-    def __init__(self, agent: Agent) -> None:
+    Like a worker, it sets ``current_budget_tree`` (on the shared ledger) around the runs it executes.
+    """
+
+    def __init__(self, agent: Agent, tree: BudgetTree) -> None:
         self.agent = agent
+        self.tree = BudgetTree(tree.ledger)  # another worker's tree object, on the same ledger
 
     async def call(self, agent: str, task: str, *, run_id: str, parent: ParentLink) -> DispatchResult:
         link = ParentLink.from_json(orjson.loads(orjson.dumps(parent.to_json())))
-        run = asyncio.create_task(self.agent.run(task, run_id=run_id, parent=link), context=contextvars.Context())
+        context = contextvars.Context()
+        context.run(current_budget_tree.set, self.tree)
+        run = asyncio.create_task(self.agent.run(task, run_id=run_id, parent=link), context=context)
         return (await run).dispatched()
 
 
@@ -132,7 +138,8 @@ async def test_ten_parallel_children_cannot_overshoot_their_parent(
     ledger: BudgetLedger, capture: SpanCapture, limit: str, where: str
 ) -> None:
     tree = BudgetTree(ledger)
-    worker = Agent("worker", worst_case_child(tree), max_tokens=100, tracer=capture.tracer, budget_tree=tree)
+    # No budget tree of its own: in-process it uses its caller's, on a "worker" the worker's.
+    worker = Agent("worker", worst_case_child(tree), max_tokens=100, tracer=capture.tracer)
     probe = Agent("supervisor", fanning_out("ask_worker"), tools=[worker.as_tool()], max_tokens=200)
     (child_tokens, child_usd), (first_tokens, first_usd) = child_bound(tree, worker), first_call_spend(tree, probe)
     # Room for the supervisor's first call and three and a half children's: not for ten.
@@ -151,7 +158,7 @@ async def test_ten_parallel_children_cannot_overshoot_their_parent(
         budget_tree=tree,
     )
 
-    token = delegation.current_dispatcher.set(Fleet(worker) if where == "dispatched" else None)
+    token = delegation.current_dispatcher.set(Fleet(worker, tree) if where == "dispatched" else None)
     try:
         result = await supervisor.run("check every shard", run_id="sup-budget")
     finally:

@@ -1,7 +1,7 @@
 """The agent runtime: the loop, tools, limits, agents calling agents and their budget tree."""
 
 from tether.runtime.agent import Agent, RunResult, RunState, ToolCallRecord
-from tether.runtime.budget_tree import BudgetNode, BudgetRefused, BudgetTree
+from tether.runtime.budget_tree import BudgetNode, BudgetRefused, BudgetTree, current_budget_tree
 from tether.runtime.delegation import Dispatcher, DispatchResult, ParentLink, current_dispatcher
 from tether.runtime.limits import Limits
 from tether.runtime.tools import Tool, ToolArgumentsError, ToolContext, tool
@@ -26,6 +26,7 @@ __all__ = [
     "ToolCallRecord",
     "ToolContext",
     "UnknownAgent",
+    "current_budget_tree",
     "current_dispatcher",
     "tool",
 ]

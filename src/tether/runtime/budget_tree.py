@@ -34,10 +34,18 @@ first briefly held and be refused: fail closed, never an overshoot).
 
 **Tool calls** are reserved per batch (the batch's allowed calls at once), and
 given back when the run parks (the batch runs again on resume).
+
+**Which tree a run uses**: its agent's ``Agent(budget_tree=...)``; else, for an
+in-process sub-run, its caller's; else ``current_budget_tree`` (a worker sets it
+around the runs it executes, so a sub-run on a worker counts against its
+ancestors whatever its agent was built with); else none — only the run's own
+limits, checked locally. Reservations left by a process that died mid-call are
+ended by the ledger's ``sweep_stale`` (as spent: fail closed).
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -50,7 +58,7 @@ from tether.gateway.budget import BudgetLedger, BudgetScope, Reservation
 from tether.messages import ModelRequest
 from tether.pricing import Pricer, PriceRef
 
-__all__ = ["BudgetNode", "BudgetRefused", "BudgetTree", "CallBudget"]
+__all__ = ["BudgetNode", "BudgetRefused", "BudgetTree", "CallBudget", "current_budget_tree"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,3 +264,9 @@ class BudgetTree:
             text += f" (this call may use up to {exc.requested:,.0f})"
         counted = "" if chain[-1] is node else "; its sub-runs' calls count against it"
         return BudgetRefused(f"{who} has used {text}{counted}", node=node, limit=limit)
+
+
+#: The budget tree for runs whose agent has none (and no in-process caller with one): set by a worker.
+current_budget_tree: contextvars.ContextVar[BudgetTree | None] = contextvars.ContextVar(
+    "tether_budget_tree", default=None
+)

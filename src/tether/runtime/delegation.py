@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from tether.runtime.budget_tree import BudgetNode, BudgetTree
+from tether.runtime.budget_tree import BudgetNode, BudgetTree, current_budget_tree
 
 __all__ = [
     "DispatchResult",
@@ -317,10 +317,15 @@ def enter(
 
     With ``link`` the run joins the tree the link names (a sub-run started by another process), whatever
     runs in this task already. ``node`` is the run's own budget node, appended to the chain;
-    ``budget_tree`` its agent's (an in-process sub-run without one uses its caller's).
+    ``budget_tree`` its agent's (an in-process sub-run without one uses its caller's, and a run with
+    neither ``budget_tree.current_budget_tree``'s).
     """
     own = (node,) if node is not None else ()
     parent = _frame.get()
+    if budget_tree is None and parent is not None and link is None:
+        budget_tree = parent.budget_tree
+    if budget_tree is None:
+        budget_tree = current_budget_tree.get()
     if link is not None:
         tree = RunTree(link.root_run_id, link.tree_tokens, link.tree_cost_usd, list(link.hops))
         chain = link.budget + own
@@ -328,8 +333,8 @@ def enter(
     elif parent is None:
         frame = Frame(RunTree(run_id), run_id, agent, 0, None, max_bounces, own, budget_tree)
     else:
-        chain, inherited = parent.budget + own, budget_tree or parent.budget_tree
-        frame = Frame(parent.tree, run_id, agent, parent.depth + 1, parent.run_id, max_bounces, chain, inherited)
+        chain = parent.budget + own
+        frame = Frame(parent.tree, run_id, agent, parent.depth + 1, parent.run_id, max_bounces, chain, budget_tree)
     return frame, _frame.set(frame)
 
 
