@@ -21,7 +21,7 @@ from tether.config import BudgetLimit
 from tether.gateway.budget import BudgetLedger, BudgetScope, MemoryBudgetLedger, SqlBudgetLedger
 from tether.messages import Message, ModelRequest, ModelResponse, StopReason, ToolResultBlock, Usage
 from tether.pricing import PriceRef, price_usage
-from tether.runtime import Agent, Limits, delegation
+from tether.runtime import Agent, Limits, delegation, tool
 from tether.runtime.budget_tree import BudgetNode, BudgetRefused, BudgetTree, current_budget_tree
 from tether.runtime.delegation import DispatchResult, ParentLink
 from tether.store import open_store
@@ -255,3 +255,38 @@ async def test_without_a_budget_tree_nothing_changes(capture: SpanCapture) -> No
     result = await supervisor.run("check every shard")
 
     assert result.stop_reason is StopReason.COMPLETED and result.output == "10 checked"
+
+
+async def test_a_childs_tool_batch_without_room_in_the_parent_is_not_made(capture: SpanCapture) -> None:
+    made: list[str] = []
+
+    @tool
+    def probe(target: str) -> str:
+        """Probe a target."""
+        made.append(target)
+        return "up"
+
+    def prober(request: ModelRequest) -> ModelResponse:
+        if results(request):
+            return text_response("probed")
+        return tool_response(("probe", {"target": "a"}), ("probe", {"target": "b"}))
+
+    tree = BudgetTree(MemoryBudgetLedger())
+    worker = Agent("worker", FunctionModel(prober), tools=[probe], tracer=capture.tracer)
+    supervisor = Agent(
+        "supervisor",
+        FunctionModel(lambda r: text_response("done") if results(r) else tool_response(("ask_worker", {"task": "go"}))),
+        tools=[worker.as_tool()],
+        limits=Limits(max_tool_calls=2),
+        tracer=capture.tracer,
+        budget_tree=tree,
+    )
+
+    result = await supervisor.run("probe everything", run_id="sup-tools")
+
+    assert result.stop_reason is StopReason.COMPLETED
+    assert made == []  # the worker's batch of two did not fit the one call left: none of it ran
+    assert "worker stopped with budget_exceeded" in result.messages[-2].content[0].content  # type: ignore[union-attr]
+    assert "the parent run sup-tools (supervisor) has used 1 tool calls of its max_tool_calls=2" in str(
+        result.messages[-2].content[0].content  # type: ignore[union-attr]
+    )

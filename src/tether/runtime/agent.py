@@ -58,6 +58,7 @@ from tether.errors import (
     UnknownPriceError,
     UserError,
 )
+from tether.gateway.budget import Reservation
 from tether.guard.approvals import RunParked
 from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard, RunGuard
@@ -275,8 +276,9 @@ class Agent:
             ledger, so ``resume(run_id)`` continues the run in any process without repeating a done call.
         budget_tree: reserves each model call and tool-call batch, before it is made, against this run's
             limits and those of every run above it (``tether.runtime.budget_tree``): sub-runs count against
-            their callers. An in-process sub-run of an agent without one uses its caller's; None (and no
-            caller's): only this run's own limits, checked locally, as before.
+            their callers. Without one, an in-process sub-run uses its caller's, and any run
+            ``budget_tree.current_budget_tree`` (a worker sets it); with none at all, only the run's own
+            limits count, checked locally, as before.
     """
 
     def __init__(
@@ -812,7 +814,7 @@ class Agent:
             message = f"the budget ledger could not reserve the model call, so it was not made: {exc}"
             raise _Stop(StopReason.ERROR, message, type(exc).__qualname__) from None
 
-    async def _reserve_tools(self, state: RunState, calls: int) -> Any:
+    async def _reserve_tools(self, state: RunState, calls: int) -> Reservation | BudgetRefused | None:
         """Reserve a batch of tool calls on every run of the chain; a ``BudgetRefused`` when one has no room."""
         assert state.budget_tree is not None
         try:
