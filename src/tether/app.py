@@ -216,8 +216,7 @@ class Tether:
         """The gateway of ``[routes]``: budgets in the store, every call's cost in the cost ledger."""
 
         def build() -> Gateway:
-            from tether.bus import Bus
-    from tether.gateway.gateway import Gateway
+            from tether.gateway.gateway import Gateway
 
             if not self._settings.routes:
                 raise ConfigError(
@@ -252,7 +251,7 @@ class Tether:
         """Approval requests for irreversible calls (``tether approvals approve ID``)."""
 
         def build() -> ApprovalStore:
-            from tether.guard.approvals import ApprovalRequest, ApprovalStore, StoredApproval
+            from tether.guard.approvals import ApprovalStore
 
             return ApprovalStore(self.store)
 
@@ -297,7 +296,7 @@ class Tether:
 
     @property
     def bus(self) -> Bus:
-        """The bus carrying submitted runs: Redis Streams at ``[workers]`` (else ``[gateway]``) ``redis_url``, else memory."""
+        """The bus carrying submitted runs: Redis Streams at ``[workers]``/``[gateway] redis_url``, else in memory."""
 
         def build() -> Bus:
             from tether.bus import open_bus

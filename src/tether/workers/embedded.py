@@ -42,7 +42,9 @@ def worker_executor(concurrency: int) -> concurrent.futures.ThreadPoolExecutor:
     asyncio's default (``min(32, cores + 4)`` threads: 6 on two cores) would queue the lease renewals of
     64 runs behind their checkpoints.
     """
-    return concurrent.futures.ThreadPoolExecutor(max_workers=min(concurrency * 2 + 8, 512), thread_name_prefix="tether-worker")
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=min(concurrency * 2 + 8, 512), thread_name_prefix="tether-worker"
+    )
 
 
 class Submitter:
@@ -141,7 +143,9 @@ class Submitter:
         """Store the run as pending, publish it, return its id (see ``tether.workers.submit``)."""
         name = self._prepare(target)
         tt = self._tt
-        record, _ = self._call(submit_run(tt.runs, tt.bus, tt.tracer, name, task, run_id=run_id, parent=parent)).result()
+        record, _ = self._call(
+            submit_run(tt.runs, tt.bus, tt.tracer, name, task, run_id=run_id, parent=parent)
+        ).result()
         return record.run_id
 
     async def asubmit(

@@ -70,7 +70,9 @@ def load_app(spec: str) -> AppTarget:
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise UserError(f"--app {spec}: {module_name} has no {attribute!r}: name a Tether or an AgentRegistry") from None
+            raise UserError(
+                f"--app {spec}: {module_name} has no {attribute!r}: name a Tether or an AgentRegistry"
+            ) from None
     if callable(target) and not isinstance(target, Tether | AgentRegistry):
         try:
             target = target()

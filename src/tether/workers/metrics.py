@@ -135,17 +135,33 @@ def prometheus_text(metrics: Metrics) -> str:
         "Runs the worker handled, by outcome.",
         [(f'{worker},outcome="{_label(outcome)}"', n) for outcome, n in sorted(w.counts.items())],
     )
-    metric("tether_worker_refeeds_total", "counter", "Runs published again after the stream lost them.",
-           [(worker, w.refeeds)])
+    metric(
+        "tether_worker_refeeds_total",
+        "counter",
+        "Runs published again after the stream lost them.",
+        [(worker, w.refeeds)],
+    )
     metric("tether_queue_depth", "gauge", "Entries not delivered yet.", [(worker, metrics.queue_depth)])
     metric("tether_queue_pending", "gauge", "Entries delivered and not acked.", [(worker, metrics.queue_pending)])
-    metric("tether_queue_oldest_age_seconds", "gauge", "Age of the oldest entry not delivered or not acked.",
-           [(worker, metrics.queue_oldest_age_s)])
+    metric(
+        "tether_queue_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest entry not delivered or not acked.",
+        [(worker, metrics.queue_oldest_age_s)],
+    )
     metric("tether_queue_dead_letters", "gauge", "Entries in the dead-letter stream.", [(worker, metrics.dead_letters)])
-    metric("tether_runs_oldest_pending_age_seconds", "gauge", "Age of the oldest pending run in the runs table.",
-           [(worker, metrics.oldest_pending_age_s)])
-    metric("tether_bus_resets_total", "counter", "Times the stream was found missing and recreated.",
-           [(worker, metrics.bus_resets)])
+    metric(
+        "tether_runs_oldest_pending_age_seconds",
+        "gauge",
+        "Age of the oldest pending run in the runs table.",
+        [(worker, metrics.oldest_pending_age_s)],
+    )
+    metric(
+        "tether_bus_resets_total",
+        "counter",
+        "Times the stream was found missing and recreated.",
+        [(worker, metrics.bus_resets)],
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -288,9 +288,7 @@ class Worker:
                 deliveries: list[Delivery] = []
                 if time.monotonic() - last_claim >= claim_every:
                     last_claim = time.monotonic()
-                    deliveries = await self.bus.claim_stale(
-                        self.worker_id, min_idle_s=self.claim_idle_s, count=free
-                    )
+                    deliveries = await self.bus.claim_stale(self.worker_id, min_idle_s=self.claim_idle_s, count=free)
                 if not deliveries:
                     deliveries = await self.bus.receive(self.worker_id, count=free, block_s=self.block_s)
                 backoff = 0.05
@@ -336,8 +334,9 @@ class Worker:
             await self._process(delivery)
         except LeaseLost as exc:
             self.counts["lease_lost"] += 1
-            logger.warning("worker %s: LeaseLost on run %s: %s (not acked; its new owner finishes it)",
-                           self.worker_id, run_id, exc)
+            logger.warning(
+                "worker %s: LeaseLost on run %s: %s (not acked; its new owner finishes it)", self.worker_id, run_id, exc
+            )
         except (StoreError, BusUnavailable) as exc:
             self.counts["deferred"] += 1
             logger.error("worker %s: run %s left for later: %s", self.worker_id, run_id, exc)
@@ -365,7 +364,9 @@ class Worker:
         run_id = delivery.message.run_id
         record = await asyncio.to_thread(self.records.find, run_id)
         if record is None:
-            logger.warning("worker %s: a message names run %s, which was never submitted: acked", self.worker_id, run_id)
+            logger.warning(
+                "worker %s: a message names run %s, which was never submitted: acked", self.worker_id, run_id
+            )
             await self._ack(delivery)
             return
         if record.status in _DONE:
@@ -383,8 +384,14 @@ class Worker:
             if failures >= self.max_failures:
                 await self._dead_letter(delivery, reason)
             else:
-                logger.warning("worker %s: run %s (failure %d of %d): %s",
-                               self.worker_id, run_id, failures, self.max_failures, reason)
+                logger.warning(
+                    "worker %s: run %s (failure %d of %d): %s",
+                    self.worker_id,
+                    run_id,
+                    failures,
+                    self.max_failures,
+                    reason,
+                )
             return
         if not await self._agent_slot(delivery, record.agent):
             return
@@ -473,8 +480,11 @@ class Worker:
                 raise
             if job.cancelled_for == "lease":
                 self.counts["lease_lost"] += 1
-                logger.warning("worker %s: lost the lease on run %s (LeaseLost): stopped it here, not acked",
-                               self.worker_id, record.run_id)
+                logger.warning(
+                    "worker %s: lost the lease on run %s (LeaseLost): stopped it here, not acked",
+                    self.worker_id,
+                    record.run_id,
+                )
                 return
             if job.cancelled_for == "drain":
                 await self._release(delivery, job)
@@ -569,8 +579,9 @@ class Worker:
             self.counts["released"] += 1
             logger.info("worker %s: released run %s (it resumes on another worker)", self.worker_id, job.run_id)
         except (LeaseLost, StoreError, BusUnavailable) as exc:
-            logger.warning("worker %s: could not release run %s (%s): its lease runs out instead",
-                           self.worker_id, job.run_id, exc)
+            logger.warning(
+                "worker %s: could not release run %s (%s): its lease runs out instead", self.worker_id, job.run_id, exc
+            )
 
     # --- in the background -----------------------------------------------------------------------
 
@@ -606,8 +617,12 @@ class Worker:
                 try:
                     count = await self.refeed(older_than_s=0.0 if reset else self.refeed_s)
                     if count:
-                        logger.info("worker %s: re-fed %d run(s)%s", self.worker_id, count,
-                                    " (the bus was recreated empty)" if reset else "")
+                        logger.info(
+                            "worker %s: re-fed %d run(s)%s",
+                            self.worker_id,
+                            count,
+                            " (the bus was recreated empty)" if reset else "",
+                        )
                 except (StoreError, BusUnavailable) as exc:
                     logger.error("worker %s: re-feed failed: %s", self.worker_id, exc)
             await asyncio.sleep(min(self.refeed_s, 0.25))
