@@ -39,7 +39,7 @@ __all__ = [
 
 
 class StopReason(StrEnum):
-    """Why an agent run ended. Every run ends with exactly one."""
+    """Why an agent run ended (or, for ``parked``, paused). Every run ends with exactly one."""
 
     COMPLETED = "completed"
     MAX_TURNS = "max_turns"
@@ -51,6 +51,9 @@ class StopReason(StrEnum):
     LOOP_DETECTED = "loop_detected"
     DONE_CONDITION = "done_condition"
     ERROR = "error"
+    #: Not an end: the run waits for a person's decision on an approval, with no process holding it.
+    #: ``resume`` continues it once the approval is decided.
+    PARKED = "parked"
 
 
 class FinishReason(StrEnum):

@@ -52,6 +52,12 @@ TETHER_RESUMED: Final = "tether.run.resumed"
 #: On a sub-run (an agent called as a tool): the run that called it, and how deep it is in the run tree.
 TETHER_PARENT_RUN_ID: Final = "tether.run.parent_id"
 TETHER_RUN_DEPTH: Final = "tether.run.depth"
+#: On a sub-run: the top-level run of its tree (on any worker).
+TETHER_ROOT_RUN_ID: Final = "tether.run.root_id"
+#: On a parked run's root span: the approval it waits for.
+TETHER_PARKED_ON: Final = "tether.parked_on"
+#: On a run refused by the budget tree: the run whose limit refused it.
+TETHER_BUDGET_REFUSED_BY: Final = "tether.budget.refused_by"
 TETHER_LOOP_WASTED_TOKENS: Final = "tether.loop.wasted_tokens"
 TETHER_LOOP_WASTED_COST_USD: Final = "tether.loop.wasted_cost_usd"
 TETHER_GUARD_DECISION: Final = "tether.guard.decision"

@@ -45,6 +45,7 @@ from tether.errors import (
     UnknownPriceError,
     UserError,
 )
+from tether.guard import approvals
 from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard, RunGuard
 from tether.guard.kill import KillSwitch, RunWatch
@@ -64,7 +65,8 @@ from tether.models.base import Model
 from tether.pricing import PRICE_DATA_VERSION, Cost, price_usage
 from tether.redaction import default_scrubber
 from tether.runtime import delegation
-from tether.runtime.delegation import HandoffLoop, RunTree
+from tether.runtime.budget_tree import BudgetNode
+from tether.runtime.delegation import DispatchResult, HandoffLoop, Hop, ParentLink, RunTree
 from tether.runtime.limits import Limits
 from tether.runtime.tools import Tool, ToolArgumentsError, ToolContext, render_output
 
@@ -97,6 +99,8 @@ class RunState:
     handoff_loop: HandoffLoop | None = None
     tool_log: list[ToolCallRecord] = field(default_factory=list)
     response_models: dict[str, None] = field(default_factory=dict)  # in order of first answer
+    #: The first approval a call of the current batch waits for (``RunParked``): the run parks after the batch.
+    parked: Exception | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +163,44 @@ class RunResult:
     tool_log: tuple[ToolCallRecord, ...] = ()
     #: The models that answered (as the providers named them, e.g. a dated version), in order.
     response_models: tuple[str, ...] = ()
+    #: For a ``parked`` run: the approval it waits for (``resume`` it once that is decided).
+    parked_on: str | None = None
+    #: The run tree's handoffs when the run ended (those it joined with included).
+    hops: tuple[Hop, ...] = ()
+    #: What this run and the sub-runs under it spent, tokens and dollars (exact for a run at the top of its
+    #: process's tree: a top-level run, or one a worker started with a ``ParentLink``).
+    tree_tokens: int = 0
+    tree_cost_usd: Decimal = Decimal(0)
 
     @property
     def ok(self) -> bool:
         return self.stop_reason in (StopReason.COMPLETED, StopReason.DONE_CONDITION)
+
+    def dispatched(self, worker: str | None = None) -> DispatchResult:
+        """This result as a ``Dispatcher`` hands it back to the calling run."""
+        return DispatchResult(
+            run_id=self.run_id,
+            ok=self.ok,
+            stop_reason=self.stop_reason.value,
+            output=self.output,
+            error=self.error,
+            worker=worker,
+            cost_usd=self.tree_cost_usd if self.cost_usd is not None else None,
+            tokens=self.tree_tokens,
+            hops=self.hops,
+        )
+
+
+def _parked(exc: BaseException) -> str | None:
+    """The approval id of a ``RunParked`` (the guard's parking approver), else None."""
+    # TODO(H2 merge): ``isinstance(exc, approvals.RunParked)`` once tether.guard.approvals has it.
+    parked: Any = getattr(approvals, "RunParked", None)
+    approval = getattr(exc, "approval_id", None)
+    if parked is not None and isinstance(exc, parked):
+        return str(approval)
+    if type(exc).__name__ == "RunParked" and isinstance(approval, str):
+        return approval
+    return None
 
 
 def _record_decision(span: Span, decision: Decision, risk: str) -> None:
@@ -296,6 +334,10 @@ class Agent:
         agents bouncing the work back and forth ``Limits.max_handoff_bounces`` times end every run
         on the chain with ``loop_detected``.
 
+        With a ``delegation.Dispatcher`` in ``delegation.current_dispatcher`` (a worker sets one), the
+        sub-run is sent through it — to run on any worker, joined to this run's tree by a ``ParentLink``
+        — under a run id derived from this run, turn and tool call; otherwise it runs in this task.
+
         Args:
             name: the tool's name (default: ``ask_<agent name>``).
             description: what the calling model is told (default: from the agent's name and instructions).
@@ -313,6 +355,12 @@ class Agent:
             frame = delegation.current_frame()
             if frame is not None:
                 frame.tree.handoff(context.agent, agent.name, max_bounces=frame.max_bounces, run_id=context.run_id)
+                dispatcher = delegation.current_dispatcher.get()
+                if dispatcher is not None:
+                    # Run elsewhere (a worker): the sub-run joins this tree through its ParentLink.
+                    return await delegation.dispatch(
+                        dispatcher, frame, agent.name, task, turn=context.turn, call_id=context.call_id
+                    )
             result = await agent.run(task)
             tree = delegation.current_tree()
             if tree is not None and tree.loop is not None:
@@ -340,23 +388,33 @@ class Agent:
     def tracer(self, tracer: Tracer | None) -> None:
         self._tracer = tracer
 
-    def run_sync(self, task: str, *, run_id: str | None = None) -> RunResult:
+    def run_sync(self, task: str, *, run_id: str | None = None, parent: ParentLink | None = None) -> RunResult:
         """``run`` for code that has no event loop."""
-        return asyncio.run(self.run(task, run_id=run_id))
+        return asyncio.run(self.run(task, run_id=run_id, parent=parent))
 
-    async def run(self, task: str, *, run_id: str | None = None) -> RunResult:
-        """Run the agent on ``task`` until it answers or a limit stops it."""
+    async def run(self, task: str, *, run_id: str | None = None, parent: ParentLink | None = None) -> RunResult:
+        """Run the agent on ``task`` until it answers, a limit stops it, or it parks.
+
+        Args:
+            task: what to do.
+            run_id: the run's id (default: a new 16-hex id).
+            parent: for a sub-run started by another process (a worker running a sub-agent call): the
+                caller's tree to join — depth, parent id, the handoffs so far (bounces are detected
+                across processes) and the budget chain.
+        """
         state = RunState(run_id=run_id or uuid.uuid4().hex[:16], agent=self.name, task=task)
         state.guard = RunGuard(state.run_id, self.name)
         state.messages.append(Message.user(task))
-        return await self._run(state, resumed=False)
+        return await self._run(state, resumed=False, link=parent)
 
-    async def resume(self, run_id: str) -> RunResult:
+    async def resume(self, run_id: str, *, parent: ParentLink | None = None) -> RunResult:
         """Continue a run from its checkpoint — in this process or another one after a restart.
 
         A tool call the ledger has as done is not run again (its output is replayed); one whose
         outcome is unknown (the process died while it ran) goes to the guard's approver, never a
-        blind retry. Needs ``durable=``.
+        blind retry. A ``parked`` run continues with the batch it parked in: the call whose approval
+        is decided now gets its decision, the batch's done calls are replayed. Needs ``durable=``.
+        ``parent``: as for ``run``, the link the run was started with.
 
         Raises:
             ConfigError: the agent has no ``durable`` store.
@@ -381,7 +439,7 @@ class Agent:
         state.cost_usd = Decimal(saved["cost_usd"])
         state.cost_known = saved["cost_known"]
         state.guard = RunGuard(run_id, self.name, tainted_by=saved.get("tainted_by"))
-        return await self._run(state, resumed=True)
+        return await self._run(state, resumed=True, link=parent)
 
     async def _checkpoint(self, state: RunState, status: str) -> None:
         if self.durable is None:
@@ -401,8 +459,25 @@ class Agent:
         # Scrubbed like everything else that is stored: tool outputs reach it scrubbed already.
         await asyncio.to_thread(self.durable.save, state.run_id, self.name, status, snapshot)
 
-    async def _run(self, state: RunState, *, resumed: bool) -> RunResult:
-        frame, token = delegation.enter(state.run_id, self.name, self.limits.max_handoff_bounces)
+    def _budget_node(self, run_id: str) -> BudgetNode:
+        limits = self.limits
+        return BudgetNode(
+            run_id=run_id,
+            agent=self.name,
+            max_tokens=limits.max_tokens,
+            max_cost_usd=limits.max_cost_usd,
+            max_turns=limits.max_turns,
+            max_tool_calls=limits.max_tool_calls,
+        )
+
+    async def _run(self, state: RunState, *, resumed: bool, link: ParentLink | None = None) -> RunResult:
+        frame, token = delegation.enter(
+            state.run_id,
+            self.name,
+            self.limits.max_handoff_bounces,
+            link=link,
+            node=self._budget_node(state.run_id),
+        )
         state.tree = frame.tree
         try:
             return await self._traced_run(state, frame, resumed=resumed)
@@ -414,7 +489,12 @@ class Agent:
         tracer = self.tracer
         attributes: dict[str, AttributeValue] = {}
         if frame.parent_run_id is not None:
-            attributes = {sc.TETHER_PARENT_RUN_ID: frame.parent_run_id, sc.TETHER_RUN_DEPTH: frame.depth}
+            attributes = {
+                sc.TETHER_PARENT_RUN_ID: frame.parent_run_id,
+                sc.TETHER_RUN_DEPTH: frame.depth,
+                sc.TETHER_ROOT_RUN_ID: frame.tree.root_run_id,
+            }
+        tree_tokens, tree_cost = frame.tree.tokens, frame.tree.cost_usd
         with tracer.start_as_current_span(
             sc.span_name(sc.OP_INVOKE_AGENT, self.name),
             kind=otel_trace.SpanKind.INTERNAL,
@@ -471,9 +551,14 @@ class Agent:
                 raise
             if reason in (StopReason.COMPLETED, StopReason.DONE_CONDITION) and not output:
                 output = state.messages[-1].text if state.messages[-1].role == "assistant" else ""
+            parked_on = _parked(state.parked) if reason is StopReason.PARKED and state.parked else None
+            if parked_on is not None:
+                span.set_attribute(sc.TETHER_PARKED_ON, parked_on)
             self._finish(span, state, reason, output, error, started, error_type)
             trace_id = format(span.get_span_context().trace_id, "032x")
-        await self._checkpoint(state, "finished")
+        if reason is not StopReason.PARKED:
+            # A parked run keeps the checkpoint "parked" that the loop saved: it is not over.
+            await self._checkpoint(state, "finished")
         return RunResult(
             run_id=state.run_id,
             trace_id=trace_id,
@@ -490,6 +575,10 @@ class Agent:
             error=error,
             tool_log=tuple(state.tool_log),
             response_models=tuple(state.response_models),
+            parked_on=parked_on,
+            hops=tuple(frame.tree.hops),
+            tree_tokens=frame.tree.tokens - tree_tokens,
+            tree_cost_usd=frame.tree.cost_usd - tree_cost,
         )
 
     def _finish(
@@ -556,7 +645,19 @@ class Agent:
 
             remaining = limits.max_tool_calls - state.tool_calls
             allowed, refused = calls[:remaining], calls[remaining:]
+            counts = (state.tool_calls, state.hallucinated_tool_calls, state.tool_errors)
             results = await asyncio.gather(*(self._execute(call, state, tracer) for call in allowed))
+            if state.parked is not None and state.handoff_loop is None:
+                # A call waits for a person: the batch's results are not kept, so the checkpoint stays at the
+                # model's tool calls and ``resume`` runs the batch again (done calls replayed from the ledger,
+                # the decided approval found). Its counts are taken back: they are counted again then.
+                state.tool_calls, state.hallucinated_tool_calls, state.tool_errors = counts
+                await self._checkpoint(state, "parked")
+                approval = _parked(state.parked)
+                raise _Stop(
+                    StopReason.PARKED,
+                    f"parked: waiting for a decision on approval {approval}; the run resumes once it is decided",
+                )
             results.extend(
                 ToolResult(
                     call_id=c.id,
@@ -812,9 +913,15 @@ class Agent:
             _record_decision(span, decision, tool.risk)
             self.guard.record(state.guard, tool.name, call.id, call.arguments, decision, span)
             about = {"task": _cap(state.task, 500), "turn": state.turns}
-            decision = await self.guard.decide(
-                state.guard, tool.name, call.id, call.arguments, decision, about, turn=state.turns, attempt=review
-            )
+            try:
+                decision = await self.guard.decide(
+                    state.guard, tool.name, call.id, call.arguments, decision, about, turn=state.turns, attempt=review
+                )
+            except Exception as exc:
+                approval = _parked(exc)
+                if approval is None:
+                    raise
+                return self._park(state, exc, approval, note, span, call), False
         _record_decision(span, decision, tool.risk)
         self.guard.record(state.guard, tool.name, call.id, call.arguments, decision, span)
         note.decision = decision.verdict.value
@@ -850,21 +957,13 @@ class Agent:
         note.executed = True
         try:
             value = await tool.run(kwargs, context)
-        except HandoffLoop as exc:
-            # Agents bouncing work between them: this run ends too, once the batch it is in is done.
-            state.handoff_loop = exc
-            if effects is not None:
-                await asyncio.to_thread(effects.mark, key, "failed", output=str(exc), is_error=True, attempt=attempt)
-            return error("loop_detected", str(exc)), False
         except Exception as exc:
-            # A failing tool is the model's information, not the run's end: it can retry or change course.
-            state.tool_errors += 1
-            failed = error("tool_failed", scrub(f"{type(exc).__name__}: {exc}"))
-            if effects is not None:
-                await asyncio.to_thread(
-                    effects.mark, key, "failed", output=failed.output, is_error=True, attempt=attempt
-                )
-            return failed, False
+            approval = _parked(exc) if effects is None else None
+            if approval is None:
+                return await self._failed(exc, call, state, effects, key, attempt, error)
+            # A sub-agent call whose sub-run waits for a person (a dispatcher that does not hold this run).
+            note.executed = False
+            return self._park(state, exc, approval, note, span, call), False
         # Secrets never reach the model: a tool that echoes one gives back its name instead.
         output = scrub(render_output(value))
         if effects is not None:
@@ -885,3 +984,38 @@ class Agent:
         if state.guard.tainted_by is not None:
             span.set_attribute(sc.TETHER_GUARD_TAINTED, True)
         return ToolResult(call_id=call.id, name=call.name, output=output), False
+
+    def _park(
+        self, state: RunState, exc: Exception, approval: str, note: _CallNote, span: Span, call: ToolCall
+    ) -> ToolResult:
+        """A call that waits for a person: the run parks once the rest of its batch is done."""
+        if state.parked is None:
+            state.parked = exc
+        note.decision = StopReason.PARKED.value
+        span.set_attribute(sc.TETHER_PARKED_ON, approval)
+        message = f"waiting for a decision on approval {approval}"
+        return ToolResult(call_id=call.id, name=call.name, output=_error_payload("parked", message), is_error=True)
+
+    async def _failed(
+        self,
+        exc: Exception,
+        call: ToolCall,
+        state: RunState,
+        effects: DurableRuns | None,
+        key: str,
+        attempt: int,
+        error: Callable[..., ToolResult],
+    ) -> tuple[ToolResult, bool]:
+        """A tool that raised: a bounce between agents ends the run; anything else the model is told."""
+        if isinstance(exc, HandoffLoop):
+            # Agents bouncing work between them: this run ends too, once the batch it is in is done.
+            state.handoff_loop = exc
+            if effects is not None:
+                await asyncio.to_thread(effects.mark, key, "failed", output=str(exc), is_error=True, attempt=attempt)
+            return error("loop_detected", str(exc)), False
+        # A failing tool is the model's information, not the run's end: it can retry or change course.
+        state.tool_errors += 1
+        failed: ToolResult = error("tool_failed", self.guard.scrubber.scrub(f"{type(exc).__name__}: {exc}"))
+        if effects is not None:
+            await asyncio.to_thread(effects.mark, key, "failed", output=failed.output, is_error=True, attempt=attempt)
+        return failed, False

@@ -13,15 +13,46 @@ it: each run makes one call. The tree sees it, and once the same two agents have
 bounced ``Limits.max_handoff_bounces`` times in a row the handoff is refused and
 every run on the chain ends with StopReason ``loop_detected``, with the tokens
 and dollars the bouncing cost recorded on the run that detected it.
+
+**Across processes.** A run started elsewhere for a sub-agent call (by a worker)
+joins its caller's tree through a ``ParentLink``: the root and parent run ids,
+its depth, the handoffs so far and the budget chain, all JSON. With a
+``Dispatcher`` set in ``current_dispatcher`` (a worker sets one around each run),
+``as_tool()``'s delegate sends the sub-run through it instead of running it in
+this process, under a deterministic run id (``child_run_id``: a resumed caller
+finds the same child), and merges the handoffs the sub-run made back into its
+own tree — so A on worker 1 → B on worker 2 → A on worker 3 … is still a bounce.
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any, Protocol
 
-__all__ = ["Frame", "HandoffLoop", "Hop", "RunTree", "current_frame", "current_tree", "enter", "leave"]
+import orjson
+
+from tether.runtime.budget_tree import BudgetNode
+
+__all__ = [
+    "DispatchResult",
+    "Dispatcher",
+    "Frame",
+    "HandoffLoop",
+    "Hop",
+    "ParentLink",
+    "RunTree",
+    "child_run_id",
+    "current_dispatcher",
+    "current_frame",
+    "current_tree",
+    "dispatch",
+    "enter",
+    "leave",
+]
 
 
 class HandoffLoop(Exception):
@@ -43,6 +74,15 @@ class Hop:
     target: str
     tokens: int
     cost_usd: Decimal
+
+    def to_json(self) -> list[Any]:
+        """``[source, target, tokens, cost]`` (cost as a string)."""
+        return [self.source, self.target, self.tokens, str(self.cost_usd)]
+
+    @classmethod
+    def from_json(cls, data: Sequence[Any]) -> Hop:
+        source, target, tokens, cost = data
+        return cls(str(source), str(target), int(tokens), Decimal(str(cost)))
 
 
 @dataclass
@@ -109,6 +149,114 @@ class RunTree:
             expected = (expected[1], expected[0])
         return count
 
+    def bounces(self) -> int:
+        """How many of the latest handoffs alternate between the same two agents; 0 with none."""
+        return self._bounces() if self.hops else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ParentLink:
+    """What a run started elsewhere needs to join its caller's run tree (JSON via ``to_json``/``from_json``).
+
+    Attributes:
+        root_run_id: the top-level run of the tree.
+        parent_run_id: the run whose tool call started this one.
+        depth: this run's depth in the tree (the parent's + 1).
+        hops: the tree's handoffs so far, this run's own (caller → it) last.
+        tree_tokens: what the tree had spent when the link was made (for the waste of a bounce).
+        tree_cost_usd: likewise in dollars.
+        budget: the budget chain of the ancestors, root first: the parent's last. A run with a
+            ``BudgetTree`` reserves every call against each of them as well as itself.
+    """
+
+    root_run_id: str
+    parent_run_id: str
+    depth: int
+    hops: tuple[Hop, ...] = ()
+    tree_tokens: int = 0
+    tree_cost_usd: Decimal = Decimal(0)
+    budget: tuple[BudgetNode, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (e.g. for ``Submission.options``); money as strings."""
+        return {
+            "root_run_id": self.root_run_id,
+            "parent_run_id": self.parent_run_id,
+            "depth": self.depth,
+            "hops": [h.to_json() for h in self.hops],
+            "tree_tokens": self.tree_tokens,
+            "tree_cost_usd": str(self.tree_cost_usd),
+            "budget": [n.to_json() for n in self.budget],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | str | bytes) -> ParentLink:
+        """The link ``to_json`` gave (as a dict, or that dict as a JSON text)."""
+        if isinstance(data, str | bytes):
+            data = orjson.loads(data)
+            if not isinstance(data, dict):
+                raise ValueError("a parent link must be a JSON object: pass ParentLink.to_json()")
+        return cls(
+            root_run_id=str(data["root_run_id"]),
+            parent_run_id=str(data["parent_run_id"]),
+            depth=int(data["depth"]),
+            hops=tuple(Hop.from_json(h) for h in data.get("hops", ())),
+            tree_tokens=int(data.get("tree_tokens", 0)),
+            tree_cost_usd=Decimal(str(data.get("tree_cost_usd", "0"))),
+            budget=tuple(BudgetNode.from_json(n) for n in data.get("budget", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchResult:
+    """How a sub-run sent through a ``Dispatcher`` ended.
+
+    Attributes:
+        run_id: the sub-run's id (the one ``Dispatcher.call`` was given).
+        ok: it completed (``completed`` or ``done_condition``).
+        stop_reason: its ``StopReason`` value.
+        output: its answer.
+        error: why it did not complete, if it did not.
+        worker: the worker that ran it (last), if known.
+        cost_usd: what it (and the sub-runs under it) spent; None when a price was unknown.
+        tokens: tokens it (and the sub-runs under it) used.
+        hops: its tree's handoffs when it ended, starting with the ``ParentLink.hops`` it was given;
+            the caller merges the ones after those into its own tree.
+    """
+
+    run_id: str
+    ok: bool
+    stop_reason: str
+    output: str
+    error: str | None = None
+    worker: str | None = None
+    cost_usd: Decimal | None = None
+    tokens: int = 0
+    hops: tuple[Hop, ...] = ()
+
+
+class Dispatcher(Protocol):
+    """Runs sub-agent calls somewhere else (a worker fleet) and waits for their end."""
+
+    async def call(self, agent: str, task: str, *, run_id: str, parent: ParentLink) -> DispatchResult:
+        """Run ``agent`` on ``task`` as run ``run_id`` joined to ``parent``'s tree; return how it ended.
+
+        ``run_id`` is deterministic: a call made again for the same id (the caller resumed) must find
+        that run — its result if it ended — never start a second one. Raising ``RunParked`` parks the
+        caller (it resumes and calls again later) instead of holding it while the sub-run waits.
+        """
+        ...
+
+
+current_dispatcher: contextvars.ContextVar[Dispatcher | None] = contextvars.ContextVar(
+    "tether_dispatcher", default=None
+)
+
+
+def child_run_id(caller_run_id: str, turn: int, call_id: str) -> str:
+    """The run id of the sub-run a tool call starts: the same for the same call of the same run."""
+    return hashlib.sha256(f"{caller_run_id}:{turn}:{call_id}".encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -121,6 +269,20 @@ class Frame:
     parent_run_id: str | None
     #: The run's own ``Limits.max_handoff_bounces``: applied to the handoffs it makes.
     max_bounces: int
+    #: The budget chain: the ancestors' nodes, root first, and this run's own last.
+    budget: tuple[BudgetNode, ...] = ()
+
+    def link(self) -> ParentLink:
+        """The link a sub-run of this run joins the tree with (made once the handoff is recorded)."""
+        return ParentLink(
+            root_run_id=self.tree.root_run_id,
+            parent_run_id=self.run_id,
+            depth=self.depth + 1,
+            hops=tuple(self.tree.hops),
+            tree_tokens=self.tree.tokens,
+            tree_cost_usd=self.tree.cost_usd,
+            budget=self.budget,
+        )
 
 
 _frame: contextvars.ContextVar[Frame | None] = contextvars.ContextVar("tether_run_frame", default=None)
@@ -136,15 +298,64 @@ def current_tree() -> RunTree | None:
     return frame.tree if frame is not None else None
 
 
-def enter(run_id: str, agent: str, max_bounces: int) -> tuple[Frame, contextvars.Token[Frame | None]]:
-    """Make ``run_id`` the current run: a sub-run joins the caller's tree, a top-level run starts one."""
+def enter(
+    run_id: str,
+    agent: str,
+    max_bounces: int,
+    *,
+    link: ParentLink | None = None,
+    node: BudgetNode | None = None,
+) -> tuple[Frame, contextvars.Token[Frame | None]]:
+    """Make ``run_id`` the current run: a sub-run joins the caller's tree, a top-level run starts one.
+
+    With ``link`` the run joins the tree the link names (a sub-run started by another process), whatever
+    runs in this task already. ``node`` is the run's own budget node, appended to the chain.
+    """
+    own = (node,) if node is not None else ()
     parent = _frame.get()
-    if parent is None:
-        frame = Frame(RunTree(run_id), run_id, agent, 0, None, max_bounces)
+    if link is not None:
+        tree = RunTree(link.root_run_id, link.tree_tokens, link.tree_cost_usd, list(link.hops))
+        frame = Frame(tree, run_id, agent, link.depth, link.parent_run_id, max_bounces, link.budget + own)
+    elif parent is None:
+        frame = Frame(RunTree(run_id), run_id, agent, 0, None, max_bounces, own)
     else:
-        frame = Frame(parent.tree, run_id, agent, parent.depth + 1, parent.run_id, max_bounces)
+        frame = Frame(parent.tree, run_id, agent, parent.depth + 1, parent.run_id, max_bounces, parent.budget + own)
     return frame, _frame.set(frame)
 
 
 def leave(token: contextvars.Token[Frame | None]) -> None:
     _frame.reset(token)
+
+
+async def dispatch(dispatcher: Dispatcher, frame: Frame, agent: str, task: str, *, turn: int, call_id: str) -> str:
+    """Send one sub-agent call of ``frame``'s run through ``dispatcher``; its output, as a local sub-run's.
+
+    The handoff must be recorded in ``frame.tree`` already. What the sub-run spent and the handoffs it
+    made are merged into the tree; a bounce the sub-run (or one under it) detected ends this run too.
+
+    Raises:
+        HandoffLoop: the handoffs, merged, bounce ``frame.max_bounces`` times or more and the sub-run
+            ended with ``loop_detected``.
+        RuntimeError: the sub-run did not complete (the caller's model is told).
+    """
+    link = frame.link()
+    result = await dispatcher.call(agent, task, run_id=child_run_id(frame.run_id, turn, call_id), parent=link)
+    tree = frame.tree
+    tree.spend(result.tokens, result.cost_usd or Decimal(0))
+    added = result.hops[len(link.hops) :]
+    tree.hops.extend(added)
+    if tree.loop is None and result.stop_reason == "loop_detected" and added and tree.bounces() >= frame.max_bounces:
+        # Found by a run on another worker: it recorded the waste; every run on this side of the chain ends.
+        tree.loop = HandoffLoop(
+            result.error or f"{agent} and its caller handed the work back and forth",
+            wasted_tokens=0,
+            wasted_cost_usd=Decimal(0),
+            run_id=result.run_id,
+        )
+    if tree.loop is not None:
+        raise tree.loop
+    if not result.ok:
+        raise RuntimeError(
+            f"agent {agent} stopped with {result.stop_reason}" + (f": {result.error}" if result.error else "")
+        )
+    return result.output
