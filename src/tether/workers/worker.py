@@ -643,7 +643,9 @@ class Worker:
         for record in candidates:
             if record.stream_id is not None and record.stream_id in present:
                 continue
-            if not await asyncio.to_thread(self.records.mark_refeeding, record.run_id, record.stream_id):
+            if not await asyncio.to_thread(
+                self.records.mark_refeeding, record.run_id, record.stream_id, older_than_s=older_than_s
+            ):
                 continue
             await enqueue(self.records, self.bus, record)
             count += 1
