@@ -23,6 +23,7 @@ MODULES = (
     "benchmarks.guard",
     "benchmarks.evals",
     "benchmarks.gateway_overhead",
+    "benchmarks.workers",
 )
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -50,6 +51,23 @@ def fmt(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
 
 
+def _previous_rows(replaced: set[str]) -> tuple[list[str], str]:
+    """The table rows of RESULTS.md from benchmarks not run now, and its lines about when they were run."""
+    if not RESULTS.exists():
+        return [], "Earlier rows: none."
+    kept, when = [], []
+    for line in RESULTS.read_text().splitlines():
+        if line.startswith("Run with") or (line.startswith("Rows of") and not any(n in line for n in replaced)):
+            when.append(line)
+        elif (
+            line.startswith("| ")
+            and not line.startswith(("| benchmark |", "|---"))
+            and line.split("|")[1].strip() not in replaced
+        ):
+            kept.append(line)
+    return kept, "\n\n".join(when)
+
+
 def main(selected: list[str]) -> int:
     console = Console()
     rows: list[dict[str, Any]] = []
@@ -71,15 +89,22 @@ def main(selected: list[str]) -> int:
         )
     console.print(table)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    kept, previous = _previous_rows({r["benchmark"] for r in rows}) if selected else ([], "")
     lines = [
         "# Benchmark results",
         "",
-        f"Run with `make bench` on {when}.",
+        f"Run with `make bench` on {when}." if not selected else previous,
         "",
         f"Machine: {machine()}.",
         "",
+    ]
+    if selected:
+        names = ", ".join(sorted({r["benchmark"] for r in rows}))
+        lines += [f"Rows of {names}: `python -m benchmarks.run {' '.join(selected)}` on {when}, same machine.", ""]
+    lines += [
         "| benchmark | metric | value | target | met | notes |",
         "|---|---|---:|---|---|---|",
+        *kept,
     ]
     lines += [
         f"| {r['benchmark']} | {r['metric']} | {fmt(r['value'])} {r['unit']} | {r['target']} | "
