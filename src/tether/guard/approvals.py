@@ -22,6 +22,15 @@ waiting on it) returns the same request::
 and polls for the decision (every ``poll_s``), so a decision made in any
 process — the CLI, another replica — reaches the waiting run.
 
+A run on a worker should not hold the worker while a person thinks:
+``ApprovalStore.parking_approver()`` records the request the same way, returns
+the decision when there is one already, and otherwise raises ``RunParked`` —
+the run parks (``tether.store.runs``: no worker, no lease) instead of waiting.
+``decide`` — and ``expire``, since an expiry is a denial the run must see — moves
+a run parked on that approval back to ``pending`` in the same transaction; the
+caller (CLI, HTTP API, worker) publishes it, or the worker's re-feed does. For a
+run never submitted through the runs table that is a no-op.
+
 Arguments are stored as the model sent them, except that every known secret
 (``tether.redaction``, in any encoding) is scrubbed from them, the reason and
 the context before the row is written; the decision, who made it and why are
@@ -46,6 +55,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tether.errors import StoreError, UserError
 from tether.redaction import default_scrubber, scrubbed_json
 from tether.store.access import StoreAccess
+from tether.store.runs import unpark_waiting_on
 from tether.store.schema import approvals
 
 if TYPE_CHECKING:
@@ -57,6 +67,9 @@ __all__ = [
     "ApprovalRequest",
     "ApprovalStatus",
     "ApprovalStore",
+    "ParkingApprover",
+    "RunParked",
+    "StoreApprover",
     "StoredApproval",
     "UnknownApproval",
 ]
@@ -82,6 +95,26 @@ class UnknownApproval(UserError):
 
 class ApprovalAlreadyDecided(UserError):
     """The request was decided (or expired) already: a decision is made once."""
+
+
+class RunParked(Exception):
+    """The run waits for a person's decision and parks instead of holding its worker.
+
+    Raised by ``ParkingApprover`` when the request is still pending; the agent loop catches it,
+    checkpoints the run as ``parked`` and stops; the decision (or the request's expiry) re-enqueues it.
+
+    Attributes:
+        approval_id: the pending request.
+        run_id: the run that waits on it.
+    """
+
+    def __init__(self, approval_id: str, run_id: str) -> None:
+        self.approval_id = approval_id
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id!r} is parked until approval {approval_id} is decided: "
+            f"`tether approvals approve {approval_id}` or `tether approvals deny {approval_id}`"
+        )
 
 
 @dataclass(frozen=True)
@@ -303,6 +336,9 @@ class ApprovalStore(StoreAccess):
                     decision_reason=default_scrubber().scrub(reason) or None,
                 )
             ).rowcount
+            if changed == 1:
+                # The run parked on it goes back to pending in the same transaction: never decided but parked.
+                unpark_waiting_on(connection, [approval_id])
         stored = self.get(approval_id)
         if changed != 1:
             when = f" at {stored.decided_at:%Y-%m-%d %H:%M:%S} UTC" if stored.decided_at else ""
@@ -313,16 +349,22 @@ class ApprovalStore(StoreAccess):
         return stored
 
     def expire(self) -> int:
-        """Mark pending requests past their deadline as expired (a denial); returns how many."""
+        """Mark pending requests past their deadline as expired (a denial); returns how many.
+
+        Runs parked on them go back to ``pending`` in the same transaction, so they resume and see the denial.
+        """
         now = self._now()
         with self._write("expiring approval requests") as connection:
-            return int(
-                connection.execute(
+            expired = list(
+                connection.scalars(
                     update(approvals)
                     .where(approvals.c.status == ApprovalStatus.PENDING.value, approvals.c.expires_at < now)
                     .values(status=ApprovalStatus.EXPIRED.value, decided_at=now, decided_by="timeout")
-                ).rowcount
+                    .returning(approvals.c.id)
+                )
             )
+            unpark_waiting_on(connection, expired)
+            return len(expired)
 
     async def wait(self, approval_id: str, *, poll_s: float = 0.25) -> StoredApproval:
         """Wait until the request is decided or expires; returns it decided."""
@@ -335,6 +377,10 @@ class ApprovalStore(StoreAccess):
     def approver(self, *, timeout_s: float = 900.0, poll_s: float = 0.25) -> StoreApprover:
         """The guard's approver backed by this store."""
         return StoreApprover(self, timeout_s=timeout_s, poll_s=poll_s)
+
+    def parking_approver(self, *, timeout_s: float = 900.0) -> ParkingApprover:
+        """The guard's approver for runs on workers: the decision if there is one, else ``RunParked``."""
+        return ParkingApprover(self, timeout_s=timeout_s)
 
 
 class StoreApprover:
@@ -353,3 +399,31 @@ class StoreApprover:
         except StoreError:
             raise
         return await self.store.wait(stored.id, poll_s=self.poll_s)
+
+
+class ParkingApprover:
+    """Records each request like ``StoreApprover``, but never waits: an undecided request parks the run.
+
+    Asked again when the run resumes (the same decision key), it finds the request and returns its decision
+    (approved, denied, or expired — a denial).
+    """
+
+    def __init__(self, store: ApprovalStore, *, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"an approval timeout must be > 0 s, got {timeout_s}")
+        self.store = store
+        self.timeout_s = timeout_s
+
+    async def __call__(self, request: ApprovalRequest) -> StoredApproval:
+        """The request's decision.
+
+        Raises:
+            RunParked: it is still pending (``approval_id`` names it).
+            StoreError: the database failed (the call must not run).
+        """
+        stored = await asyncio.to_thread(self.store.request, request, timeout_s=self.timeout_s)
+        if stored.status is ApprovalStatus.PENDING:
+            stored = await asyncio.to_thread(self.store.get, stored.id)  # expired first if past its deadline
+        if stored.status is ApprovalStatus.PENDING:
+            raise RunParked(stored.id, request.run_id)
+        return stored

@@ -19,6 +19,13 @@ attempt=n + 1)``, which only one process can claim); should that attempt's
 outcome be unknown too, the next resume asks about it anew.
 
 Read tools are not in the ledger: running them again is harmless.
+
+**Fenced writes.** A worker running a run holds its lease (``tether.store.runs``)
+and sets ``current_fence`` around it; ``save``, ``intend`` and ``mark`` check that
+fence inside their own write transaction (``check_fence``), so once another
+worker has taken the run over, the paused one's checkpoint and ledger writes
+raise ``LeaseLost`` and write nothing. Without a fence (no worker: a run made
+in-process) they write as they always did.
 """
 
 from __future__ import annotations
@@ -36,10 +43,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tether.errors import UserError
 from tether.redaction import default_scrubber, scrubbed_json
 from tether.store.access import StoreAccess
+from tether.store.runs import Fence, check_fence, current_fence
 from tether.store.schema import checkpoints, tool_ledger
 
 if TYPE_CHECKING:
     pass
+
+
+def _fence(fence: Fence | None) -> Fence | None:
+    """The fence a write is made under: the one given, else the current one (None: unfenced)."""
+    return fence if fence is not None else current_fence.get()
+
 
 __all__ = ["Checkpoint", "DurableRuns", "Effect", "EffectState", "UnknownRun"]
 
@@ -91,8 +105,18 @@ class DurableRuns(StoreAccess):
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def save(self, run_id: str, agent: str, status: str, state: Mapping[str, Any]) -> None:
-        """Write the run's checkpoint (replacing the previous one), known secrets scrubbed."""
+    def save(
+        self, run_id: str, agent: str, status: str, state: Mapping[str, Any], *, fence: Fence | None = None
+    ) -> None:
+        """Write the run's checkpoint (replacing the previous one), known secrets scrubbed.
+
+        Args:
+            fence: the lease the write is made under; None: ``current_fence`` (unfenced when that is None).
+
+        Raises:
+            LeaseLost: the fence is stale; nothing was written.
+        """
+        fence = _fence(fence)
         row = {
             "run_id": run_id,
             "agent": agent,
@@ -101,6 +125,8 @@ class DurableRuns(StoreAccess):
             "updated_at": datetime.now(UTC),
         }
         with self._write("saving a run checkpoint") as connection:
+            if fence is not None:
+                check_fence(connection, fence)
             dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
             statement = dialect.insert(checkpoints).values(**row)
             connection.execute(
@@ -163,7 +189,15 @@ class DurableRuns(StoreAccess):
         )
 
     def intend(
-        self, key: str, *, run_id: str, agent: str, tool: str, arguments: Mapping[str, Any], attempt: int = 1
+        self,
+        key: str,
+        *,
+        run_id: str,
+        agent: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        attempt: int = 1,
+        fence: Fence | None = None,
     ) -> bool:
         """Record the intent to make attempt ``attempt`` of a call; True when this caller now owns that attempt.
 
@@ -171,9 +205,17 @@ class DurableRuns(StoreAccess):
         attempt ``attempt - 1`` stopped with its outcome unknown — moves the row on from that attempt, only
         if it is still there, left ``intent`` or ``started``. False: the key is taken (another process made
         or claimed the attempt, or the call has an outcome): the call must not run.
+
+        ``fence`` (None: ``current_fence``) is checked in the same transaction.
+
+        Raises:
+            LeaseLost: the fence is stale; nothing was written (the call must not run).
         """
+        fence = _fence(fence)
         now = datetime.now(UTC)
         with self._write("recording a tool call's intent") as connection:
+            if fence is not None:
+                check_fence(connection, fence)
             if attempt == 1:
                 row = {
                     "idempotency_key": key,
@@ -208,11 +250,17 @@ class DurableRuns(StoreAccess):
         output: str | None = None,
         is_error: bool | None = None,
         attempt: int | None = None,
+        fence: Fence | None = None,
     ) -> None:
         """Move a call to ``started``, ``done`` or ``failed`` (with what it returned).
 
-        With ``attempt``, only while the row is still about that attempt.
+        With ``attempt``, only while the row is still about that attempt. ``fence`` (None:
+        ``current_fence``) is checked in the same transaction.
+
+        Raises:
+            LeaseLost: the fence is stale; nothing was written.
         """
+        fence = _fence(fence)
         values: dict[str, Any] = {"state": state, "updated_at": datetime.now(UTC)}
         if state in ("done", "failed"):
             # Replayed to the model and kept for as long as the run: never with a secret in it.
@@ -221,4 +269,6 @@ class DurableRuns(StoreAccess):
         if attempt is not None:
             where.append(tool_ledger.c.attempt == attempt)
         with self._write("updating the tool-call ledger") as connection:
+            if fence is not None:
+                check_fence(connection, fence)
             connection.execute(update(tool_ledger).where(*where).values(**values))

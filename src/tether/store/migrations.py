@@ -352,6 +352,62 @@ def _m0007_add_key_scopes(connection: Connection) -> None:
     connection.execute(text("ALTER TABLE virtual_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'model'"))
 
 
+def _m0008_create_runs_and_workers(connection: Connection) -> None:
+    # The runs table is the record of every submitted run (the bus only carries work); times are
+    # milliseconds by the database's clock, lease_token is the fencing token a claim moves on by one.
+    metadata = MetaData()
+    Table(
+        "runs",
+        metadata,
+        Column("run_id", Text().with_variant(Text(collation="C"), "postgresql"), primary_key=True),
+        Column("agent", Text, nullable=False),
+        Column("task", Text, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("submitted_ms", BigInteger, nullable=False),
+        Column("enqueued_ms", BigInteger),
+        Column("started_ms", BigInteger),
+        Column("finished_ms", BigInteger),
+        Column("lease_owner", Text),
+        Column("lease_token", BigInteger, nullable=False),
+        Column("lease_expires_ms", BigInteger),
+        Column("deliveries", Integer, nullable=False),
+        Column("failures", Integer, nullable=False),
+        Column("stream_id", Text),
+        Column("parent_run_id", Text),
+        Column("root_run_id", Text, nullable=False),
+        Column("depth", Integer, nullable=False),
+        Column("call_id", Text),
+        Column("headers", Text, nullable=False),
+        Column("options", Text, nullable=False),
+        Column("stop_reason", String(32)),
+        Column("output", Text),
+        Column("error", Text),
+        Column("cost_nanousd", BigInteger),
+        Column("tokens", BigInteger),
+        Column("worker", Text),
+        Column("parked_on", String(32)),
+        Column("dead_reason", Text),
+        Index("ix_runs_status_submitted", "status", "submitted_ms"),
+        Index("ix_runs_root", "root_run_id"),
+        Index("ix_runs_parent", "parent_run_id"),
+        Index("ix_runs_agent_status", "agent", "status"),
+    )
+    Table(
+        "workers",
+        metadata,
+        Column("worker_id", Text, primary_key=True),
+        Column("host", Text, nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("started_ms", BigInteger, nullable=False),
+        Column("heartbeat_ms", BigInteger, nullable=False),
+        Column("concurrency", Integer, nullable=False),
+        Column("running", Text, nullable=False),
+        Column("agents", Text, nullable=False),
+        Column("status", String(16), nullable=False),
+    )
+    metadata.create_all(connection)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "create spans", _m0001_create_spans),
     Migration(2, "create budgets", _m0002_create_budgets),
@@ -360,6 +416,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(5, "create eval runs and trials", _m0005_create_evals),
     Migration(6, "key approvals by decision (turn, attempt); ledger attempts", _m0006_key_approvals_by_decision),
     Migration(7, "add virtual key scopes", _m0007_add_key_scopes),
+    Migration(8, "create runs and workers", _m0008_create_runs_and_workers),
 )
 
 

@@ -35,6 +35,13 @@ releases); keys made before migration 7 are ``model``.
 per settled model call, ``cost_nanousd`` in nano-dollars and NULL when the
 price is unknown (never 0). ``day`` is the call's UTC date (``2026-11-21``),
 which the reports filter and group on.
+
+``runs`` is the record of every submitted run (``tether.store.runs``): its
+status, its lease (owner, expiry and the fencing token ``lease_token``, which
+goes up by one with every claim) and its outcome. Its ``*_ms`` times are
+milliseconds **by the database's clock**, so leases never depend on a worker's
+clock; ``cost_nanousd`` is in nano-dollars; ``headers`` and ``options`` are JSON
+text. ``workers`` holds one row per worker process, upserted by its heartbeat.
 """
 
 from __future__ import annotations
@@ -53,10 +60,12 @@ __all__ = [
     "kills",
     "metadata",
     "quarantines",
+    "runs",
     "schema_migrations",
     "spans",
     "tool_ledger",
     "virtual_keys",
+    "workers",
 ]
 
 metadata = MetaData()
@@ -335,4 +344,57 @@ eval_trials = Table(
     Column("facts", Text, nullable=False),
     Column("error", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Every submitted run: the record the bus only carries work for; status, lease (with fencing token), outcome.
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", RUN_ID_TYPE, primary_key=True),
+    Column("agent", Text, nullable=False),
+    Column("task", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("submitted_ms", BigInteger, nullable=False),
+    Column("enqueued_ms", BigInteger),
+    Column("started_ms", BigInteger),
+    Column("finished_ms", BigInteger),
+    Column("lease_owner", Text),
+    Column("lease_token", BigInteger, nullable=False),
+    Column("lease_expires_ms", BigInteger),
+    Column("deliveries", Integer, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("stream_id", Text),
+    Column("parent_run_id", Text),
+    Column("root_run_id", Text, nullable=False),
+    Column("depth", Integer, nullable=False),
+    Column("call_id", Text),
+    Column("headers", Text, nullable=False),
+    Column("options", Text, nullable=False),
+    Column("stop_reason", String(32)),
+    Column("output", Text),
+    Column("error", Text),
+    Column("cost_nanousd", BigInteger),
+    Column("tokens", BigInteger),
+    Column("worker", Text),
+    Column("parked_on", String(32)),
+    Column("dead_reason", Text),
+    Index("ix_runs_status_submitted", "status", "submitted_ms"),
+    Index("ix_runs_root", "root_run_id"),
+    Index("ix_runs_parent", "parent_run_id"),
+    Index("ix_runs_agent_status", "agent", "status"),
+)
+
+# One row per worker process, upserted by its heartbeat (times by the database's clock).
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker_id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_ms", BigInteger, nullable=False),
+    Column("heartbeat_ms", BigInteger, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("running", Text, nullable=False),
+    Column("agents", Text, nullable=False),
+    Column("status", String(16), nullable=False),
 )
