@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,23 +40,23 @@ class Infra:
 
 
 @pytest.fixture(params=["memory-sqlite", pytest.param("redis-postgresql", marks=pytest.mark.postgres)])
-def infra(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Infra]:
+async def infra(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> AsyncIterator[Infra]:
+    """The test's infrastructure; its tethers are closed on the test's loop (where their Redis connections live)."""
     if request.param == "memory-sqlite":
         found = Infra("memory-sqlite", f"sqlite:///{tmp_path / 'data' / 'tether.db'}", None)
         yield found
-        _close(found)
+        await _close(found)
         return
     with postgres_schema(postgres_url, "tether_workers") as url:
         found = Infra("redis-postgresql", url, REDIS_URL)
         yield found
-        _close(found)
+        await _close(found)
         _drop_streams(found.prefix)
 
 
-def _close(found: Infra) -> None:
+async def _close(found: Infra) -> None:
     for tt in found.opened:
-        with contextlib.suppress(Exception):
-            tt.close()
+        await tt.aclose()
 
 
 def _drop_streams(prefix: str) -> None:

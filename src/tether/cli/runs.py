@@ -401,7 +401,7 @@ def show(
     header.add_row("duration", fmt.duration(s.duration_s))
     if s.task:
         header.add_row("task", _short(s.task, 300))
-    root_attrs = next((sp.attributes for sp in run.spans if sp.parent_span_id is None), {})
+    root_attrs: dict[str, Any] = next((sp.attributes for sp in run.spans if sp.parent_span_id is None), {})
     if root_attrs.get(sc.TETHER_OUTPUT):
         header.add_row("output", _short(root_attrs[sc.TETHER_OUTPUT], 300))
     if root_attrs.get(sc.TETHER_ERROR_MESSAGE):

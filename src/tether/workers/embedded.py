@@ -125,17 +125,23 @@ class Submitter:
             raise
 
     def _prepare(self, target: Any) -> str:
+        """The agent's name; an agent object is registered. Unknown names are refused where this process works them.
+
+        With workers elsewhere (Redis, not embedded) a bare name is taken as given: the workers' registry
+        decides, and a name none of them knows is dead-lettered after ``max_failures``.
+        """
         name = agent_name(target)
         registry = self._tt.registry
         if not isinstance(target, str) and name not in registry:
             registry.register(target)
-        if name not in registry:
+        embedded = self.embedded
+        if embedded and name not in registry:
             known = ", ".join(sorted(registry.names())) or "none yet"
             raise UserError(
                 f"no agent named {name!r} to submit to (known: {known}): make it with tt.agent(...) "
                 "or register it in tt.registry first"
             )
-        if self.embedded:
+        if embedded:
             self.start_worker()
         return name
 
