@@ -11,7 +11,8 @@
 from tether.workers.dispatch import QueueDispatcher
 from tether.workers.embedded import Submitter, worker_executor
 from tether.workers.loading import AppTarget, load_app
-from tether.workers.metrics import Metrics, WorkerStats, collect, prometheus_text, serve_metrics
+from tether.workers.metrics import Metrics, collect, prometheus_text, serve_metrics
+from tether.workers.stats import WorkerStats
 from tether.workers.submit import (
     FINAL_STATUSES,
     WaitTimeout,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+from tether.workers.stats import WorkerStats
 
 if TYPE_CHECKING:
     from tether.workers.worker import Worker
@@ -21,34 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["Metrics", "WorkerStats", "collect", "prometheus_text", "serve_metrics"]
 
 logger = logging.getLogger("tether.workers")
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStats:
-    """What one worker does now.
-
-    Attributes:
-        worker_id: its id.
-        status: ``starting``, ``running``, ``draining`` or ``stopped``.
-        concurrency: runs it works at once at most.
-        running: runs it holds the lease of now.
-        waiting: deliveries it holds for an agent whose limit is full.
-        agents: running runs per agent.
-        agent_limits: the per-agent limits.
-        counts: how its runs ended so far, by stop reason (and ``dead_lettered``, ``lease_lost``,
-            ``released``, ``deferred``).
-        refeeds: runs it published again because the stream had lost them.
-    """
-
-    worker_id: str
-    status: str
-    concurrency: int
-    running: int
-    waiting: int
-    agents: Mapping[str, int] = field(default_factory=dict)
-    agent_limits: Mapping[str, int] = field(default_factory=dict)
-    counts: Mapping[str, int] = field(default_factory=dict)
-    refeeds: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ from tether.runtime.delegation import ParentLink, current_dispatcher
 from tether.store.runs import Claim, Fence, LeaseLost, RunRecord, WorkerInfo, fenced
 from tether.workers.dispatch import QueueDispatcher
 from tether.workers.kills import QueuedKills
-from tether.workers.metrics import WorkerStats
+from tether.workers.stats import WorkerStats
 from tether.workers.submit import PARENT_OPTION, enqueue
 
 if TYPE_CHECKING:
