@@ -143,41 +143,48 @@ def decide_like_a_person(deployment: Deployment) -> int:
 def test_kill_9_a_hundred_times_loses_no_run_and_repeats_no_effect(tmp_path: Path, pg_url: str) -> None:
     rng = random.Random(12)
     with RedisServer(tmp_path / "redis") as redis:
-        deployment = Deployment(tmp_path / "deploy", pg_url, redis)
+        deployment = Deployment(tmp_path / "deploy", pg_url, redis, concurrency=8)
         try:
             slots = [f"w{i}" for i in range(4)]
             generation = Counter[str]()
             for slot in slots:
-                deployment.start(f"{slot}-0", MODEL_S="0.08")
+                deployment.start(f"{slot}-0", MODEL_S="0.1")
             deployment.live(len(slots))
-            ids = deployment.submit("payer", [f"pay order-{i}" for i in range(80)])
             tt = deployment.tt
+            ids = deployment.submit("payer", [f"pay order-{i}" for i in range(100)])
             kills = 0
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 90
             while kills < 100:
                 assert time.monotonic() < deadline, f"only {kills} kills in time: {tt.runs.counts()}"
                 time.sleep(rng.uniform(0.3, 0.5))
                 decide_like_a_person(deployment)
+                if tt.runs.counts().get("pending", 0) < 40:  # keep work queued, so every kill lands on runs
+                    ids += deployment.submit("payer", [f"pay order-{len(ids) + i}" for i in range(40)])
                 holders = {r.lease_owner for r in tt.runs.list(statuses=["running"], limit=1000) if r.lease_owner}
-                victims = [w for w, p in deployment.processes.items() if w in holders and p.poll() is None]
-                if not victims:
-                    if not tt.runs.list(statuses=["pending", "running", "parked"], limit=1):
-                        # Everything finished before 100 kills: queue more runs and go on killing.
-                        ids += deployment.submit("payer", [f"pay order-{len(ids) + i}" for i in range(20)])
-                    continue
+                alive = [w for w, p in deployment.processes.items() if p.poll() is None]
+                # Mostly workers in the middle of runs; now and then one that is starting or idle.
+                victims = [w for w in alive if w in holders] or alive
                 victim = rng.choice(victims)
                 deployment.processes[victim].kill()
                 deployment.processes[victim].wait(10)
                 kills += 1
                 slot = victim.split("-")[0]
                 generation[slot] += 1
-                deployment.start(f"{slot}-{generation[slot]}", MODEL_S="0.08")
+                deployment.start(f"{slot}-{generation[slot]}", MODEL_S="0.1")
 
             def all_finished() -> bool:
                 decide_like_a_person(deployment)
                 return all(r.status in ("finished", "dead") for r in tt.runs.list(limit=10_000))
 
-            wait_until(all_finished, 90, "every run to finish after the kills")
+            try:
+                wait_until(all_finished, 60, "every run to finish after the kills")
+            except AssertionError as exc:
+                stuck = [
+                    (r.run_id, r.status, r.lease_owner, r.deliveries, r.stream_id, r.parked_on, r.error)
+                    for r in tt.runs.list(statuses=["pending", "running", "parked"], limit=20)
+                ]
+                logs = {owner: deployment.log(owner)[-3000:] for _, _, owner, *_ in stuck if owner}
+                raise AssertionError(f"{exc}: {tt.runs.counts()}; stuck: {stuck}; logs: {logs}") from None
             records = {r.run_id: r for r in tt.runs.list(limit=10_000)}
             assert set(ids) <= set(records)
             lost = [r for r in records.values() if r.status != "finished" or r.stop_reason != "completed"]
@@ -187,7 +194,8 @@ def test_kill_9_a_hundred_times_loses_no_run_and_repeats_no_effect(tmp_path: Pat
             assert twice == {}
             charged = {k.split(":")[0] for k in keys}
             assert charged == set(ids)  # every run charged, exactly once
-            assert kills == 100
+            taken_over = sum(1 for r in records.values() if r.deliveries > 1)
+            assert taken_over >= 20, f"only {taken_over} runs were taken over: the kills missed the runs"
         finally:
             deployment.close()
 
