@@ -12,8 +12,13 @@ import sqlalchemy as sa
 
 from tests.store import conftest as store_fixtures
 from tether.guard.durable import DurableRuns, UnknownRun
+from tether.guard.guard import Guard
+from tether.messages import StopReason
+from tether.runtime import Agent
+from tether.runtime.tools import tool
 from tether.store import TraceStore, open_store
 from tether.store.runs import Claim, Fence, LeaseLost, RunRecords, Submission, fenced
+from tether.testing import ScriptedModel, text_response, tool_response
 
 backend = store_fixtures.backend
 store_url = store_fixtures.store_url
@@ -138,3 +143,51 @@ def test_without_a_fence_writes_are_as_before(store: TraceStore) -> None:
     taken_over(store)
     durable.save("run-1", "support", "running", {"turn": 3})
     assert durable.load("run-1").state == {"turn": 3}
+
+
+EFFECTS: list[str] = []
+
+
+async def test_an_agent_that_lost_its_lease_mid_call_records_nothing_and_the_taker_repeats_nothing(
+    store: TraceStore,
+) -> None:
+    EFFECTS.clear()
+    records = RunRecords(store)
+    records.submit(Submission(agent="support", task="refund order 7", run_id="run-a"))
+    first = records.claim("run-a", "w1", lease_s=0.1)
+    assert first is not None
+
+    @tool(risk="write")
+    def refund(order: str) -> str:
+        """Refund an order."""
+        EFFECTS.append(order)
+        # While the call runs, the worker stalls past its lease and another worker takes the run over.
+        wait_until(lambda: records.claim("run-a", "w2", lease_s=60), what="a takeover")
+        return f"refunded {order}"
+
+    # One model for both workers: it answers the resumed run's refused call with its last message.
+    model = ScriptedModel([tool_response(("refund", {"order": "7"}, "c1")), text_response("done")])
+
+    def agent() -> Agent:
+        return Agent("support", model, tools=[refund], guard=Guard(), durable=DurableRuns(store))
+
+    with fenced(first.fence), pytest.raises(LeaseLost):
+        await agent().run("refund order 7", run_id="run-a")
+
+    assert EFFECTS == ["7"]
+    durable = DurableRuns(store)
+    effect = durable.effect("run-a:1:c1")
+    assert effect is not None and effect.state == "started"  # "done" was refused: its outcome is unknown
+    checkpoint = durable.load("run-a")
+    assert checkpoint.status != "finished"
+    assert records.get("run-a").lease_owner == "w2" and records.get("run-a").status == "running"
+
+    # The worker that took over resumes under its own fence: the unknown outcome goes to a person (here
+    # there is none, so it is refused), never run blindly again.
+    second = Fence("run-a", records.get("run-a").lease_token)
+    with fenced(second):
+        result = await agent().resume("run-a")
+    assert EFFECTS == ["7"] and result.stop_reason is StopReason.COMPLETED
+    effect = durable.effect("run-a:1:c1")
+    assert effect is not None and effect.state == "started"  # still for a person to settle
+    assert durable.load("run-a").status == "finished"

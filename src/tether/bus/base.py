@@ -101,7 +101,7 @@ class BusStats:
         pending: entries delivered and not acked yet.
         oldest_age_s: age of the oldest entry that is undelivered or unacked; None when there is none.
         dead: entries in the dead-letter stream.
-        consumers: consumers the group knows (each worker is one; see ``forget_consumer``).
+        consumers: consumers the group knows: each that was ever given an entry, until ``forget_consumer``.
     """
 
     depth: int
@@ -123,7 +123,12 @@ class Bus(Protocol):
     resets: int
 
     async def publish(self, message: Message) -> str:
-        """Append ``message`` to the stream; its entry id."""
+        """Append ``message`` to the stream; its entry id.
+
+        A publish that raised ``BusUnavailable`` after sending may still have been added (the answer was
+        lost); publishing again is safe, since the runs table lets one worker claim a run however often
+        it is delivered.
+        """
         ...
 
     async def receive(self, consumer: str, *, count: int, block_s: float) -> list[Delivery]:
@@ -156,6 +161,10 @@ class Bus(Protocol):
 
     async def stats(self) -> BusStats:
         """Depth, pending count, oldest age, dead-letter count and consumers, now."""
+        ...
+
+    async def forget_consumer(self, name: str) -> bool:
+        """Forget consumer ``name`` (a worker gone for good) if it holds no entry; False when it still holds some."""
         ...
 
     async def close(self) -> None:

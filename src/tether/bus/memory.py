@@ -89,7 +89,6 @@ class MemoryBus:
         while True:
             with self._lock:
                 self._check_open()
-                self._consumers.add(consumer)
                 taken = self._take(consumer, count)
                 remaining = deadline - time.monotonic()
                 if taken or remaining <= 0:
@@ -112,7 +111,6 @@ class MemoryBus:
         _check_count(count)
         with self._lock:
             self._check_open()
-            self._consumers.add(consumer)
             now = time.monotonic()
             claimed: list[Delivery] = []
             for entry_id, held in list(self._pending.items()):
@@ -126,6 +124,8 @@ class MemoryBus:
                     continue
                 held.consumer, held.delivered_at, held.deliveries = consumer, now, held.deliveries + 1
                 claimed.append(Delivery(entry_id, message, held.deliveries))
+            if claimed:  # like Redis 7: a consumer exists once it has been given an entry
+                self._consumers.add(consumer)
             return claimed
 
     async def touch(self, consumer: str, entry_ids: Sequence[str]) -> None:
@@ -229,6 +229,8 @@ class MemoryBus:
             entry_id = self._undelivered.popleft()
             self._pending[entry_id] = _Pending(consumer, now, 1)
             taken.append(Delivery(entry_id, self._entries[entry_id], 1))
+        if taken:
+            self._consumers.add(consumer)
         return taken
 
 

@@ -45,6 +45,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tether.bus.base import BusStats, BusUnavailable, DeadLetter, Delivery, Message, entry_ms
+from tether.errors import UserError
 from tether.redis_client import client_display, connect
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_TIMEOUT_S", "RedisStreamsBus"]
@@ -74,9 +75,23 @@ end
 return touched
 """
 
+# KEYS[1] stream; ARGV[1] group, ARGV[2] consumer. Deletes the consumer only if it holds no entry
+# (DELCONSUMER would drop its pending entries unclaimed), in one step so none is delivered meanwhile.
+_FORGET: Final = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
+    return 0
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 
 class RedisStreamsBus:
     """The bus on Redis Streams (see the module docstring).
+
+    It serves the event loop it first ran on (redis.asyncio's connections belong to one loop; another
+    loop gets a ``UserError``): open one per loop — e.g. per ``asyncio.run`` — and close it there.
+    Unlike ``MemoryBus``, two processes or machines share it through Redis, not through the object.
 
     Args:
         redis: a URL (``redis://[user:password@]host:6379/0``) or a ready ``redis.asyncio.Redis`` client
@@ -124,7 +139,10 @@ class RedisStreamsBus:
         self.resets = 0
         self._maxlen = maxlen
         self._group_ready = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # redis.asyncio's connections belong to one loop
         self._touch = self._client.register_script(_TOUCH)
+        self._forget = self._client.register_script(_FORGET)
 
     def __repr__(self) -> str:
         return f"RedisStreamsBus({self.url!r}, stream={self.stream!r}, group={self.group!r})"
@@ -148,10 +166,7 @@ class RedisStreamsBus:
             remaining = deadline - loop.time()
             block_ms = int(min(remaining, self._block_slice_s) * 1000) if remaining > 0 else None
             block = None if block_ms is None else max(1, block_ms)  # BLOCK 0 would wait for ever
-            reply = await self._call(
-                "receiving runs",
-                partial(self._client.xreadgroup, self.group, consumer, {self.stream: ">"}, count=count, block=block),
-            )
+            reply = await self._call("receiving runs", partial(self._read, consumer, count, block))
             deliveries = [Delivery(entry_id, message, 1) for entry_id, message in _stream_entries(reply)]
             if deliveries or remaining <= 0 or loop.time() >= deadline:
                 return deliveries
@@ -305,16 +320,16 @@ class RedisStreamsBus:
 
         Deleting a consumer drops its pending entries without a claim, so one that still holds any is kept.
         """
-        summary = await self._call("reading pending runs", lambda: self._client.xpending(self.stream, self.group))
-        if any(_text(c["name"]) == name and int(c["pending"]) for c in summary.get("consumers") or []):
-            return False
-        await self._call(
-            "forgetting a consumer", lambda: self._client.xgroup_delconsumer(self.stream, self.group, name)
+        forgotten = await self._call(
+            "forgetting a consumer", lambda: self._forget(keys=[self.stream], args=[self.group, name])
         )
-        return True
+        return bool(forgotten)
 
     async def close(self) -> None:
-        """See ``Bus.close``: closes the client if this bus made it (or was asked to)."""
+        """See ``Bus.close``: closes the client if this bus made it (or was asked to); later calls raise."""
+        self._closed = True
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            return  # its connections belong to a loop that is gone or elsewhere: they go with it
         if self._owns_client:
             await self._client.aclose()
 
@@ -322,6 +337,16 @@ class RedisStreamsBus:
 
     async def _call(self, action: str, command: Callable[[], Awaitable[T]], *, group_command: bool = True) -> T:
         """Run ``command``; after a ``NOGROUP`` (Redis lost the stream), recreate the group and run it once more."""
+        if self._closed:
+            raise BusUnavailable(f"{action} failed: the bus on Redis at {self.url} is closed: open a new one to go on")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise UserError(
+                f"{action} failed: this RedisStreamsBus first ran on another event loop, and its Redis connections "
+                "belong to that one: open one bus per event loop (open_bus in it) and close it there"
+            )
         try:
             if not self._group_ready:
                 await self._create_group()
@@ -329,7 +354,7 @@ class RedisStreamsBus:
             try:
                 return await command()
             except ResponseError as exc:
-                if not group_command or "NOGROUP" not in str(exc):
+                if not group_command or not _group_missing(exc):
                     raise
                 await self._create_group()
                 self.resets += 1
@@ -348,6 +373,18 @@ class RedisStreamsBus:
             ) from None
         except RedisError as exc:
             raise self._answered(action, exc) from None
+
+    async def _read(self, consumer: str, count: int, block: int | None) -> Any:
+        read = partial(self._client.xreadgroup, self.group, consumer, {self.stream: ">"}, count=count, block=block)
+        if block is None:
+            return await read()
+        try:
+            return await read()
+        except RedisTimeoutError:
+            # A blocked read answers within half the socket timeout; past it, the machine or the network
+            # stalled. Once more before calling Redis unavailable (an entry the lost read took stays
+            # pending for this consumer, and claim_stale hands it on).
+            return await read()
 
     async def _create_group(self) -> None:
         try:
@@ -377,6 +414,12 @@ class RedisStreamsBus:
         text = str(exc) or type(exc).__name__
         password = self._client.connection_pool.connection_kwargs.get("password")
         return text.replace(password, "[REDACTED]") if isinstance(password, str) and password else text
+
+
+def _group_missing(exc: ResponseError) -> bool:
+    """Redis says the stream or its group does not exist (``XINFO GROUPS`` of a missing key: "no such key")."""
+    text = str(exc)
+    return "NOGROUP" in text or "no such key" in text
 
 
 def _text(value: object) -> str:
@@ -420,16 +463,24 @@ def _decode_dead(entry_id: str, fields: Mapping[Any, Any]) -> DeadLetter:
 
 
 def _stream_entries(reply: Any) -> list[tuple[str, Message]]:
-    """The entries of an ``XREADGROUP`` reply, in whichever shape redis-py parsed it (RESP2 list or RESP3 dict)."""
+    """The entries of an ``XREADGROUP`` reply, in whichever shape redis-py parsed it.
+
+    RESP2: ``[[stream, [(id, fields), ...]]]``; RESP3: ``{stream: [[(id, fields), ...]]}`` (one level more).
+    """
     if not reply:
         return []
     streams = reply.values() if isinstance(reply, dict) else (entries for _name, entries in reply)
     found: list[tuple[str, Message]] = []
-    for entries in streams:
+
+    def collect(entries: Any) -> None:
         for entry in entries or []:
-            raw_id, fields = entry[0], entry[1]
-            if raw_id is not None:
-                found.append((_text(raw_id), _decode_message(fields or {})))
+            if isinstance(entry, (tuple, list)) and entry and isinstance(entry[0], (bytes, str)):
+                found.append((_text(entry[0]), _decode_message(entry[1] if len(entry) > 1 and entry[1] else {})))
+            elif isinstance(entry, list):
+                collect(entry)
+
+    for entries in streams:
+        collect(entries)
     return found
 
 

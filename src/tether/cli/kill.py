@@ -86,6 +86,11 @@ def _resolve(store: TraceStore, run_id: str) -> str:
     try:
         return store.resolve_run_id(run_id, in_flight=True)
     except RunNotFound:
+        from tether.store.runs import RunRecords
+
+        submitted = RunRecords(store).find(run_id)
+        if submitted is not None:
+            return submitted.run_id  # submitted (tether runs submit), perhaps still queued: nothing in spans yet
         if _FULL_RUN_ID.fullmatch(run_id):
             # A well-formed id of a run that may be in its first model call: nothing of it is stored until
             # a call ends, and an operator must be able to stop it now. Anything else is a typo.
@@ -183,12 +188,17 @@ def kill(
         publish_to = _redis_url(redis_url)
         kills = KillStore(store, redis_url=publish_to)
         try:
-            kills.add(record)  # a failed publish is logged, never raised: the row is what counts
+            ended = kills.add(record)  # a failed publish is logged, never raised: the row is what counts
         finally:
             kills.close()
     finally:
         store.close()
     if as_json:
-        typer.echo(orjson.dumps(record.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        typer.echo(orjson.dumps({**record.to_dict(), "ended_waiting": ended}, option=orjson.OPT_INDENT_2).decode())
         return
     fmt.console().print(_confirmation(record), highlight=False, soft_wrap=True)
+    if ended:
+        shown = ", ".join(fmt.run_id(r) for r in ended[:5]) + (" …" if len(ended) > 5 else "")
+        fmt.console().print(
+            f"ended {len(ended)} queued or parked run(s) at once: {escape(shown)}", highlight=False, soft_wrap=True
+        )

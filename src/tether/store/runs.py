@@ -71,6 +71,7 @@ __all__ = [
     "current_fence",
     "db_now_ms",
     "fenced",
+    "kill_waiting_in",
     "unpark_waiting_on",
 ]
 
@@ -345,6 +346,39 @@ def unpark_waiting_on(connection: Connection, approval_ids: Sequence[str] | None
         .returning(runs.c.run_id)
     )
     return list(connection.scalars(statement))
+
+
+def kill_waiting_in(
+    connection: Connection,
+    *,
+    run_id: str | None = None,
+    agent: str | None = None,
+    everything: bool = False,
+    reason: str,
+) -> list[str]:
+    """``RunRecords.kill_waiting`` inside the caller's write transaction (a kill's own, so that recording a
+    kill and ending the queued and parked runs it names are one commit); returns the run ids killed."""
+    if not everything and run_id is None and agent is None:
+        raise ValueError("kill_waiting needs run_id, agent or everything=True")
+    where: list[ColumnElement[bool]] = [runs.c.status.in_(("pending", "parked"))]
+    if run_id is not None:
+        where.append(runs.c.run_id == run_id)
+    if agent is not None:
+        where.append(runs.c.agent == agent)
+    statement = (
+        update(runs)
+        .where(*where)
+        .values(
+            status="finished",
+            stop_reason="killed",
+            error=reason,
+            lease_owner=None,
+            lease_expires_ms=None,
+            finished_ms=db_now_ms(connection),
+        )
+        .returning(runs.c.run_id)
+    )
+    return sorted(connection.scalars(statement))
 
 
 class RunRecords(StoreAccess):
@@ -663,28 +697,8 @@ class RunRecords(StoreAccess):
         Returns:
             The run ids killed.
         """
-        if not everything and run_id is None and agent is None:
-            raise ValueError("kill_waiting needs run_id, agent or everything=True")
-        where: list[ColumnElement[bool]] = [runs.c.status.in_(("pending", "parked"))]
-        if run_id is not None:
-            where.append(runs.c.run_id == run_id)
-        if agent is not None:
-            where.append(runs.c.agent == agent)
         with self._write("killing waiting runs") as connection:
-            statement = (
-                update(runs)
-                .where(*where)
-                .values(
-                    status="finished",
-                    stop_reason="killed",
-                    error=reason,
-                    lease_owner=None,
-                    lease_expires_ms=None,
-                    finished_ms=db_now_ms(connection),
-                )
-                .returning(runs.c.run_id)
-            )
-            return sorted(connection.scalars(statement))
+            return kill_waiting_in(connection, run_id=run_id, agent=agent, everything=everything, reason=reason)
 
     # -- the re-feed -----------------------------------------------------------------------------
 

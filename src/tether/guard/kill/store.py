@@ -10,6 +10,7 @@ from sqlalchemy import Engine, RowMapping, insert, select
 
 from tether.guard.kill.record import _TARGET_KINDS, KILL_CHANNEL, Kill, TargetKind, _utc, new_kill
 from tether.store.access import StoreAccess
+from tether.store.runs import kill_waiting_in
 from tether.store.schema import kills
 
 if TYPE_CHECKING:
@@ -88,8 +89,11 @@ class KillStore(StoreAccess):
         self.add(kill)
         return kill.id
 
-    def add(self, kill: Kill) -> None:
+    def add(self, kill: Kill) -> builtins.list[str]:
         """Record a prepared kill (``KillSwitch.kill`` records the one it applied locally), then publish it.
+
+        Submitted runs it names that no worker holds (queued, or parked on an approval) are ended in the
+        same commit (stop reason ``killed``); returns their ids.
 
         Raises:
             StoreError: the database failed (nothing is published).
@@ -102,10 +106,20 @@ class KillStore(StoreAccess):
             "requested_by": kill.requested_by,
             "created_at": kill.created_at,
         }
-        with self._connect("recording a kill") as connection, connection.begin():
+        with self._write("recording a kill") as connection:
             connection.execute(insert(kills), [row])
+            # Runs no worker holds (queued, parked on an approval) end here, in the kill's own commit: no
+            # watch will ever see them. A running run is stopped by the switch of the worker running it.
+            ended = kill_waiting_in(
+                connection,
+                run_id=kill.target if kill.target_kind == "run" else None,
+                agent=kill.target if kill.target_kind == "agent" else None,
+                everything=kill.target_kind not in ("run", "agent"),
+                reason=kill.message,
+            )
         if self._publisher is not None:
             self._publisher.publish(kill)  # after the commit: no kill acts anywhere that the store lacks
+        return ended
 
     def list(self, *, limit: int = 50, since: datetime | None = None) -> builtins.list[Kill]:
         """Kills, newest first: at most ``limit``, made at or after ``since`` (naive means UTC)."""

@@ -81,11 +81,12 @@ def kill_route(kills: KillStore, *, keys: KeyVerifier | None, path: str = "/v1/k
         except UserError as exc:
             return refuse(400, "invalid_request", str(exc))
         try:
-            await asyncio.to_thread(kills.add, kill)
+            ended = await asyncio.to_thread(kills.add, kill)
         except StoreError as exc:
             logger.error("POST %s: could not record a kill of %s: %s", path, kill.what, exc)
             # The error names the database's address: the log's (above), never the client's.
             return refuse(503, "store_unavailable", "the kill could not be recorded: the store is unavailable, retry")
-        return answer(202, kill.to_dict())
+        # The queued and parked runs it ended at once; running ones stop as their workers hear of it.
+        return answer(202, {**kill.to_dict(), "ended_waiting": ended})
 
     return Route(path, endpoint, methods=["POST"])
