@@ -183,7 +183,11 @@ def test_kill_9_a_hundred_times_loses_no_run_and_repeats_no_effect(tmp_path: Pat
                     (r.run_id, r.status, r.lease_owner, r.deliveries, r.stream_id, r.parked_on, r.error)
                     for r in tt.runs.list(statuses=["pending", "running", "parked"], limit=20)
                 ]
-                logs = {owner: deployment.log(owner)[-3000:] for _, _, owner, *_ in stuck if owner}
+                owners = {owner for _, _, owner, *_ in stuck if owner}
+                for owner in owners:
+                    with_signal(deployment.processes[owner], signal.SIGUSR1)
+                time.sleep(1)  # the stacks are diagnostics, not proof: give the workers a moment to write them
+                logs = {owner: deployment.log(owner)[-12000:] for owner in owners}
                 raise AssertionError(f"{exc}: {tt.runs.counts()}; stuck: {stuck}; logs: {logs}") from None
             records = {r.run_id: r for r in tt.runs.list(limit=10_000)}
             assert set(ids) <= set(records)

@@ -7,7 +7,7 @@ from typing import Any
 
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tests.workers.conftest import Infra, working
+from tests.workers.conftest import Infra, until, working
 from tether import semconv as sc
 from tether.messages import ModelRequest, ModelResponse, ToolResultBlock
 from tether.runtime import tool
@@ -50,8 +50,7 @@ async def test_a_run_taken_over_resumes_on_the_other_worker_in_the_same_trace(in
         first.worker.records = LostLease(tt.store)
         record, _ = await submit_run(tt.runs, tt.bus, tt.tracer, "stepper", "step once")
         run_id = record.run_id
-        while first.worker.counts["lease_lost"] == 0:
-            await asyncio.sleep(0.02)
+        await until(lambda: first.worker.counts["lease_lost"], what="the first worker to lose its lease")
         async with working(tt, worker_id="second", lease_s=5, claim_idle_s=0.3):
             done = await await_run(tt.runs, run_id, timeout_s=20)
     assert done.stop_reason == "completed"

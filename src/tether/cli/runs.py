@@ -172,7 +172,7 @@ def records_table(records: list[RunRecord], *, title: str | None = None) -> Tabl
     table.add_column("age", justify="right", no_wrap=True)
     table.add_column("deliv.", justify="right", no_wrap=True)
     table.add_column("worker", no_wrap=True, overflow="ellipsis", max_width=18)
-    table.add_column("why", overflow="ellipsis", max_width=30, no_wrap=True)
+    table.add_column("why", overflow="fold", max_width=40)  # a dead run's reason in full, over lines
     for r in records:
         style = _STATUS_STYLE.get(r.status, "white")
         why = ""
@@ -189,7 +189,7 @@ def records_table(records: list[RunRecord], *, title: str | None = None) -> Tabl
             _age(r.submitted_ms, now_ms),
             str(r.deliveries),
             escape(r.lease_owner or r.worker or ""),
-            escape(fmt.one_line(why, 60)),
+            escape(fmt.one_line(why, 300)),
         )
     return table
 

@@ -35,7 +35,7 @@ def worker(
 
     Any number of workers on any machines share the queue (Redis at [workers] or [gateway] redis_url) and
     the store. SIGTERM or Ctrl-C: stop taking runs, let those in progress end (up to --drain-timeout),
-    give the rest back to the queue, exit 0.
+    give the rest back to the queue, exit 0. SIGUSR1: write where every run and thread is to the log.
     """
     import asyncio
     import logging
@@ -68,6 +68,7 @@ async def _work(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_stacks)
     server = None
     if metrics_port is not None:
         server = await serve_metrics(worker, metrics_port)
@@ -83,3 +84,19 @@ async def _work(
             with contextlib.suppress(Exception):
                 await server.wait_closed()
         await tt.aclose()
+
+
+def _dump_stacks() -> None:
+    """Where every task and thread of this worker is now (SIGUSR1), for a run that seems stuck."""
+    import asyncio
+    import faulthandler
+    import io
+    import logging
+    import sys
+
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        out.write(f"--- task {task.get_name()}\n")
+        task.print_stack(file=out)
+    logging.getLogger("tether.workers").warning("stacks of the worker's tasks:\n%s", out.getvalue())
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
