@@ -91,3 +91,28 @@ async def test_a_sub_agent_call_runs_as_a_queued_run_of_the_same_tree(infra: Inf
     assert child.root_run_id == record.run_id
     assert child.depth == 1
     assert child.status == "finished" and child.stop_reason == "completed"
+
+
+async def test_a_handoff_bounce_across_workers_ends_the_whole_chain(infra: Infra) -> None:
+    tt = infra.tether()
+
+    def hand_over(to: str) -> FunctionModel:
+        def answer(request: ModelRequest) -> ModelResponse:
+            got = told(request)
+            return (
+                text_response(f"gave up: {got[0]}") if got else tool_response((f"ask_{to}", {"task": "you do it"}, "c"))
+            )
+
+        return FunctionModel(answer)
+
+    ping = tt.agent("ping", hand_over("pong"))
+    pong = tt.agent("pong", hand_over("ping"))
+    ping.add_tool(pong.as_tool())
+    pong.add_tool(ping.as_tool())
+    async with working(tt, concurrency=16):
+        record, _ = await submit_run(tt.runs, tt.bus, tt.tracer, "ping", "who does it?")
+        done = await await_run(tt.runs, record.run_id, timeout_s=30)
+    chain = tt.runs.tree(record.run_id)
+    assert done.stop_reason == "loop_detected", [(r.agent, r.depth, r.stop_reason, r.error, r.output) for r in chain]
+    assert 2 <= len(chain) <= 8  # stopped after a few handoffs, not at a step limit
+    assert all(r.status == "finished" for r in chain)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from tether.bus import Bus
 from tether.messages import StopReason
-from tether.runtime.delegation import DispatchResult, ParentLink
+from tether.runtime.delegation import DispatchResult, Hop, ParentLink
 from tether.store.runs import RunRecord, RunRecords
 from tether.workers.submit import submit_run
 
@@ -52,21 +52,8 @@ class QueueDispatcher:
         """
         await submit_run(self._records, self._bus, self._tracer, agent, task, run_id=run_id, parent=parent)
         record = await self._end(run_id)
-        stop = record.stop_reason or ("dead" if record.status == "dead" else "error")
-        error = record.error
-        if record.status == "dead":
-            error = f"the run was dead-lettered: {record.dead_reason or 'no reason recorded'}"
-        return DispatchResult(
-            run_id=record.run_id,
-            ok=record.status == "finished" and stop in _OK,
-            stop_reason=stop,
-            output=record.output or "",
-            error=error,
-            worker=record.worker,
-            cost_usd=record.cost_usd if record.cost_usd is not None else Decimal(0),
-            tokens=record.tokens or 0,
-            hops=(),
-        )
+        tree = await asyncio.to_thread(self._records.tree, record.root_run_id)
+        return _result(record, tree, parent)
 
     async def _end(self, run_id: str) -> RunRecord:
         delay = min(self._poll_s, 0.01)
@@ -76,3 +63,58 @@ class QueueDispatcher:
                 return record
             await asyncio.sleep(delay)
             delay = min(delay * 2, max(self._poll_s, 0.5))
+
+
+def _result(record: RunRecord, tree: list[RunRecord], parent: ParentLink) -> DispatchResult:
+    """The child's end as its caller's run takes it: its branch's spend, and the handoffs made under it.
+
+    Each run of the table spent its own; the branch is the child and every run under it. The handoffs
+    under the child are its descendants' (caller agent → callee agent), in the order they were
+    submitted, after the ``ParentLink.hops`` the child was given — so a bounce detected deep on another
+    worker also ends the chain above it (their spend per hop is not known here: recorded as 0).
+    """
+    by_id = {r.run_id: r for r in tree}
+    children: dict[str, list[RunRecord]] = {}
+    for r in tree:
+        if r.parent_run_id is not None:
+            children.setdefault(r.parent_run_id, []).append(r)
+    branch: list[RunRecord] = []
+    stack = [record.run_id]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            branch.append(child)
+            stack.append(child.run_id)
+    runs = [record, *branch]
+    known = all(r.cost_usd is not None for r in runs)
+    cost = sum((r.cost_usd for r in runs if r.cost_usd is not None), Decimal(0)) if known else None
+    tokens = sum(r.tokens or 0 for r in runs)
+    hops = list(parent.hops)
+    for r in sorted(branch, key=lambda r: (r.submitted_ms, r.run_id)):
+        caller = by_id.get(r.parent_run_id or "")
+        if caller is not None:
+            hops.append(Hop(caller.agent, r.agent, 0, Decimal(0)))
+    # The handoff that was refused as a bounce started no run: the run that detected it (loop_detected, no
+    # loop_detected run under it) tried to hand the work back to the agent that called it.
+    for r in runs:
+        if r.stop_reason != "loop_detected" or any(
+            c.stop_reason == "loop_detected" for c in children.get(r.run_id, [])
+        ):
+            continue
+        caller_agent = by_id[r.parent_run_id].agent if r.parent_run_id in by_id else None
+        if caller_agent is not None:
+            hops.append(Hop(r.agent, caller_agent, 0, Decimal(0)))
+    stop = record.stop_reason or ("dead" if record.status == "dead" else "error")
+    error = record.error
+    if record.status == "dead":
+        error = f"the run was dead-lettered: {record.dead_reason or 'no reason recorded'}"
+    return DispatchResult(
+        run_id=record.run_id,
+        ok=record.status == "finished" and stop in _OK,
+        stop_reason=stop,
+        output=record.output or "",
+        error=error,
+        worker=record.worker,
+        cost_usd=cost,
+        tokens=tokens,
+        hops=tuple(hops),
+    )
