@@ -75,10 +75,12 @@ class Deployment:
     def env(self, **extra: str) -> dict[str, str]:
         return tether_env(None, EFFECTS=str(self.effects), **extra)
 
-    def start(self, worker_id: str, *, app: str = "_workers_app:tt", **env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, worker_id: str, *, app: str = "_workers_app:tt", args: tuple[str, ...] = (), **env: str
+    ) -> subprocess.Popen[bytes]:
         log = (self.dir / f"{worker_id}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "tether", "worker", "--app", app, "--id", worker_id],
+            [sys.executable, "-m", "tether", "worker", "--app", app, "--id", worker_id, *args],
             cwd=self.dir,
             env=self.env(**env),
             stdout=log,
@@ -259,3 +261,21 @@ def test_a_poison_run_is_dead_lettered_with_its_reason_and_the_queue_keeps_movin
     [letter] = asyncio.run(letters())
     assert letter.message.run_id == poison
     assert "POISON_API_KEY" in letter.reason
+
+
+def test_sigterm_drains_releases_what_did_not_end_and_exits_0(deployment: Deployment) -> None:
+    tt = deployment.tt
+    leaving = deployment.start("leaving", args=("--drain-timeout", "0.3"), SLEEPY_S="3")
+    deployment.live(1)
+    [run_id] = deployment.submit("sleepy", ["charge order-T"])
+    wait_until(lambda: tt.runs.get(run_id).lease_owner == "leaving", 20, "the worker to take the run")
+    leaving.send_signal(signal.SIGTERM)
+    assert leaving.wait(30) == 0
+    assert "released run" in deployment.log("leaving")
+    released = tt.runs.get(run_id)
+    assert released.status == "pending" and released.lease_owner is None
+    deployment.start("staying", SLEEPY_S="0.1")
+    done = wait_until(lambda: (r := tt.runs.get(run_id)).status == "finished" and r, 30, "another worker to finish it")
+    assert done.stop_reason == "completed" and done.worker == "staying"
+    assert list(deployment.keys().values()) == [1]
+    assert [w.status for w in tt.runs.workers(live_within_s=None) if w.worker_id == "leaving"] == ["stopped"]
