@@ -133,6 +133,8 @@ class _Job:
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[Any] | None = None
     cancelled_for: Literal["lease", "drain"] | None = None
+    #: Set when the run's task is over: the lease keeper stops at its next wake-up.
+    ended: bool = False
 
 
 class Worker:
@@ -493,9 +495,10 @@ class Worker:
                 return
             raise
         finally:
+            job.ended = True
             keeper.cancel()
-            with contextlib.suppress(BaseException):
-                await keeper
+            # Never wait on the keeper for long: the end of the run must be recorded whatever it does.
+            await asyncio.wait([keeper], timeout=1.0)
         await self._record_end(delivery, job, outcome)
 
     async def _execute(self, agent: Agent, record: RunRecord, fence: Fence) -> _End:
@@ -535,8 +538,12 @@ class Worker:
 
     async def _keep_lease(self, job: _Job) -> None:
         every = self.lease_s / 3
-        while True:
+        # Stopped by ``job.ended``, not only by cancellation: a cancel that lands inside a call with a
+        # timeout of its own (a bus call) can be turned into that call's error and lost.
+        while not job.ended:
             await asyncio.sleep(every)
+            if job.ended:
+                return
             try:
                 kept = await asyncio.to_thread(self.records.renew, job.fence, self.worker_id, lease_s=self.lease_s)
             except StoreError as exc:
@@ -544,6 +551,8 @@ class Worker:
                 # writes after that, so going on is safe.
                 logger.error("worker %s: cannot renew the lease on run %s: %s", self.worker_id, job.run_id, exc)
                 continue
+            if job.ended:
+                return
             if not kept:
                 job.cancelled_for = "lease"
                 if job.task is not None:
