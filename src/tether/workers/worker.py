@@ -619,23 +619,7 @@ class Worker:
 
     async def _refeeds(self) -> None:
         last = 0.0
-        last_kills = 0.0
-        # Kills made shortly before this worker started still reach runs parked then.
-        kills_since_ms = _now_ms() - 60_000
         while True:
-            if time.monotonic() - last_kills >= min(self.refeed_s, 1.0):
-                last_kills = time.monotonic()
-                try:
-                    killed, kills_since_ms = await asyncio.to_thread(
-                        self._kills.kill_parked, self.records, since_ms=kills_since_ms
-                    )
-                    if killed:
-                        self.counts["killed"] += len(killed)
-                        logger.info(
-                            "worker %s: killed %d parked run(s): %s", self.worker_id, len(killed), ", ".join(killed)
-                        )
-                except StoreError as exc:
-                    logger.error("worker %s: reading kills failed: %s", self.worker_id, exc)
             resets = self.bus.resets
             reset = resets != self._bus_resets
             if reset or time.monotonic() - last >= self.refeed_s:
