@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from tether import semconv as sc
+from tether.guard.approvals import RunParked
 from tether.messages import ModelRequest, ModelResponse, StopReason, ToolResultBlock
 from tether.runtime import Agent, Limits, ToolContext, delegation, tool
 from tether.runtime.budget_tree import BudgetNode
@@ -230,15 +231,6 @@ async def test_without_a_dispatcher_sub_runs_stay_in_process(capture: SpanCaptur
     assert frame is not None and frame.parent_run_id == result.run_id and frame.tree.root_run_id == result.run_id
 
 
-class RunParked(Exception):
-    """The shape of ``tether.guard.approvals.RunParked``."""
-
-    def __init__(self, approval_id: str, run_id: str) -> None:
-        super().__init__(approval_id)
-        self.approval_id = approval_id
-        self.run_id = run_id
-
-
 async def test_a_dispatcher_that_parks_parks_the_caller(capture: SpanCapture) -> None:
     class Parking:
         async def call(self, agent: str, task: str, *, run_id: str, parent: ParentLink) -> DispatchResult:
@@ -254,3 +246,64 @@ async def test_a_dispatcher_that_parks_parks_the_caller(capture: SpanCapture) ->
 
     assert result.stop_reason is StopReason.PARKED and result.parked_on == "appr-7"
     assert result.messages[-1].role == "assistant"  # the batch is run again on resume
+
+
+async def test_a_sub_run_resumed_with_its_link_stays_in_the_callers_tree(
+    tmp_path: object, capture: SpanCapture
+) -> None:
+    from tether.guard.durable import DurableRuns
+    from tether.store import open_store
+
+    calls = 0
+
+    def flaky(request: ModelRequest) -> ModelResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return tool_response(("where", {}))
+        if calls == 2:
+            raise Crash
+        return text_response("ok")
+
+    link = ParentLink(
+        root_run_id="root-9", parent_run_id="parent-9", depth=2, hops=(Hop("x", "worker", 0, Decimal(0)),)
+    )
+    with open_store(f"sqlite:///{tmp_path}/t.db") as store:
+        worker = Agent("worker", FunctionModel(flaky), tools=[where], durable=DurableRuns(store), tracer=capture.tracer)
+        with pytest.raises(Crash):
+            await worker.run("check", run_id="child-9", parent=link)
+        result = await worker.resume("child-9", parent=link)
+
+    assert result.ok and result.hops == link.hops
+    runs = capture.by_operation(sc.OP_INVOKE_AGENT)
+    assert len(runs) == 2
+    for span in runs:
+        attributes = dict(span.attributes or {})
+        assert attributes[sc.TETHER_PARENT_RUN_ID] == "parent-9" and attributes[sc.TETHER_RUN_DEPTH] == 2
+        assert attributes[sc.TETHER_ROOT_RUN_ID] == "root-9"
+
+
+async def test_a_bounce_is_detected_even_by_a_dispatcher_that_returns_no_hops(capture: SpanCapture) -> None:
+    class Forgetful(FakeDispatcher):
+        async def call(self, agent: str, task: str, *, run_id: str, parent: ParentLink) -> DispatchResult:
+            result = await super().call(agent, task, run_id=run_id, parent=parent)
+            return DispatchResult(result.run_id, result.ok, result.stop_reason, result.output, result.error)
+
+    limits = Limits(max_handoff_bounces=4)
+    alice = Agent("alice", delegating("ask_bob"), limits=limits, tracer=capture.tracer)
+    bob = Agent("bob", delegating("ask_alice"), limits=limits, tracer=capture.tracer)
+    alice.add_tool(bob.as_tool())
+    bob.add_tool(alice.as_tool())
+    dispatcher = Forgetful(alice, bob)
+
+    token = delegation.current_dispatcher.set(dispatcher)
+    try:
+        result = await alice.run("who owns the payments alert?")
+    finally:
+        delegation.current_dispatcher.reset(token)
+
+    assert result.stop_reason is StopReason.LOOP_DETECTED
+    assert len(dispatcher.calls) == 3
+    assert all(
+        (s.attributes or {})[sc.TETHER_STOP_REASON] == "loop_detected" for s in capture.by_operation(sc.OP_INVOKE_AGENT)
+    )

@@ -7,17 +7,14 @@ ledger, the decided approval found — and the approved call runs exactly once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from opentelemetry.trace import StatusCode
 
 from tests.store import conftest as store_fixtures
 from tether import semconv as sc
-from tether.guard import approvals as approvals_module
-from tether.guard.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore, StoredApproval
+from tether.guard.approvals import ApprovalStore
 from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard
 from tether.messages import ModelRequest, ModelResponse, StopReason, ToolResultBlock
@@ -30,30 +27,6 @@ store_url = store_fixtures.store_url
 store = store_fixtures.store
 
 EFFECTS: list[str] = []
-
-
-class RunParked(Exception):
-    """The shape of ``tether.guard.approvals.RunParked`` (used until that module has it)."""
-
-    def __init__(self, approval_id: str, run_id: str) -> None:
-        super().__init__(f"run {run_id} parked on approval {approval_id}")
-        self.approval_id = approval_id
-        self.run_id = run_id
-
-
-def parking_approver(approvals: ApprovalStore) -> Any:
-    """``ApprovalStore.parking_approver()``, or a stand-in of the same behaviour where it is missing."""
-    if hasattr(approvals, "parking_approver"):
-        return approvals.parking_approver(timeout_s=600)
-    parked: Any = getattr(approvals_module, "RunParked", RunParked)
-
-    async def approve(request: ApprovalRequest) -> StoredApproval:
-        stored = await asyncio.to_thread(approvals.request, request, timeout_s=600)
-        if stored.status is ApprovalStatus.PENDING:
-            raise parked(approval_id=stored.id, run_id=request.run_id)
-        return stored
-
-    return approve
 
 
 @tool(risk="irreversible")
@@ -95,7 +68,7 @@ def support_agent(store: TraceStore, capture: SpanCapture) -> tuple[Agent, Appro
         "support",
         FunctionModel(answer),
         tools=[refund, note],
-        guard=Guard(approver=parking_approver(approvals)),
+        guard=Guard(approver=approvals.parking_approver(timeout_s=600)),
         durable=DurableRuns(store),
         tracer=capture.tracer,
     )

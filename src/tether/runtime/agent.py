@@ -16,6 +16,18 @@ The loop never lets a tool failure or malformed model output escape: an unknown
 tool, arguments that fail the schema, or arguments that are not JSON are
 answered with a structured error the model can read, and counted as
 hallucinated tool calls.
+
+A call waiting for a person's approval through a parking approver
+(``ApprovalStore.parking_approver()``, which raises ``RunParked``) *parks* the run
+instead of holding its process: the rest of the batch finishes, the batch's
+results are not kept, the checkpoint is saved ``parked`` and the run returns with
+StopReason ``parked`` (``RunResult.parked_on`` names the approval). ``resume``
+runs the batch again once it is decided: done calls are replayed from the
+ledger, the decision is found, the approved call runs once.
+
+With ``budget_tree=`` every model call and tool-call batch is reserved, before it
+is made, against this run's limits and every ancestor's
+(``tether.runtime.budget_tree``).
 """
 
 from __future__ import annotations
@@ -41,11 +53,13 @@ from tether.errors import (
     ConfigError,
     GatewayError,
     ModelError,
+    StoreError,
     StreamInterrupted,
     UnknownPriceError,
     UserError,
 )
-from tether.guard import approvals
+from tether.gateway.budget import Reservation
+from tether.guard.approvals import RunParked
 from tether.guard.durable import DurableRuns
 from tether.guard.guard import Guard, RunGuard
 from tether.guard.kill import KillSwitch, RunWatch
@@ -65,7 +79,7 @@ from tether.models.base import Model
 from tether.pricing import PRICE_DATA_VERSION, Cost, price_usage
 from tether.redaction import default_scrubber
 from tether.runtime import delegation
-from tether.runtime.budget_tree import BudgetNode
+from tether.runtime.budget_tree import BudgetNode, BudgetRefused, BudgetTree, CallBudget
 from tether.runtime.delegation import DispatchResult, HandoffLoop, Hop, ParentLink, RunTree
 from tether.runtime.limits import Limits
 from tether.runtime.tools import Tool, ToolArgumentsError, ToolContext, render_output
@@ -101,6 +115,9 @@ class RunState:
     response_models: dict[str, None] = field(default_factory=dict)  # in order of first answer
     #: The first approval a call of the current batch waits for (``RunParked``): the run parks after the batch.
     parked: Exception | None = None
+    #: The budget chain (ancestors first, this run last) and where it is reserved; None: no budget tree.
+    budget: tuple[BudgetNode, ...] = ()
+    budget_tree: BudgetTree | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,15 +209,8 @@ class RunResult:
 
 
 def _parked(exc: BaseException) -> str | None:
-    """The approval id of a ``RunParked`` (the guard's parking approver), else None."""
-    # TODO(H2 merge): ``isinstance(exc, approvals.RunParked)`` once tether.guard.approvals has it.
-    parked: Any = getattr(approvals, "RunParked", None)
-    approval = getattr(exc, "approval_id", None)
-    if parked is not None and isinstance(exc, parked):
-        return str(approval)
-    if type(exc).__name__ == "RunParked" and isinstance(approval, str):
-        return approval
-    return None
+    """The approval id of a ``RunParked`` (the guard's parking approver, or a dispatcher's), else None."""
+    return exc.approval_id if isinstance(exc, RunParked) else None
 
 
 def _record_decision(span: Span, decision: Decision, risk: str) -> None:
@@ -264,6 +274,11 @@ class Agent:
             (``tether kill``, the HTTP endpoint, a kill file), even while it waits on a model call.
         durable: checkpoints each step and keeps write/irreversible tool calls in an exactly-once
             ledger, so ``resume(run_id)`` continues the run in any process without repeating a done call.
+        budget_tree: reserves each model call and tool-call batch, before it is made, against this run's
+            limits and those of every run above it (``tether.runtime.budget_tree``): sub-runs count against
+            their callers. Without one, an in-process sub-run uses its caller's, and any run
+            ``budget_tree.current_budget_tree`` (a worker sets it); with none at all, only the run's own
+            limits count, checked locally, as before.
     """
 
     def __init__(
@@ -283,6 +298,7 @@ class Agent:
         guard: Guard | None = None,
         kill_switch: KillSwitch | None = None,
         durable: DurableRuns | None = None,
+        budget_tree: BudgetTree | None = None,
     ) -> None:
         self.name = name
         self.model = resolve_model(model) if isinstance(model, str) else model
@@ -305,6 +321,7 @@ class Agent:
         self.guard = guard or Guard()
         self.kill_switch = kill_switch
         self.durable = durable
+        self.budget_tree = budget_tree
         #: Extra metadata sent with every model request (e.g. ``{"cache": "bypass"}`` from the eval runner).
         self.request_metadata: dict[str, str] = {}
         self.guard.bind(name, self.tools)
@@ -378,7 +395,9 @@ class Agent:
             description = f"Hand a task to the {agent.name} agent; it answers with its result." + (
                 f" It is instructed: {summary}" if summary else ""
             )
-        return Tool(delegate, name=tool_name, description=description, risk=risk)
+        handoff = Tool(delegate, name=tool_name, description=description, risk=risk)
+        handoff.delegates_to = agent
+        return handoff
 
     @property
     def tracer(self) -> Tracer:
@@ -477,8 +496,10 @@ class Agent:
             self.limits.max_handoff_bounces,
             link=link,
             node=self._budget_node(state.run_id),
+            budget_tree=self.budget_tree,
         )
         state.tree = frame.tree
+        state.budget, state.budget_tree = frame.budget, frame.budget_tree
         try:
             return await self._traced_run(state, frame, resumed=resumed)
         finally:
@@ -646,7 +667,33 @@ class Agent:
             remaining = limits.max_tool_calls - state.tool_calls
             allowed, refused = calls[:remaining], calls[remaining:]
             counts = (state.tool_calls, state.hallucinated_tool_calls, state.tool_errors)
-            results = await asyncio.gather(*(self._execute(call, state, tracer) for call in allowed))
+            held = await self._reserve_tools(state, len(allowed)) if state.budget_tree is not None else None
+            if isinstance(held, BudgetRefused):
+                # Not one call of the batch is made: a run above (or this one) has used its tool calls.
+                state.messages.append(
+                    Message(
+                        role="user",
+                        content=tuple(
+                            ToolResult(
+                                call_id=c.id, name=c.name, output=_error_payload("budget", str(held)), is_error=True
+                            ).to_block()
+                            for c in calls
+                        ),
+                    )
+                )
+                await self._checkpoint(state, "running")
+                raise _Stop(StopReason.BUDGET_EXCEEDED, str(held), type(held).__qualname__)
+            try:
+                results = await asyncio.gather(*(self._execute(call, state, tracer) for call in allowed))
+            except BaseException:
+                if state.budget_tree is not None:
+                    await state.budget_tree.release_tools(held)
+                raise
+            if state.budget_tree is not None:
+                if state.parked is not None and state.handoff_loop is None:
+                    await state.budget_tree.release_tools(held)  # the batch runs (and is counted) again on resume
+                else:
+                    await state.budget_tree.settle_tools(held, len(allowed))
             if state.parked is not None and state.handoff_loop is None:
                 # A call waits for a person: the batch's results are not kept, so the checkpoint stays at the
                 # model's tool calls and ``resume`` runs the batch again (done calls replayed from the ledger,
@@ -741,6 +788,45 @@ class Agent:
         )
 
     async def _chat(self, request: ModelRequest, state: RunState, tracer: Tracer) -> ModelResponse:
+        budget = state.budget_tree
+        if budget is None:
+            return await self._call_model(request, state, tracer)
+        held = await self._reserve_call(budget, request, state)
+        try:
+            response = await self._call_model(request, state, tracer)
+        except BaseException:
+            await budget.release_call(held)
+            raise
+        await budget.settle_call(held, usd=state.turn_spend[-1][1], tokens=response.usage.total_tokens)
+        return response
+
+    async def _reserve_call(self, budget: BudgetTree, request: ModelRequest, state: RunState) -> CallBudget:
+        """Reserve the call's worst case on every run of the chain, or end the run ``budget_exceeded``."""
+        try:
+            return await budget.reserve_call(
+                state.budget, request, price_ref=self.model.price_ref, model=self.model.model_name
+            )
+        except BudgetRefused as exc:
+            otel_trace.get_current_span().set_attribute(sc.TETHER_BUDGET_REFUSED_BY, exc.node.run_id)
+            raise _Stop(StopReason.BUDGET_EXCEEDED, str(exc), type(exc).__qualname__) from None
+        except (StoreError, GatewayError) as exc:
+            # Fail closed: a call the ledger cannot vouch for is not made.
+            message = f"the budget ledger could not reserve the model call, so it was not made: {exc}"
+            raise _Stop(StopReason.ERROR, message, type(exc).__qualname__) from None
+
+    async def _reserve_tools(self, state: RunState, calls: int) -> Reservation | BudgetRefused | None:
+        """Reserve a batch of tool calls on every run of the chain; a ``BudgetRefused`` when one has no room."""
+        assert state.budget_tree is not None
+        try:
+            return await state.budget_tree.reserve_tools(state.budget, calls)
+        except BudgetRefused as exc:
+            otel_trace.get_current_span().set_attribute(sc.TETHER_BUDGET_REFUSED_BY, exc.node.run_id)
+            return exc
+        except (StoreError, GatewayError) as exc:
+            message = f"the budget ledger could not reserve the tool calls, so none was made: {exc}"
+            raise _Stop(StopReason.ERROR, message, type(exc).__qualname__) from None
+
+    async def _call_model(self, request: ModelRequest, state: RunState, tracer: Tracer) -> ModelResponse:
         model = self.model
         attributes: dict[str, AttributeValue] = {
             sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT,

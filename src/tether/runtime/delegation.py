@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from tether.runtime.budget_tree import BudgetNode
+from tether.runtime.budget_tree import BudgetNode, BudgetTree, current_budget_tree
 
 __all__ = [
     "DispatchResult",
@@ -53,6 +53,10 @@ __all__ = [
     "enter",
     "leave",
 ]
+
+
+# In every HandoffLoop message: how a dispatcher that cannot carry the hops back still reports a bounce.
+_BOUNCE_MARK = "handed the work back and forth"
 
 
 class HandoffLoop(Exception):
@@ -120,7 +124,7 @@ class RunTree:
         first = self.hops[-bounces]
         tokens, cost = self.tokens - first.tokens, self.cost_usd - first.cost_usd
         self.loop = HandoffLoop(
-            f"{source} and {target} handed the work back and forth {bounces} times "
+            f"{source} and {target} {_BOUNCE_MARK} {bounces} times "
             f"({tokens:,} tokens, ${cost:.4f} spent on the bouncing)",
             wasted_tokens=tokens,
             wasted_cost_usd=cost,
@@ -271,6 +275,8 @@ class Frame:
     max_bounces: int
     #: The budget chain: the ancestors' nodes, root first, and this run's own last.
     budget: tuple[BudgetNode, ...] = ()
+    #: Where the chain's calls are reserved: the run's agent's, else the one of the run that started it here.
+    budget_tree: BudgetTree | None = None
 
     def link(self) -> ParentLink:
         """The link a sub-run of this run joins the tree with (made once the handoff is recorded)."""
@@ -305,21 +311,30 @@ def enter(
     *,
     link: ParentLink | None = None,
     node: BudgetNode | None = None,
+    budget_tree: BudgetTree | None = None,
 ) -> tuple[Frame, contextvars.Token[Frame | None]]:
     """Make ``run_id`` the current run: a sub-run joins the caller's tree, a top-level run starts one.
 
     With ``link`` the run joins the tree the link names (a sub-run started by another process), whatever
-    runs in this task already. ``node`` is the run's own budget node, appended to the chain.
+    runs in this task already. ``node`` is the run's own budget node, appended to the chain;
+    ``budget_tree`` its agent's (an in-process sub-run without one uses its caller's, and a run with
+    neither ``budget_tree.current_budget_tree``'s).
     """
     own = (node,) if node is not None else ()
     parent = _frame.get()
+    if budget_tree is None and parent is not None and link is None:
+        budget_tree = parent.budget_tree
+    if budget_tree is None:
+        budget_tree = current_budget_tree.get()
     if link is not None:
         tree = RunTree(link.root_run_id, link.tree_tokens, link.tree_cost_usd, list(link.hops))
-        frame = Frame(tree, run_id, agent, link.depth, link.parent_run_id, max_bounces, link.budget + own)
+        chain = link.budget + own
+        frame = Frame(tree, run_id, agent, link.depth, link.parent_run_id, max_bounces, chain, budget_tree)
     elif parent is None:
-        frame = Frame(RunTree(run_id), run_id, agent, 0, None, max_bounces, own)
+        frame = Frame(RunTree(run_id), run_id, agent, 0, None, max_bounces, own, budget_tree)
     else:
-        frame = Frame(parent.tree, run_id, agent, parent.depth + 1, parent.run_id, max_bounces, parent.budget + own)
+        chain = parent.budget + own
+        frame = Frame(parent.tree, run_id, agent, parent.depth + 1, parent.run_id, max_bounces, chain, budget_tree)
     return frame, _frame.set(frame)
 
 
@@ -344,10 +359,10 @@ async def dispatch(dispatcher: Dispatcher, frame: Frame, agent: str, task: str, 
     tree.spend(result.tokens, result.cost_usd or Decimal(0))
     added = result.hops[len(link.hops) :]
     tree.hops.extend(added)
-    if tree.loop is None and result.stop_reason == "loop_detected" and added and tree.bounces() >= frame.max_bounces:
+    if tree.loop is None and result.stop_reason == "loop_detected" and _chain_loop(result, added, tree, frame):
         # Found by a run on another worker: it recorded the waste; every run on this side of the chain ends.
         tree.loop = HandoffLoop(
-            result.error or f"{agent} and its caller handed the work back and forth",
+            result.error or f"{agent} and its caller {_BOUNCE_MARK}",
             wasted_tokens=0,
             wasted_cost_usd=Decimal(0),
             run_id=result.run_id,
@@ -359,3 +374,11 @@ async def dispatch(dispatcher: Dispatcher, frame: Frame, agent: str, task: str, 
             f"agent {agent} stopped with {result.stop_reason}" + (f": {result.error}" if result.error else "")
         )
     return result.output
+
+
+def _chain_loop(result: DispatchResult, added: Sequence[Hop], tree: RunTree, frame: Frame) -> bool:
+    """Whether a sub-run's ``loop_detected`` is a bounce of the chain (not a repeated call of its own)."""
+    if added:
+        return tree.bounces() >= frame.max_bounces
+    # No hops came back (the dispatcher keeps only the run's record): the bounce's message says it.
+    return _BOUNCE_MARK in (result.error or "")

@@ -190,6 +190,9 @@ class Tool:
         self._context_param = shape.context_param
         self._args_model = shape.args_model
         self.spec = ToolSpec(name=self.name, description=self.description, input_schema=shape.schema)
+        #: The ``Agent`` this tool hands tasks to, for a tool made by ``Agent.as_tool()`` (registries find
+        #: the agents of a topology through it); None for any other tool. Typed ``object``: tools sit below agents.
+        self.delegates_to: object | None = None
 
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Check the model's arguments against the schema.
