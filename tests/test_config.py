@@ -73,7 +73,7 @@ def test_the_redis_url_comes_from_the_environment_over_the_file(monkeypatch: pyt
             "tether.toml: unknown key 'aproval' in [guard.agents.oncall.tools.read_logs]; did you mean 'approval'?",
         ),
         ("[store]\nzzz = 1\n", "tether.toml: unknown key 'zzz' in [store] (known: url)"),
-        ("[workers]\nconcurrency = 4\n", "tether.toml: unknown key 'concurrency' in [workers]"),
+        ("[console]\ntheme = 4\n", "tether.toml: unknown key 'theme' in [console]"),
     ],
 )
 def test_an_unknown_key_is_named_in_its_table_at_any_depth(toml: str, message: str) -> None:

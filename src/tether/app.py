@@ -18,7 +18,14 @@ parts, and what each needs (built on demand, in this order):
 - ``policy``, ``guard_recorder``, ``approvals`` — the guard's policy, its audit recorder
   (audit rows, incidents, quarantines) and the approval store people decide in;
 - ``kills`` — the kill switch over the store (and Redis when ``[gateway] redis_url``);
-- ``durable`` — checkpoints and the exactly-once tool ledger.
+- ``durable`` — checkpoints and the exactly-once tool ledger;
+- ``runs``, ``bus``, ``registry`` — the runs table (every submitted run, with its lease), the bus that
+  carries submitted runs to workers (Redis Streams with ``[workers]``/``[gateway] redis_url``, else in
+  memory), and the agents by name (every agent ``tt.agent`` makes is registered).
+
+``tt.submit(agent, task)`` stores a pending run and publishes it; ``tether worker`` processes run it
+(see ``tether.workers``). With the in-memory bus, the first submit starts one embedded worker on a
+background thread (``make demo`` needs no Redis); ``close()`` stops it.
 
 ``tt.agent(...)`` returns an ``Agent`` bound to all of them: its own ``Guard``
 (the policy, ``RuleScanner``, the approval store's approver, the audit
@@ -32,6 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
+import importlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -45,9 +54,10 @@ from tether.errors import ConfigError, UserError
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+    from tether.bus import Bus
     from tether.gateway.gateway import Gateway
     from tether.gateway.ledger import CostWriter
-    from tether.guard.approvals import ApprovalStore
+    from tether.guard.approvals import ApprovalRequest, ApprovalStore, StoredApproval
     from tether.guard.audit import StoreGuardRecorder
     from tether.guard.durable import DurableRuns
     from tether.guard.guard import Guard
@@ -55,15 +65,44 @@ if TYPE_CHECKING:
     from tether.guard.policy import Policy
     from tether.models.base import Model
     from tether.runtime import Agent, Limits, Tool
+    from tether.runtime.delegation import ParentLink
+    from tether.runtime.topology import AgentRegistry
     from tether.store import TraceStore
+    from tether.store.runs import RunRecord, RunRecords
     from tether.trace.setup import Tracing
 
-__all__ = ["ROUTE_PREFIX", "Tether", "guard_policy", "open"]
+__all__ = ["ROUTE_PREFIX", "Tether", "guard_policy", "open", "park_on_approval"]
 
 logger = logging.getLogger(__name__)
 
 #: A model reference that names a gateway route: ``route:oncall``.
 ROUTE_PREFIX = "route:"
+
+#: True around a run a worker works: its agents' approvals *park* the run (it ends ``parked`` and is
+#: re-enqueued by the decision) instead of holding a worker while a person decides.
+park_on_approval: contextvars.ContextVar[bool] = contextvars.ContextVar("tether_park_on_approval", default=False)
+
+
+class _RunApprover:
+    """The approver of ``tt.guard()``: waits for a person, or parks the run when a worker works it."""
+
+    def __init__(self, waiting: Any, parking: Any) -> None:
+        self.waiting = waiting
+        self.parking = parking
+
+    async def __call__(self, request: ApprovalRequest) -> StoredApproval:
+        approver = self.parking if park_on_approval.get() else self.waiting
+        decision: StoredApproval = await approver(request)
+        return decision
+
+
+def _workers() -> Any:
+    """``tether.workers``, imported when first needed.
+
+    The layers put workers above this module (a worker uses a ``Tether``), while ``tt.submit`` must
+    start one: the package is looked up at run time, the one place this module reaches upwards.
+    """
+    return importlib.import_module("tether.workers")
 
 
 def guard_policy(settings: Settings) -> Policy:
@@ -243,17 +282,62 @@ class Tether:
         durable: DurableRuns = self._part("durable", build)
         return durable
 
+    @property
+    def runs(self) -> RunRecords:
+        """The runs table: every submitted run, its status, lease and end (``tether runs --queued``)."""
+
+        def build() -> RunRecords:
+            from tether.store.runs import RunRecords
+
+            return RunRecords(self.store)
+
+        runs: RunRecords = self._part("runs", build)
+        return runs
+
+    @property
+    def bus(self) -> Bus:
+        """The bus carrying submitted runs: Redis Streams at ``[workers]``/``[gateway] redis_url``, else in memory."""
+
+        def build() -> Bus:
+            from tether.bus import open_bus
+
+            workers = self._settings.workers
+            return open_bus(workers.redis_url or self._settings.gateway.redis_url, prefix=workers.prefix)
+
+        bus: Bus = self._part("bus", build)
+        return bus
+
+    @property
+    def registry(self) -> AgentRegistry:
+        """The agents by name, as workers find them: every agent ``tt.agent(...)`` made, and what you register."""
+
+        def build() -> AgentRegistry:
+            from tether.runtime.topology import AgentRegistry
+
+            return AgentRegistry()
+
+        registry: AgentRegistry = self._part("registry", build)
+        return registry
+
     # -- what users make from them --------------------------------------------------------------
 
     def guard(self) -> Guard:
-        """A new ``Guard``: the policy, the injection scanner, a person's approval, the audit recorder."""
+        """A new ``Guard``: the policy, the injection scanner, a person's approval, the audit recorder.
+
+        Its approver waits for the person's decision, except in a run a worker works: there it parks the
+        run (see ``park_on_approval``), so no worker is held while a person decides.
+        """
         from tether.guard.detectors import RuleScanner
         from tether.guard.guard import Guard
 
+        approvals = self.approvals
         return Guard(
             self.policy,
             detectors=[RuleScanner()],
-            approver=self.approvals.approver(timeout_s=self._approvals_timeout_s),
+            approver=_RunApprover(
+                approvals.approver(timeout_s=self._approvals_timeout_s),
+                approvals.parking_approver(timeout_s=self._approvals_timeout_s),
+            ),
             recorder=self.guard_recorder,
         )
 
@@ -300,7 +384,7 @@ class Tether:
 
         if self._trace:
             options.setdefault("payload_chars", self._settings.trace.payload_chars)
-        return Agent(
+        agent = Agent(
             name,
             self.model(model),
             instructions=instructions,
@@ -312,6 +396,56 @@ class Tether:
             durable=self.durable if durable else None,
             **options,
         )
+        self._register(agent)
+        return agent
+
+    def _register(self, agent: Agent) -> None:
+        """Register an agent made here, so workers find it by name; a newer one of the same name wins."""
+        registry = self.registry
+        try:
+            registry.register(agent)
+        except ValueError:
+            logger.debug("tether: agent %r made again: the registry keeps the first one", agent.name)
+
+    # -- submitting runs --------------------------------------------------------------------------
+
+    def _submitter(self) -> Any:
+        return self._part("submitter", lambda: _workers().Submitter(self))
+
+    def submit(self, agent: Any, task: str, *, run_id: str | None = None, parent: ParentLink | None = None) -> str:
+        """Submit a run: a pending row in the runs table (committed first), then a message for a worker.
+
+        Args:
+            agent: an agent's name, an ``Agent``, a ``Supervisor`` or a ``Mesh`` (registered if new).
+            task: the task.
+            run_id: the run's id (16 hex by default); the same id again is the same run (idempotent).
+            parent: the logical run tree it joins (sub-runs).
+
+        Returns:
+            the run id; ``wait(run_id)`` for its end. With the in-memory bus the run is worked in this
+            process (the embedded worker, started on the first submit).
+
+        Raises:
+            UserError: no agent of that name is known here (nothing is stored).
+        """
+        run: str = self._submitter().submit(agent, task, run_id=run_id, parent=parent)
+        return run
+
+    async def asubmit(
+        self, agent: Any, task: str, *, run_id: str | None = None, parent: ParentLink | None = None
+    ) -> str:
+        """``submit`` from async code."""
+        run: str = await self._submitter().asubmit(agent, task, run_id=run_id, parent=parent)
+        return run
+
+    def wait(self, run_id: str, timeout_s: float | None = None) -> RunRecord:
+        """Wait for a submitted run to finish, die or park; its row in the runs table.
+
+        Raises:
+            WaitTimeout: it did not within ``timeout_s``.
+        """
+        record: RunRecord = _workers().wait(self, run_id, timeout_s)
+        return record
 
     # -- flushing and closing -------------------------------------------------------------------
 
@@ -329,12 +463,21 @@ class Tether:
         return ok
 
     async def aclose(self) -> None:
-        """``close`` from async code: the gateway's connections are closed on this loop."""
+        """``close`` from async code: the gateway's (and a worker's bus') connections are closed on this loop."""
         with self._lock:
             gateway = None if self._closed else self._parts.pop("gateway", None)
+            bus = None if self._closed or "submitter" in self._parts else self._parts.pop("bus", None)
         if gateway is not None:
             await gateway.aclose()
-        self.close()
+        if bus is not None:
+            try:
+                await bus.close()
+            except Exception as exc:
+                logger.error("tether: closing the bus failed: %s", exc)
+        if "submitter" in self._parts:
+            await asyncio.to_thread(self.close)  # the embedded worker drains on its own loop meanwhile
+        else:
+            self.close()
 
     def close(self) -> None:
         """Flush and close everything built, newest first. Safe to call again (and at interpreter exit)."""
@@ -344,6 +487,17 @@ class Tether:
             self._closed = True
             parts, self._parts = self._parts, {}
         atexit.unregister(self.close)
+        submitter = parts.pop("submitter", None)
+        if submitter is not None:
+            # First: the embedded worker still writes runs, spans and costs while it drains; it closes the bus.
+            try:
+                submitter.close()
+            except Exception as exc:
+                logger.error("tether: stopping the embedded worker failed: %s", exc)
+            parts.pop("bus", None)
+        bus = parts.pop("bus", None)
+        if bus is not None:
+            self._close_async("bus", bus.close)
         gateway = parts.pop("gateway", None)
         if gateway is not None:
             self._close_gateway(gateway)
@@ -362,6 +516,20 @@ class Tether:
                 getattr(part, method)()
             except Exception as exc:  # one part failing to close must not keep the others open
                 logger.error("tether: closing the %s failed: %s", name, exc)
+
+    @staticmethod
+    def _close_async(name: str, close: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            logger.warning("tether: close() inside an event loop; use 'async with' or 'await tt.aclose()'")
+            return
+        try:
+            asyncio.run(close())
+        except Exception as exc:
+            logger.error("tether: closing the %s failed: %s", name, exc)
 
     @staticmethod
     def _close_gateway(gateway: Gateway) -> None:

@@ -26,6 +26,8 @@ from tether.cli import keys as keys_cmd
 from tether.cli import kill as kill_cmd
 from tether.cli import runs as runs_cmd
 from tether.cli import serve as serve_cmd
+from tether.cli import worker as worker_cmd
+from tether.cli import workers as workers_cmd
 from tether.cli.demo import demo
 from tether.errors import TetherError
 
@@ -71,6 +73,8 @@ app.add_typer(approvals_cmd.app, name="approvals")
 app.add_typer(incidents_cmd.app, name="incidents")
 app.add_typer(evals_cmd.app, name="eval")
 app.add_typer(config_cmd.app, name="config")
+app.command("worker")(worker_cmd.worker)
+app.command("workers")(workers_cmd.workers)
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 
 Tables: ``[store]``, ``[trace]``, ``[server]`` (here); ``[providers.*]``, ``[deployments.*]``,
 ``[routes.*]``, ``[prices.*]``, ``[budgets]``, ``[gateway]`` (``tether.config.gateway``);
-``[guard]`` (``tether.config.guard``); ``[workers]`` and ``[console]`` are reserved (accepted only
-empty, so a file written for a later tether is refused rather than half-read).
+``[guard]`` (``tether.config.guard``); ``[workers]`` (here: ``tether worker`` processes and the
+embedded worker); ``[console]`` is reserved (accepted only empty, so a file written for a later
+tether is refused rather than half-read).
 
 Precedence (highest first): explicit arguments, environment variables,
 ``tether.toml`` in the working directory (or the file named by
@@ -20,6 +21,8 @@ Environment variables:
                            agents (default 4096; in code, ``Agent(payload_chars=...)``)
 ``TETHER_REDIS_URL``       Redis for shared rate limits and budgets and kill signals
                            (= ``[gateway] redis_url``; e.g. ``redis://127.0.0.1:6379/0``)
+``TETHER_WORKERS_REDIS_URL``  Redis whose streams carry submitted runs (= ``[workers] redis_url``;
+                           default ``[gateway] redis_url``)
 ``TETHER_KILL_FILE``       a file an operator touches to kill runs: empty or ``all``
                            kills every run; lines ``run:<id>`` / ``agent:<name>`` kill
                            those (read by ``tether.guard.kill.KillSwitch``)
@@ -35,7 +38,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, PrivateAttr, ValidationError
 
@@ -78,7 +81,36 @@ class ServerSettings(Strict):
 
 
 class WorkersSettings(Strict):
-    """``[workers]``: reserved for background workers; no keys yet (any key is refused)."""
+    """``[workers]``: how submitted runs are carried and worked (``tt.submit``, ``tether worker``).
+
+    Attributes:
+        concurrency: runs one worker process works at once.
+        agents: per-agent limits on runs at once in one worker (``{ oncall = 8 }``).
+        lease_s: how long a worker's lease on a run lasts without renewal (renewed every third of it);
+            a worker paused longer than this loses the run to another and cannot write for it any more.
+        claim_idle_s: a run delivered to a worker that has not touched it for this long is taken over
+            by another (Redis ``XAUTOCLAIM``): how long a dead worker's runs wait.
+        max_deliveries: a run delivered this many times (its workers died each time) is dead-lettered.
+        max_failures: a run whose agent cannot be loaded this many times is dead-lettered.
+        refeed_s: how often the runs table is compared with the stream, so a run whose entry was lost
+            (Redis restarted without persistence) is published again.
+        embedded: run submissions in this process (one worker on a background thread). None (default):
+            only with no Redis; true: with Redis too; false: never (``tether worker`` processes run them).
+        redis_url: the Redis whose streams carry the work (default ``[gateway] redis_url``); with
+            neither, an in-process bus.
+        prefix: the prefix of the stream keys (``<prefix>:runs``…), so several deployments share a Redis.
+    """
+
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+    agents: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    lease_s: float = Field(default=30.0, gt=0)
+    claim_idle_s: float = Field(default=60.0, gt=0)
+    max_deliveries: int = Field(default=20, ge=1)
+    max_failures: int = Field(default=3, ge=1)
+    refeed_s: float = Field(default=5.0, gt=0)
+    embedded: bool | None = None
+    redis_url: str | None = None
+    prefix: str = Field(default="tether", min_length=1, max_length=100)
 
 
 class ConsoleSettings(Strict):
@@ -117,6 +149,7 @@ _ENV: dict[str, tuple[str, str]] = {
     "TETHER_DATABASE_URL": ("store", "url"),
     "TETHER_TRACE_PAYLOAD_CHARS": ("trace", "payload_chars"),
     "TETHER_REDIS_URL": ("gateway", "redis_url"),
+    "TETHER_WORKERS_REDIS_URL": ("workers", "redis_url"),
 }
 
 
