@@ -43,7 +43,7 @@ import contextvars
 import importlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -145,6 +145,7 @@ class Tether:
         self._approvals_timeout_s = approvals_timeout_s
         self._lock = threading.RLock()
         self._parts: dict[str, Any] = {}
+        self._unparked_publisher: Callable[[list[str]], None] | None = None
         self._closed = False
         atexit.register(self.close)
 
@@ -253,10 +254,34 @@ class Tether:
         def build() -> ApprovalStore:
             from tether.guard.approvals import ApprovalStore
 
-            return ApprovalStore(self.store)
+            return ApprovalStore(self.store, on_unparked=self._publish_unparked)
 
         approvals: ApprovalStore = self._part("approvals", build)
         return approvals
+
+    def _publish_unparked(self, run_ids: list[str]) -> None:
+        """Publish runs a decision unparked, so a worker resumes them now rather than at the next re-feed.
+
+        A worker in this process publishes them on its own loop and bus (``publish_unparked_with``);
+        otherwise, on Redis, the submitter's loop does. On the in-memory bus with no worker here nobody
+        else could take them: workers elsewhere find them by their re-feed.
+        """
+        publisher = self._unparked_publisher
+        if publisher is not None:
+            publisher(run_ids)
+        elif self._settings.workers.redis_url or self._settings.gateway.redis_url:
+            self._submitter().republish(run_ids)
+
+    def publish_unparked_with(
+        self, publisher: Callable[[list[str]], None] | None
+    ) -> Callable[[list[str]], None] | None:
+        """Let a worker of this process publish the runs approval decisions unpark; returns the one before.
+
+        A worker sets its own when it starts and puts the previous one back when it stops.
+        """
+        with self._lock:
+            previous, self._unparked_publisher = self._unparked_publisher, publisher
+        return previous
 
     @property
     def kills(self) -> KillSwitch:

@@ -29,12 +29,16 @@ class Infra:
     prefix: str = field(default_factory=lambda: f"tether-test-{uuid.uuid4().hex[:10]}")
     opened: list[Tether] = field(default_factory=list)
 
-    def tether(self, **workers: Any) -> Tether:
+    def tether(self, *, approvals_timeout_s: float = 900.0, **workers: Any) -> Tether:
         """A tether on this infrastructure; ``workers`` are ``[workers]`` keys (the bus is never embedded here)."""
         table: dict[str, Any] = {"prefix": self.prefix, "embedded": False, **workers}
         if self.redis_url is not None:
             table["redis_url"] = self.redis_url
-        tt = Tether(Settings.model_validate({"workers": table}), database_url=self.database_url)
+        tt = Tether(
+            Settings.model_validate({"workers": table}),
+            database_url=self.database_url,
+            approvals_timeout_s=approvals_timeout_s,
+        )
         self.opened.append(tt)
         return tt
 

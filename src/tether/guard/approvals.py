@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -225,11 +225,30 @@ class ApprovalStore(StoreAccess):
     Args:
         store: a ``TraceStore`` or an ``Engine`` on a migrated database.
         clock: the current time (tests pass a fake one).
+        on_unparked: called, after the commit, with the ids of the runs a decision or an expiry moved
+            from ``parked`` back to ``pending`` (``tt.approvals`` publishes them to the workers at once).
+            It must not raise; if it does, the error is logged and the workers' re-feed publishes them
+            within ``[workers] refeed_s``.
     """
 
-    def __init__(self, store: TraceStore | Engine, *, clock: Any = None) -> None:
+    def __init__(
+        self,
+        store: TraceStore | Engine,
+        *,
+        clock: Any = None,
+        on_unparked: Callable[[list[str]], None] | None = None,
+    ) -> None:
         super().__init__(store)
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._on_unparked = on_unparked
+
+    def _unparked(self, run_ids: list[str]) -> None:
+        if not run_ids or self._on_unparked is None:
+            return
+        try:
+            self._on_unparked(run_ids)
+        except Exception as exc:  # the decision is committed; the re-feed publishes the runs instead
+            logger.warning("approvals: could not publish the unparked run(s) %s at once: %s", ", ".join(run_ids), exc)
 
     def _now(self) -> datetime:
         return _utc(self._clock())
@@ -324,6 +343,7 @@ class ApprovalStore(StoreAccess):
         self.expire()
         status = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
         now = self._now()
+        unparked: list[str] = []
         with self._write("deciding an approval request") as connection:
             # Only a pending row changes: two people deciding at once cannot both win.
             changed = connection.execute(
@@ -338,7 +358,8 @@ class ApprovalStore(StoreAccess):
             ).rowcount
             if changed == 1:
                 # The run parked on it goes back to pending in the same transaction: never decided but parked.
-                unpark_waiting_on(connection, [approval_id])
+                unparked = unpark_waiting_on(connection, [approval_id])
+        self._unparked(unparked)
         stored = self.get(approval_id)
         if changed != 1:
             when = f" at {stored.decided_at:%Y-%m-%d %H:%M:%S} UTC" if stored.decided_at else ""
@@ -363,8 +384,9 @@ class ApprovalStore(StoreAccess):
                     .returning(approvals.c.id)
                 )
             )
-            unpark_waiting_on(connection, expired)
-            return len(expired)
+            unparked = unpark_waiting_on(connection, expired)
+        self._unparked(unparked)
+        return len(expired)
 
     async def wait(self, approval_id: str, *, poll_s: float = 0.25) -> StoredApproval:
         """Wait until the request is decided or expires; returns it decided."""

@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.errors import UserError
-from tether.workers.submit import agent_name, submit_run
+from tether.workers.submit import agent_name, republish, submit_run
 
 if TYPE_CHECKING:
     from tether.app import Tether
@@ -163,6 +163,11 @@ class Submitter:
         future = self._call(submit_run(tt.runs, tt.bus, tt.tracer, name, task, run_id=run_id, parent=parent))
         record, _ = await asyncio.wrap_future(future)
         return record.run_id
+
+    def republish(self, run_ids: list[str], *, timeout_s: float = 10.0) -> int:
+        """Publish runs an approval decision moved back to ``pending``, so a worker resumes them at once."""
+        tt = self._tt
+        return self._call(republish(tt.runs, tt.bus, list(run_ids))).result(timeout=timeout_s)
 
     def close(self) -> None:
         """Stop the embedded worker (runs in progress get ``drain_timeout_s``), close the bus, end the loop."""

@@ -41,6 +41,7 @@ __all__ = [
     "await_run",
     "enqueue",
     "parent_options",
+    "republish",
     "submit_run",
     "trace_headers",
     "wait",
@@ -92,6 +93,21 @@ async def enqueue(records: RunRecords, bus: Bus, record: RunRecord) -> str:
     entry_id = await bus.publish(Message(run_id=record.run_id, headers=headers))
     await asyncio.to_thread(records.enqueued, record.run_id, entry_id)
     return entry_id
+
+
+async def republish(records: RunRecords, bus: Bus, run_ids: list[str]) -> int:
+    """Publish runs a decision moved back to ``pending`` (they name no entry yet); how many were published.
+
+    A run that is no longer pending, or already names an entry (a re-feed got there first), is left alone.
+    """
+    count = 0
+    for run_id in run_ids:
+        record = await asyncio.to_thread(records.find, run_id)
+        if record is None or record.status != "pending" or record.stream_id is not None:
+            continue
+        await enqueue(records, bus, record)
+        count += 1
+    return count
 
 
 async def submit_run(

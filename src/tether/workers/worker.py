@@ -35,6 +35,16 @@ without persistence) the worker compares the runs table with the stream and publ
 pending run whose entry is gone, and every running run whose lease expired with no entry left.
 Heartbeats go to the ``workers`` table every few seconds (``tether workers``).
 
+**One budget tree.** Every run is worked with ``current_budget_tree`` set to the worker's
+``BudgetTree`` (by default on ``SqlBudgetLedger`` in the store, the same counters for every worker):
+each model call and tool-call batch of a run is reserved against its own limits and those of every
+run above it, whichever worker runs them. Reservations a dead worker left are swept, as spent, once
+older than ``stale_reservation_s``.
+
+**Approvals.** Runs a decision (or an expiry, which the worker checks every ``refeed_s``) moves back
+to ``pending`` are published at once by the worker of the deciding process, or by the deciding
+process itself on Redis (``Tether.publish_unparked_with``); the re-feed is the backstop.
+
 Stopping (``stop`` set, or ``drain()``): no more deliveries are taken; runs in progress get
 ``drain_timeout_s`` to end; the rest are cancelled, released (pending again, no owner) and published
 again at once, so another worker resumes them from their checkpoints.
@@ -52,6 +62,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -64,12 +75,13 @@ from tether.errors import StoreError
 from tether.guard.durable import UnknownRun
 from tether.messages import StopReason
 from tether.redaction import default_scrubber
+from tether.runtime.budget_tree import BudgetTree, current_budget_tree
 from tether.runtime.delegation import ParentLink, current_dispatcher
 from tether.store.runs import Claim, Fence, LeaseLost, RunRecord, WorkerInfo, fenced
 from tether.workers.dispatch import QueueDispatcher
 from tether.workers.kills import QueuedKills
 from tether.workers.stats import WorkerStats
-from tether.workers.submit import PARENT_OPTION, enqueue
+from tether.workers.submit import PARENT_OPTION, enqueue, republish
 
 if TYPE_CHECKING:
     from tether.app import Tether
@@ -154,6 +166,8 @@ class Worker:
         heartbeat_s: how often to write this worker's heartbeat.
         block_s: how long one read of the bus waits for work (also how fast a stop is noticed).
         drain_timeout_s: how long a stop waits for runs in progress before releasing them.
+        budget_tree: the budget tree every run here reserves against (default: one on
+            ``SqlBudgetLedger`` in ``tt.store``, shared by all workers of that store).
     """
 
     def __init__(
@@ -172,6 +186,7 @@ class Worker:
         heartbeat_s: float = 2.0,
         block_s: float = 0.5,
         drain_timeout_s: float = 30.0,
+        budget_tree: BudgetTree | None = None,
     ) -> None:
         config = tt.settings.workers
         self.tt = tt
@@ -196,6 +211,8 @@ class Worker:
         self.bus = tt.bus
         self._kills = QueuedKills(tt.store)
         self._dispatcher = QueueDispatcher(self.records, self.bus, tt.tracer)
+        self.budget_tree = budget_tree
+        self._owns_budget_tree = budget_tree is None
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its handling
         self._jobs: dict[str, _Job] = {}  # run id → the run it holds the lease of
         self._agents_running: Counter[str] = Counter()
@@ -205,6 +222,7 @@ class Worker:
         self._stop: asyncio.Event | None = None
         self._draining = False
         self._started_ms = _now_ms()
+        self._pending: set[asyncio.Task[None]] = set()
         self._bus_resets = 0
         self._bus_down_logged = 0.0
         self.counts: Counter[str] = Counter()  # completed, parked, killed, failed, dead_lettered, lease_lost…
@@ -222,9 +240,15 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self.status = "running"
         self._bus_resets = self.bus.resets
+        if self.budget_tree is None:
+            from tether.gateway.budget import SqlBudgetLedger
+
+            self.budget_tree = BudgetTree(SqlBudgetLedger(self.tt.store))
+        previous_publisher = self.tt.publish_unparked_with(self._unparked_publisher(asyncio.get_running_loop()))
         background = [
             asyncio.create_task(self._heartbeats(), name=f"{self.worker_id} heartbeats"),
             asyncio.create_task(self._refeeds(), name=f"{self.worker_id} re-feed"),
+            asyncio.create_task(self._sweeps(), name=f"{self.worker_id} budget sweep"),
         ]
         logger.info(
             "worker %s: working %s on the %s bus (concurrency %d)",
@@ -243,6 +267,10 @@ class Worker:
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
+                self.tt.publish_unparked_with(previous_publisher)
+                if self._owns_budget_tree and self.budget_tree is not None:
+                    with contextlib.suppress(Exception):
+                        await self.budget_tree.ledger.aclose()
                 self.status = "stopped"
                 with contextlib.suppress(StoreError):
                     await asyncio.to_thread(self.records.worker_stopped, self.worker_id)
@@ -506,6 +534,7 @@ class Worker:
         token = otel_context.attach(propagate.extract(dict(record.headers)))
         dispatcher = current_dispatcher.set(self._dispatcher)
         parking = park_on_approval.set(True)
+        budget = current_budget_tree.set(self.budget_tree)
         try:
             with fenced(fence):
                 parent_json = record.options.get(PARENT_OPTION)
@@ -523,6 +552,7 @@ class Worker:
                     # The agent ended the run (stop reason error, on its span) and raised: record that end.
                     return _End(StopReason.ERROR.value, error=_first_line(exc))
         finally:
+            current_budget_tree.reset(budget)
             park_on_approval.reset(parking)
             current_dispatcher.reset(dispatcher)
             otel_context.detach(token)
@@ -616,6 +646,60 @@ class Worker:
             except StoreError as exc:
                 logger.error("worker %s: heartbeat not written: %s", self.worker_id, exc)
             await asyncio.sleep(self.heartbeat_s)
+
+    def _unparked_publisher(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """What ``tt`` calls with the runs an approval decision unparked: publish them on this worker's loop.
+
+        Called from any thread; never waits (the re-feed is the backstop if the publish fails).
+        """
+
+        def publish(run_ids: list[str]) -> None:
+            coroutine = self._publish_unparked(list(run_ids))
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                task = loop.create_task(coroutine)
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+            else:
+                asyncio.run_coroutine_threadsafe(coroutine, loop)
+
+        return publish
+
+    async def _publish_unparked(self, run_ids: list[str]) -> None:
+        try:
+            count = await republish(self.records, self.bus, run_ids)
+        except (StoreError, BusUnavailable, LeaseLost) as exc:
+            logger.warning("worker %s: unparked run(s) left to the re-feed: %s", self.worker_id, exc)
+            return
+        if count:
+            logger.info("worker %s: published %d run(s) an approval decision resumed", self.worker_id, count)
+
+    async def _sweeps(self) -> None:
+        """Approvals past their deadline expire (their runs resume and see the denial); stale reservations end."""
+        older_than = timedelta(seconds=self.tt.settings.stale_reservation_s)
+        last_sweep = 0.0
+        while True:
+            try:
+                await asyncio.to_thread(self.tt.approvals.expire)
+            except StoreError as exc:
+                logger.error("worker %s: expiring approvals failed: %s", self.worker_id, exc)
+            if self.budget_tree is not None and time.monotonic() - last_sweep >= 60.0:
+                last_sweep = time.monotonic()
+                try:
+                    swept = await self.budget_tree.ledger.sweep_stale(older_than)
+                except StoreError as exc:
+                    logger.error("worker %s: sweeping budget reservations failed: %s", self.worker_id, exc)
+                else:
+                    if swept:
+                        logger.warning(
+                            "worker %s: %d stale budget reservation(s) (a worker that died mid-call) counted as spent",
+                            self.worker_id,
+                            swept,
+                        )
+            await asyncio.sleep(self.refeed_s)
 
     async def _refeeds(self) -> None:
         last = 0.0
