@@ -17,7 +17,7 @@ parts, and what each needs (built on demand, in this order):
 - ``gateway`` — ``Gateway.from_config(settings)`` with budgets in the store and the cost writer;
 - ``policy``, ``guard_recorder``, ``approvals`` — the guard's policy, its audit recorder
   (audit rows, incidents, quarantines) and the approval store people decide in;
-- ``kills`` — the kill switch over the store (and Redis when ``[gateway] redis_url``);
+- ``kills`` — the kill switch over the store (and Redis when ``[gateway]`` or ``[workers] redis_url`` is set);
 - ``durable`` — checkpoints and the exactly-once tool ledger;
 - ``runs``, ``bus``, ``registry`` — the runs table (every submitted run, with its lease), the bus that
   carries submitted runs to workers (Redis Streams with ``[workers]``/``[gateway] redis_url``, else in
@@ -94,6 +94,10 @@ class _RunApprover:
         approver = self.parking if park_on_approval.get() else self.waiting
         decision: StoredApproval = await approver(request)
         return decision
+
+
+#: How often a kill switch that hears kills over Redis still reads the store (a missed message's bound).
+KILLS_BACKSTOP_POLL_S = 0.25
 
 
 def _workers() -> Any:
@@ -290,7 +294,11 @@ class Tether:
         def build() -> KillSwitch:
             from tether.guard.kill import KillSwitch
 
-            return KillSwitch(self.store, redis_url=self._settings.gateway.redis_url)
+            redis_url = self._settings.kills_redis_url
+            # With Redis, kills arrive by pub/sub at once; the store is still read, as a backstop, 4 times a second.
+            if redis_url is not None:
+                return KillSwitch(self.store, redis_url=redis_url, poll_interval_s=KILLS_BACKSTOP_POLL_S)
+            return KillSwitch(self.store)
 
         kills: KillSwitch = self._part("kills", build)
         return kills

@@ -31,13 +31,13 @@ def _requested_by() -> str:
 
 
 def _redis_url(given: str | None) -> str | None:
-    """The Redis to publish the kill on: ``--redis-url``, else ``[gateway] redis_url`` in tether.toml, else none."""
+    """The Redis to publish the kill on: ``--redis-url``, else ``[gateway]`` or ``[workers] redis_url``, else none."""
     if given is not None:
         return given or None  # --redis-url '' publishes nothing
     from tether.config import load_settings
 
     try:
-        return load_settings().gateway.redis_url
+        return load_settings().kills_redis_url
     except ConfigError as exc:
         # The kill goes to the store all the same: a broken config file must not stop an operator from killing.
         fmt.console(stderr=True).print(

@@ -135,6 +135,11 @@ class Settings(GatewayConfig):
     _text: str | None = PrivateAttr(default=None)
 
     @property
+    def kills_redis_url(self) -> str | None:
+        """The Redis kills are published and heard on: ``[gateway] redis_url``, else ``[workers] redis_url``."""
+        return self.gateway.redis_url or self.workers.redis_url
+
+    @property
     def source(self) -> str:
         """The file these settings were read from, for messages ("defaults" without one)."""
         return self._source

@@ -30,6 +30,7 @@ in-process) they write as they always did.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +97,17 @@ def arguments_hash(tool: str, arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps([tool, dict(arguments)], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@functools.cache
+def _checkpoint_upsert(dialect_name: str) -> Any:
+    """The checkpoint upsert of a dialect, built once: a run saves one per step, and building it costs most."""
+    dialect: Any = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(checkpoints)
+    return statement.on_conflict_do_update(
+        index_elements=["run_id"],
+        set_={k: statement.excluded[k] for k in ("agent", "status", "state", "updated_at")},
+    )
+
+
 class DurableRuns(StoreAccess):
     """Checkpoints and the tool-call ledger in the store's database, shared by every process.
 
@@ -127,14 +139,7 @@ class DurableRuns(StoreAccess):
         with self._write("saving a run checkpoint") as connection:
             if fence is not None:
                 check_fence(connection, fence)
-            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-            statement = dialect.insert(checkpoints).values(**row)
-            connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["run_id"],
-                    set_={k: statement.excluded[k] for k in ("agent", "status", "state", "updated_at")},
-                )
-            )
+            connection.execute(_checkpoint_upsert(connection.dialect.name), row)
 
     def load(self, run_id: str) -> Checkpoint:
         """The run's checkpoint.

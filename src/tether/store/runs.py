@@ -44,6 +44,7 @@ from sqlalchemy import (
     Connection,
     RowMapping,
     and_,
+    bindparam,
     cast,
     func,
     literal_column,
@@ -140,6 +141,12 @@ def db_now_ms(connection: Connection) -> ColumnElement[int]:
     return cast(literal_column("(julianday('now') - 2440587.5) * 86400000.0"), BigInteger)
 
 
+#: ``check_fence``'s read, built once: it runs before every checkpoint and ledger write of a run.
+_FENCE_READ = (
+    select(runs.c.lease_token, runs.c.status).where(runs.c.run_id == bindparam("run_id")).with_for_update(read=True)
+)
+
+
 def check_fence(connection: Connection, fence: Fence) -> None:
     """Refuse the caller's write transaction unless ``fence`` still holds the run's lease.
 
@@ -150,9 +157,7 @@ def check_fence(connection: Connection, fence: Fence) -> None:
     Raises:
         LeaseLost: the run's token moved on (another worker claimed it), or the run is no longer running.
     """
-    row = connection.execute(
-        select(runs.c.lease_token, runs.c.status).where(runs.c.run_id == fence.run_id).with_for_update(read=True)
-    ).first()
+    row = connection.execute(_FENCE_READ, {"run_id": fence.run_id}).first()
     if row is None or row.lease_token != fence.token or row.status != "running":
         raise LeaseLost(fence)
 
