@@ -13,7 +13,7 @@ Runs are submitted with ``Tether.asubmit`` from this process, which runs no work
 - **distributed kill**: ``slow`` runs (a 60 s model call) spread over 2 workers; each is killed with
   ``tt.kills.kill(run_id=...)`` (recorded in the store, published on Redis) and timed until its row is
   ``finished`` (polled every 2 ms), one after another.
-- **concurrency at 50 ms**: one worker with ``concurrency = 256`` and ``long`` runs (9 model calls of
+- **concurrency at 50 ms**: one worker at ``concurrency`` 8, 32 and 256 and ``long`` runs (9 model calls of
   50 ms: 450 ms of model time); runs in flight sampled every 100 ms, and their duration against the
   ideal 450 ms (a worker that falls behind stretches every run).
 """
@@ -362,33 +362,40 @@ def run(log: Callable[[str], None] = print) -> list[dict[str, Any]]:
         )
     except Exception as exc:
         rows.append(_row("distributed kill p99", float("nan"), "ms", "≤ 1,000 ms", False, f"failed: {exc}"))
-    try:
-        peak, p50, p99, rate = _concurrency_at_50ms()
-        ideal = 9 * 50.0
-        ok = peak >= 200 and p50 <= 1.5 * ideal
-        log(f"  one worker at 50 ms: {peak} runs in flight, run p50 {p50:.0f} ms (ideal {ideal:.0f})")
+    ideal = 9 * 50.0
+    held = 0
+    for concurrency in (8, 32, 256):
+        name = f"one worker, 50 ms model, concurrency {concurrency}"
+        try:
+            peak, p50, p99, rate = _concurrency_at_50ms(runs=max(40, 2 * concurrency), concurrency=concurrency)
+        except Exception as exc:
+            rows.append(_row(name, float("nan"), "runs", "≥ 200 without falling behind", False, f"failed: {exc}"))
+            continue
+        keeps_up = p50 <= 1.5 * ideal
+        if keeps_up:
+            held = max(held, peak)
+        log(f"  one worker at 50 ms, concurrency {concurrency}: {peak} in flight, run p50 {p50:.0f} ms")
         rows.append(
             _row(
-                "concurrent runs, one worker, 50 ms model",
+                name,
                 peak,
-                "runs",
+                "runs in flight",
                 "≥ 200 without falling behind",
-                ok,
-                f"concurrency 256; run duration p50 {p50:.0f} ms / p99 {p99:.0f} ms against an ideal "
-                f"{ideal:.0f} ms (9 model calls); {rate:,.0f} runs/s",
+                peak >= 200 and keeps_up,
+                f"run duration p50 {p50:.0f} ms / p99 {p99:.0f} ms against an ideal {ideal:.0f} ms "
+                f"(9 model calls); {rate:,.1f} runs/s; {'keeps up' if keeps_up else 'falls behind'}",
             )
         )
-    except Exception as exc:
-        rows.append(
-            _row(
-                "concurrent runs, one worker, 50 ms model",
-                float("nan"),
-                "runs",
-                "≥ 200 without falling behind",
-                False,
-                f"failed: {exc}",
-            )
+    rows.append(
+        _row(
+            "concurrent runs one worker holds at 50 ms",
+            held,
+            "runs",
+            "≥ 200",
+            held >= 200,
+            "the most runs in flight with run p50 ≤ 1.5 × the ideal 450 ms, over the concurrencies above",
         )
+    )
     return rows
 
 

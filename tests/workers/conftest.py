@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import REDIS_URL, postgres_schema
 from tether.app import Tether
 from tether.config import Settings
+from tether.messages import ModelRequest, ModelResponse, ToolResultBlock
+from tether.runtime import tool
+from tether.testing import FunctionModel, text_response, tool_response
 from tether.workers import Worker
 
 
@@ -116,3 +119,26 @@ async def until(predicate: Callable[[], Any], timeout_s: float = 15.0, what: str
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def told(request: ModelRequest) -> list[str]:
+    last = request.messages[-1]
+    return [b.content for b in last.content if isinstance(b, ToolResultBlock)] if last.role == "user" else []
+
+
+def refunding(tt: Tether, effects: list[str], name: str = "payments") -> None:
+    @tool(risk="irreversible")
+    def refund(order: str) -> str:
+        """Refund an order.
+
+        Args:
+            order: the order id.
+        """
+        effects.append(order)
+        return f"refunded {order}"
+
+    def answer(request: ModelRequest) -> ModelResponse:
+        got = told(request)
+        return text_response(f"done: {got[0]}") if got else tool_response(("refund", {"order": "A-1"}, "call-1"))
+
+    tt.agent(name, FunctionModel(answer), tools=[refund])

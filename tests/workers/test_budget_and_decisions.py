@@ -12,39 +12,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import REDIS_URL, postgres_schema
-from tests.workers.conftest import Infra, until, working
+from tests.workers.conftest import Infra, refunding, told, until, working
 from tether.app import Tether
 from tether.config import Settings
 from tether.guard.approvals import ApprovalStatus
-from tether.messages import ModelRequest, ModelResponse, ToolResultBlock
-from tether.runtime import Limits, tool
+from tether.messages import ModelRequest, ModelResponse
+from tether.runtime import Limits
 from tether.testing import FunctionModel, text_response, tool_response
 from tether.workers import await_run, submit_run
 
 CHILDREN = 10
-
-
-def told(request: ModelRequest) -> list[str]:
-    last = request.messages[-1]
-    return [b.content for b in last.content if isinstance(b, ToolResultBlock)] if last.role == "user" else []
-
-
-def refunding(tt: Tether, effects: list[str], name: str = "payments") -> None:
-    @tool(risk="irreversible")
-    def refund(order: str) -> str:
-        """Refund an order.
-
-        Args:
-            order: the order id.
-        """
-        effects.append(order)
-        return f"refunded {order}"
-
-    def answer(request: ModelRequest) -> ModelResponse:
-        got = told(request)
-        return text_response(f"done: {got[0]}") if got else tool_response(("refund", {"order": "A-1"}, "call-1"))
-
-    tt.agent(name, FunctionModel(answer), tools=[refund])
 
 
 async def test_ten_parallel_children_on_workers_cannot_overshoot_the_parents_turns(infra: Infra) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.workers.conftest import Infra, until, working
+from tests.workers.conftest import Infra, refunding, until, working
 from tether.app import Tether
 from tether.bus import Message
 from tether.guard.approvals import ApprovalStatus
@@ -96,18 +96,7 @@ async def test_a_run_submitted_twice_with_its_id_is_one_run(infra: Infra) -> Non
 async def test_a_parked_run_holds_no_worker_slot_and_resumes_after_the_decision(infra: Infra) -> None:
     tt = infra.tether(refeed_s=0.2)
     effects: list[str] = []
-
-    @tool(risk="irreversible")
-    def refund(order: str) -> str:
-        """Refund an order.
-
-        Args:
-            order: the order id.
-        """
-        effects.append(order)
-        return f"refunded {order}"
-
-    tt.agent("payments", one_call("refund", {"order": "A-1"}), tools=[refund])
+    refunding(tt, effects)
     echo_agent(tt)
     async with working(tt, concurrency=1):
         parked_id = await submit(tt, "payments", "refund A-1")
